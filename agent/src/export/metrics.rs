@@ -1,0 +1,388 @@
+//! The metric families ptwatch exports, built from a fresh [`Snapshot`] at
+//! every scrape by a Prometheus [`Collector`], so no background copy of the
+//! kernel maps can go stale.
+//!
+//! Every metric is documented in `docs/metrics.md`; keep the two in step.
+
+use std::{sync::Mutex, time::Instant};
+
+use prometheus::{
+    core::{Collector, Desc},
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder as _, Registry, TextEncoder,
+};
+
+use crate::aggregate::{ProcessRecord, Snapshot};
+
+/// Facts about the agent fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub version: String,
+    pub kernel: String,
+    pub probe_mode: String,
+    pub pt_reclaim_supported: bool,
+}
+
+/// Something that yields a fresh snapshot of the kernel counters.
+pub trait SnapshotSource: Send {
+    fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
+}
+
+impl<S, L> SnapshotSource for crate::aggregate::Aggregator<S, L>
+where
+    S: crate::aggregate::CounterSource + Send,
+    L: crate::aggregate::Liveness + Send,
+{
+    fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        Ok(self.harvest(Instant::now())?)
+    }
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+}
+
+const PROCESS_LABELS: &[&str] = &["pid", "comm"];
+
+const PTE_PAGES_RECLAIMED: Family = Family {
+    name: "ptwatch_pte_pages_reclaimed_total",
+    help: "PTE page-table pages freed by PT_RECLAIM in the process' address space (one page each, 4 KiB on x86_64).",
+    kind: MetricType::COUNTER,
+    labels: PROCESS_LABELS,
+};
+const DONTNEED_CALLS: Family = Family {
+    name: "ptwatch_madvise_dontneed_calls_total",
+    help: "Successful MADV_DONTNEED and MADV_DONTNEED_LOCKED calls (madvise and process_madvise) by the process.",
+    kind: MetricType::COUNTER,
+    labels: PROCESS_LABELS,
+};
+const DONTNEED_BYTES: Family = Family {
+    name: "ptwatch_madvise_dontneed_bytes_total",
+    help: "Bytes covered by the process' successful MADV_DONTNEED calls.",
+    kind: MetricType::COUNTER,
+    labels: PROCESS_LABELS,
+};
+const NODE_PTE_PAGES_RECLAIMED: Family = Family {
+    name: "ptwatch_node_pte_pages_reclaimed_total",
+    help: "PTE page-table pages freed by PT_RECLAIM on this node since the agent started, including processes that exited.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const NODE_DONTNEED_CALLS: Family = Family {
+    name: "ptwatch_node_madvise_dontneed_calls_total",
+    help: "Successful MADV_DONTNEED calls on this node since the agent started.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const NODE_DONTNEED_BYTES: Family = Family {
+    name: "ptwatch_node_madvise_dontneed_bytes_total",
+    help: "Bytes covered by successful MADV_DONTNEED calls on this node since the agent started.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const MAP_UPDATE_FAILURES: Family = Family {
+    name: "ptwatch_map_update_failures_total",
+    help: "Kernel map updates that failed (an event was counted on the node but not per process).",
+    kind: MetricType::COUNTER,
+    labels: &["map"],
+};
+const TRACKED_PROCESSES: Family = Family {
+    name: "ptwatch_tracked_processes",
+    help: "Processes with per-process series, including exited ones kept for --exited-ttl.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const BUILD_INFO: Family = Family {
+    name: "ptwatch_build_info",
+    help:
+        "Always 1; labels describe the agent version, the kernel release and the probe mode in use.",
+    kind: MetricType::GAUGE,
+    labels: &["version", "kernel", "probe_mode"],
+};
+const PT_RECLAIM_SUPPORTED: Family = Family {
+    name: "ptwatch_pt_reclaim_supported",
+    help: "1 if the running kernel reclaims empty PTE tables on MADV_DONTNEED (tested at start-up), else 0.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const SCRAPE_ERRORS: Family = Family {
+    name: "ptwatch_scrape_errors_total",
+    help: "Scrapes at which the kernel maps could not be read.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+
+const ALL_FAMILIES: &[&Family] = &[
+    &PTE_PAGES_RECLAIMED,
+    &DONTNEED_CALLS,
+    &DONTNEED_BYTES,
+    &NODE_PTE_PAGES_RECLAIMED,
+    &NODE_DONTNEED_CALLS,
+    &NODE_DONTNEED_BYTES,
+    &MAP_UPDATE_FAILURES,
+    &TRACKED_PROCESSES,
+    &BUILD_INFO,
+    &PT_RECLAIM_SUPPORTED,
+    &SCRAPE_ERRORS,
+];
+
+impl Family {
+    fn empty(&self) -> MetricFamily {
+        let mut family = MetricFamily::default();
+        family.set_name(self.name.to_owned());
+        family.set_help(self.help.to_owned());
+        family.set_field_type(self.kind);
+        family
+    }
+
+    fn sample(&self, label_values: &[&str], value: f64) -> Metric {
+        debug_assert_eq!(label_values.len(), self.labels.len(), "{}", self.name);
+        let labels = self
+            .labels
+            .iter()
+            .zip(label_values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value((*value).to_owned());
+                pair
+            })
+            .collect();
+        let mut metric = Metric::default();
+        metric.set_label(labels);
+        match self.kind {
+            MetricType::COUNTER => {
+                let mut counter = Counter::default();
+                counter.set_value(value);
+                metric.set_counter(counter);
+            }
+            _ => {
+                let mut gauge = Gauge::default();
+                gauge.set_value(value);
+                metric.set_gauge(gauge);
+            }
+        }
+        metric
+    }
+
+    fn single(&self, label_values: &[&str], value: f64) -> MetricFamily {
+        let mut family = self.empty();
+        family.mut_metric().push(self.sample(label_values, value));
+        family
+    }
+
+    fn per_process(
+        &self,
+        processes: &[ProcessRecord],
+        value: impl Fn(&ProcessRecord) -> u64,
+    ) -> MetricFamily {
+        let mut family = self.empty();
+        for process in processes {
+            let pid = process.pid.to_string();
+            family
+                .mut_metric()
+                .push(self.sample(&[&pid, &process.comm], value(process) as f64));
+        }
+        family
+    }
+}
+
+/// The metric families for one snapshot.
+pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Vec<MetricFamily> {
+    let processes = &snapshot.processes;
+    let node = &snapshot.node;
+    let mut map_failures = MAP_UPDATE_FAILURES.empty();
+    for (map, value) in [
+        ("PROCESS_COUNTERS", node.process_map_update_failures),
+        ("INFLIGHT", node.inflight_update_failures),
+    ] {
+        map_failures
+            .mut_metric()
+            .push(MAP_UPDATE_FAILURES.sample(&[map], value as f64));
+    }
+    vec![
+        PTE_PAGES_RECLAIMED.per_process(processes, |p| p.pte_pages_reclaimed),
+        DONTNEED_CALLS.per_process(processes, |p| p.dontneed_calls),
+        DONTNEED_BYTES.per_process(processes, |p| p.dontneed_bytes),
+        NODE_PTE_PAGES_RECLAIMED.single(&[], node.pte_pages_reclaimed as f64),
+        NODE_DONTNEED_CALLS.single(&[], node.dontneed_calls as f64),
+        NODE_DONTNEED_BYTES.single(&[], node.dontneed_bytes as f64),
+        map_failures,
+        TRACKED_PROCESSES.single(&[], processes.len() as f64),
+        BUILD_INFO.single(&[&info.version, &info.kernel, &info.probe_mode], 1.0),
+        PT_RECLAIM_SUPPORTED.single(&[], if info.pt_reclaim_supported { 1.0 } else { 0.0 }),
+        SCRAPE_ERRORS.single(&[], scrape_errors as f64),
+    ]
+    .into_iter()
+    // Families without samples are left out, as client libraries do.
+    .filter(|family| !family.get_metric().is_empty())
+    .collect()
+}
+
+/// Reads the kernel maps at collection time.
+pub struct PtwatchCollector {
+    state: Mutex<CollectorState>,
+    info: AgentInfo,
+    descs: Vec<Desc>,
+}
+
+struct CollectorState {
+    source: Box<dyn SnapshotSource>,
+    last: Snapshot,
+    scrape_errors: u64,
+}
+
+impl PtwatchCollector {
+    pub fn new(source: Box<dyn SnapshotSource>, info: AgentInfo) -> Self {
+        let descs = ALL_FAMILIES
+            .iter()
+            .filter_map(|f| {
+                Desc::new(
+                    f.name.to_owned(),
+                    f.help.to_owned(),
+                    f.labels.iter().map(|l| (*l).to_owned()).collect(),
+                    Default::default(),
+                )
+                .ok()
+            })
+            .collect();
+        Self {
+            state: Mutex::new(CollectorState {
+                source,
+                last: Snapshot::default(),
+                scrape_errors: 0,
+            }),
+            info,
+            descs,
+        }
+    }
+
+    /// Harvest now (also used between scrapes, so that exits are noticed and
+    /// kernel entries released even when nobody scrapes).
+    pub fn refresh(&self) {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match state.source.snapshot() {
+            Ok(snapshot) => state.last = snapshot,
+            Err(err) => {
+                state.scrape_errors += 1;
+                tracing::warn!(error = %format!("{err:#}"), "reading kernel maps failed; exporting the previous values");
+            }
+        }
+    }
+}
+
+impl Collector for PtwatchCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.refresh();
+        let state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        families(&state.last, &self.info, state.scrape_errors)
+    }
+}
+
+/// Encode everything in `registry` in the Prometheus text format.
+pub fn encode_text(registry: &Registry) -> Result<(String, String), prometheus::Error> {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    encoder.encode(&registry.gather(), &mut buffer)?;
+    let text = String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+    Ok((text, encoder.format_type().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::*;
+
+    fn info() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0".into(),
+            kernel: "6.18.0".into(),
+            probe_mode: "tracepoint".into(),
+            pt_reclaim_supported: true,
+        }
+    }
+
+    struct Fixed(Snapshot);
+    impl SnapshotSource for Fixed {
+        fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn record(pid: u32, comm: &str, reclaimed: u64) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            comm: comm.into(),
+            pte_pages_reclaimed: reclaimed,
+            dontneed_calls: 2,
+            dontneed_bytes: 8192,
+            exited_at: None,
+        }
+    }
+
+    fn render(snapshot: Snapshot) -> String {
+        let registry = Registry::new();
+        registry
+            .register(Box::new(PtwatchCollector::new(
+                Box::new(Fixed(snapshot)),
+                info(),
+            )))
+            .unwrap();
+        encode_text(&registry).unwrap().0
+    }
+
+    #[test]
+    fn label_values_are_escaped_per_the_exposition_format() {
+        let text = render(Snapshot {
+            processes: vec![record(7, "a \"q\" \\b\nc", 3)],
+            ..Snapshot::default()
+        });
+        assert!(
+            text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="7",comm="a \"q\" \\b\nc"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn node_and_info_families_are_always_present() {
+        let mut snapshot = Snapshot::default();
+        snapshot.node.pte_pages_reclaimed = 42;
+        let text = render(snapshot);
+        assert!(
+            text.contains("ptwatch_node_pte_pages_reclaimed_total 42"),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"ptwatch_build_info{version="0.1.0",kernel="6.18.0",probe_mode="tracepoint"} 1"#
+        ));
+        assert!(text.contains("ptwatch_pt_reclaim_supported 1"));
+        assert!(text.contains("# TYPE ptwatch_node_pte_pages_reclaimed_total counter"));
+        // No per-process samples: the family is omitted, not empty.
+        assert!(!text.contains("ptwatch_pte_pages_reclaimed_total{"));
+    }
+
+    #[test]
+    fn every_process_gets_its_series() {
+        let text = render(Snapshot {
+            processes: vec![record(1, "one", 10), record(2, "two", 20)],
+            ..Snapshot::default()
+        });
+        assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="1",comm="one"} 10"#));
+        assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="2",comm="two"} 20"#));
+        assert!(text.contains(r#"ptwatch_madvise_dontneed_bytes_total{pid="2",comm="two"} 8192"#));
+        assert!(text.contains("ptwatch_tracked_processes 2"));
+    }
+}

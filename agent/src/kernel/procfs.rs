@@ -1,0 +1,62 @@
+//! Small readers of `/proc`, shared by the agent and the CLI.
+
+use std::{fs, io, path::Path};
+
+/// `/proc/<pid>` exists: the process (or a zombie of it) is still there.
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A `kB` field of `/proc/<pid>/status`, e.g. `VmPTE`.
+pub fn status_kib(pid: u32, field: &str) -> io::Result<Option<u64>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(parse_status_kib(&status, field))
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// The release string of the running kernel (`uname -r`).
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Turn a kernel `comm` buffer into text: up to the first NUL, lossy UTF-8.
+pub fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_fields() {
+        let status = "Name:\tcat\nVmPTE:\t      44 kB\nVmSwap:\t0 kB\n";
+        assert_eq!(parse_status_kib(status, "VmPTE"), Some(44));
+        assert_eq!(parse_status_kib(status, "VmSwap"), Some(0));
+        assert_eq!(parse_status_kib(status, "VmRSS"), None);
+        // A prefix of another field's name does not match.
+        assert_eq!(parse_status_kib(status, "Vm"), None);
+    }
+
+    #[test]
+    fn own_vmpte_is_readable() {
+        let kib = status_kib(std::process::id(), "VmPTE").expect("read own status");
+        assert!(kib.is_some_and(|k| k > 0));
+    }
+
+    #[test]
+    fn comm_conversion_stops_at_nul_and_tolerates_bad_utf8() {
+        assert_eq!(comm_to_string(b"bash\0\0\0junk"), "bash");
+        assert_eq!(comm_to_string(&[0x66, 0xff, 0x6f]), "f\u{fffd}o");
+        assert_eq!(comm_to_string(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

@@ -1,0 +1,12 @@
+//! ptwatch: eBPF observability for Linux page-table memory.
+//!
+//! The layout follows the data: `kernel` says what the running kernel offers,
+//! `probes` loads and attaches the eBPF programs, `aggregate` turns kernel
+//! maps into per-process records, `export` serves them to Prometheus, and
+//! `cli`/`agent` are the user-facing edges.
+pub mod agent;
+pub mod aggregate;
+pub mod cli;
+pub mod export;
+pub mod kernel;
+pub mod probes;

@@ -1,0 +1,24 @@
+//! The programs' [`KernelConfig`], resolved from the running kernel.
+
+use std::path::Path;
+
+use ptwatch_common::KernelConfig;
+
+use crate::kernel::btf::{BtfError, KernelBtf};
+
+/// Offsets from BTF plus the page size and the agent's own tgid.
+pub fn kernel_config(btf_path: &Path) -> Result<KernelConfig, BtfError> {
+    let btf = KernelBtf::load(btf_path)?;
+    Ok(KernelConfig {
+        task_mm_offset: btf.member_offset("task_struct", "mm")?,
+        mm_pgtables_bytes_offset: btf.member_offset("mm_struct", "pgtables_bytes")?,
+        page_size: page_size(),
+        agent_tgid: u64::from(std::process::id()),
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}

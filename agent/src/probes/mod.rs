@@ -1,0 +1,180 @@
+//! Loading and attaching the kernel programs.
+//!
+//! `object` embeds the eBPF object, `config` turns kernel facts into the
+//! programs' [`KernelConfig`], and [`Probes`] owns the loaded object: while it
+//! lives the programs stay attached, dropping it detaches everything.
+
+mod config;
+mod object;
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use ptwatch_common::{names, MmWindow, NodeCounters, ProcessCounters};
+
+pub use config::kernel_config;
+
+/// How an event is observed. Only the tracepoint method exists on hosts that
+/// refuse fentry and kprobes; the mode is reported in `ptwatch_build_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    Tracepoint,
+}
+
+impl ProbeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this ptwatch binary was built without its eBPF object (bpf-linker was missing at build time); rebuild with `cargo xtask run`")]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] crate::kernel::btf::BtfError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// A tracepoint program and where it attaches.
+struct TracepointProbe {
+    program: &'static str,
+    category: &'static str,
+    event: &'static str,
+}
+
+/// The tracepoint plan: DONTNEED windows through the syscall tracepoints.
+const TRACEPOINT_PLAN: &[TracepointProbe] = &[
+    TracepointProbe {
+        program: names::PROG_MADVISE_ENTER,
+        category: "syscalls",
+        event: "sys_enter_madvise",
+    },
+    TracepointProbe {
+        program: names::PROG_MADVISE_EXIT,
+        category: "syscalls",
+        event: "sys_exit_madvise",
+    },
+    TracepointProbe {
+        program: names::PROG_PROCESS_MADVISE_ENTER,
+        category: "syscalls",
+        event: "sys_enter_process_madvise",
+    },
+    TracepointProbe {
+        program: names::PROG_PROCESS_MADVISE_EXIT,
+        category: "syscalls",
+        event: "sys_exit_process_madvise",
+    },
+];
+
+/// The maps the aggregation layer reads.
+pub struct ProbeMaps {
+    pub processes: HashMap<MapData, u32, ProcessCounters>,
+    pub node: PerCpuArray<MapData, NodeCounters>,
+    pub mm_windows: HashMap<MapData, u32, MmWindow>,
+}
+
+/// The loaded, attached programs. Dropping this detaches them.
+pub struct Probes {
+    ebpf: Ebpf,
+    mode: ProbeMode,
+    /// `(program, tracepoint)` for each attached program.
+    attached: Vec<(&'static str, String)>,
+}
+
+impl Probes {
+    /// Load the object with offsets from the BTF at `btf_path` and attach
+    /// the plan's programs.
+    pub fn load(btf_path: &Path) -> Result<Self, ProbeError> {
+        let object = object::bytes();
+        if object.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let config = kernel_config(btf_path)?;
+        tracing::debug!(?config, "kernel configuration for the programs");
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::KERNEL_CONFIG, &config, true)
+            .load(object)
+            .map_err(ProbeError::Load)?;
+        let mut attached = Vec::new();
+        for probe in TRACEPOINT_PLAN {
+            let program: &mut TracePoint = ebpf
+                .program_mut(probe.program)
+                .ok_or(ProbeError::MissingProgram(probe.program))?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    name: probe.program,
+                    source,
+                })?;
+            program.load().map_err(|source| ProbeError::Program {
+                name: probe.program,
+                source,
+            })?;
+            program
+                .attach(probe.category, probe.event)
+                .map_err(|source| ProbeError::Program {
+                    name: probe.program,
+                    source,
+                })?;
+            tracing::info!(program = probe.program, tracepoint = %format!("{}:{}", probe.category, probe.event), "attached");
+            attached.push((probe.program, format!("{}:{}", probe.category, probe.event)));
+        }
+        Ok(Self {
+            ebpf,
+            mode: ProbeMode::Tracepoint,
+            attached,
+        })
+    }
+
+    pub fn mode(&self) -> ProbeMode {
+        self.mode
+    }
+
+    pub fn attached(&self) -> &[(&'static str, String)] {
+        &self.attached
+    }
+
+    /// Hand the aggregation maps over to their reader. Call once.
+    pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
+        Ok(ProbeMaps {
+            processes: self.take(names::PROCESS_COUNTERS)?,
+            node: self.take(names::NODE_COUNTERS)?,
+            mm_windows: self.take(names::MM_WINDOWS)?,
+        })
+    }
+
+    fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    }
+}

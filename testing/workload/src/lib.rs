@@ -1,0 +1,274 @@
+//! Workloads with known page-table behaviour.
+//!
+//! Each one runs in its own process (so ptwatch attributes it to its own pid)
+//! and reports what the kernel itself accounted: `VmPTE` from
+//! `/proc/self/status` around every DONTNEED call. Tests compare ptwatch's
+//! counts against these numbers.
+
+use std::{
+    fs,
+    sync::{Arc, Barrier},
+    thread,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+pub const MIB: usize = 1 << 20;
+/// Span of one PTE table on x86_64 and arm64 with 4 KiB pages.
+pub const PTE_TABLE_SPAN: usize = 2 * MIB;
+
+/// How the range is advised away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Advice {
+    Dontneed,
+    DontneedLocked,
+    /// `process_madvise(2)` on the caller's own pidfd with `MADV_DONTNEED`.
+    ProcessMadvise,
+    /// `MADV_FREE`: never reclaims page tables (a negative control).
+    Free,
+}
+
+impl Advice {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "dontneed" => Self::Dontneed,
+            "dontneed-locked" => Self::DontneedLocked,
+            "process-madvise" => Self::ProcessMadvise,
+            "free" => Self::Free,
+            other => bail!("unknown advice {other:?}"),
+        })
+    }
+}
+
+/// What the workload observed through the kernel's own accounting.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub pid: u32,
+    /// Sum over DONTNEED calls of the `VmPTE` drop (kB) across the call.
+    /// Only meaningful for single-threaded runs.
+    pub vmpte_drop_kib: u64,
+    /// `VmPTE` (kB) when the touched memory was all mapped, and at the end.
+    pub vmpte_peak_kib: u64,
+    pub vmpte_end_kib: u64,
+    /// Successful advice calls and the bytes they covered.
+    pub calls: u64,
+    pub bytes: u64,
+    /// PTE tables the workload expects to be reclaimed if PT_RECLAIM works:
+    /// fully covered, fully populated 2 MiB spans, summed over rounds.
+    pub expected_tables: u64,
+}
+
+pub fn vmpte_kib() -> Result<u64> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmPTE:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmPTE in /proc/self/status")
+}
+
+/// An anonymous mapping whose usable part starts `offset` bytes after a
+/// 2 MiB boundary, with transparent huge pages disabled so that every touched
+/// 2 MiB span gets a PTE table.
+pub struct Region {
+    base: *mut u8,
+    map_len: usize,
+    pub start: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: the region is plain anonymous memory; threads use disjoint regions.
+unsafe impl Send for Region {}
+
+impl Region {
+    pub fn new(len: usize, offset: usize) -> Result<Self> {
+        let map_len = len + offset + 2 * PTE_TABLE_SPAN;
+        // SAFETY: anonymous private mapping, checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!(
+                "mmap of {map_len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let base = base.cast::<u8>();
+        let aligned = (base as usize).next_multiple_of(PTE_TABLE_SPAN);
+        let start = (aligned + offset) as *mut u8;
+        // SAFETY: the whole mapping belongs to us.
+        if unsafe { libc::madvise(base.cast(), map_len, libc::MADV_NOHUGEPAGE) } != 0 {
+            bail!(
+                "MADV_NOHUGEPAGE failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self {
+            base,
+            map_len,
+            start,
+            len,
+        })
+    }
+
+    /// Write one byte in every page, so every page and every PTE table of the
+    /// range exists.
+    pub fn touch(&self) {
+        let mut offset = 0;
+        while offset < self.len {
+            // SAFETY: inside the mapping.
+            unsafe { self.start.add(offset).write_volatile(1) };
+            offset += 4096;
+        }
+    }
+
+    /// Number of PTE tables a reclaiming DONTNEED of `[start + from, +len)` frees:
+    /// the 2 MiB spans it covers completely.
+    pub fn covered_spans(&self, from: usize, len: usize) -> u64 {
+        let begin = (self.start as usize + from).next_multiple_of(PTE_TABLE_SPAN);
+        let end = (self.start as usize + from + len) / PTE_TABLE_SPAN * PTE_TABLE_SPAN;
+        if end > begin {
+            ((end - begin) / PTE_TABLE_SPAN) as u64
+        } else {
+            0
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+/// Apply `advice` to `[addr, addr + len)`; returns the bytes the kernel says
+/// it advised.
+pub fn advise(addr: *mut u8, len: usize, advice: Advice) -> Result<u64> {
+    match advice {
+        Advice::ProcessMadvise => {
+            // SAFETY: plain syscalls on our own pid; the iovec lives across the call.
+            unsafe {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0);
+                if pidfd < 0 {
+                    bail!("pidfd_open failed: {}", std::io::Error::last_os_error());
+                }
+                let iov = libc::iovec {
+                    iov_base: addr.cast(),
+                    iov_len: len,
+                };
+                let ret = libc::syscall(
+                    libc::SYS_process_madvise,
+                    pidfd as libc::c_int,
+                    &iov as *const libc::iovec,
+                    1usize,
+                    libc::MADV_DONTNEED,
+                    0u32,
+                );
+                let err = std::io::Error::last_os_error();
+                libc::close(pidfd as libc::c_int);
+                if ret < 0 {
+                    bail!("process_madvise failed: {err}");
+                }
+                Ok(ret as u64)
+            }
+        }
+        _ => {
+            let behaviour = match advice {
+                Advice::Dontneed => libc::MADV_DONTNEED,
+                Advice::DontneedLocked => 24, // MADV_DONTNEED_LOCKED (5.18+)
+                Advice::Free => libc::MADV_FREE,
+                Advice::ProcessMadvise => unreachable!("handled above"),
+            };
+            // SAFETY: the range belongs to a mapping of ours.
+            if unsafe { libc::madvise(addr.cast(), len, behaviour) } != 0 {
+                bail!("madvise failed: {}", std::io::Error::last_os_error());
+            }
+            Ok(len as u64)
+        }
+    }
+}
+
+/// Single-threaded: map and touch `mib` MiB starting `offset_kib` after a
+/// 2 MiB boundary, then advise it away in consecutive cuts of `cut_kib`,
+/// measuring `VmPTE` around each call; repeat `rounds` times.
+pub fn cuts(
+    mib: usize,
+    offset_kib: usize,
+    cut_kib: usize,
+    rounds: u32,
+    advice: Advice,
+) -> Result<Report> {
+    let len = mib * MIB;
+    let cut = (cut_kib * 1024).max(4096);
+    let region = Region::new(len, offset_kib * 1024)?;
+    let mut report = Report {
+        pid: std::process::id(),
+        ..Report::default()
+    };
+    for _ in 0..rounds {
+        region.touch();
+        report.vmpte_peak_kib = report.vmpte_peak_kib.max(vmpte_kib()?);
+        let mut from = 0;
+        while from < len {
+            let this = cut.min(len - from);
+            let before = vmpte_kib()?;
+            // SAFETY: inside the region.
+            report.bytes += advise(unsafe { region.start.add(from) }, this, advice)?;
+            let after = vmpte_kib()?;
+            report.vmpte_drop_kib += before.saturating_sub(after);
+            report.calls += 1;
+            report.expected_tables += region.covered_spans(from, this);
+            from += this;
+        }
+    }
+    report.vmpte_end_kib = vmpte_kib()?;
+    Ok(report)
+}
+
+/// Multi-threaded: `threads` threads, each with its own `mib` MiB region,
+/// each looping `rounds` times over {touch; DONTNEED whole region}, all at
+/// once and without any synchronisation between rounds, so faults of some
+/// threads overlap DONTNEED calls of others.
+pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
+    let len = mib * MIB;
+    let start = Arc::new(Barrier::new(threads));
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let region = Region::new(len, 0)?;
+        let start = Arc::clone(&start);
+        handles.push(thread::spawn(move || -> Result<(u64, u64, u64)> {
+            start.wait();
+            let (mut calls, mut bytes, mut tables) = (0, 0, 0);
+            for _ in 0..rounds {
+                region.touch();
+                bytes += advise(region.start, region.len, Advice::Dontneed)?;
+                calls += 1;
+                tables += region.covered_spans(0, region.len);
+            }
+            Ok((calls, bytes, tables))
+        }));
+    }
+    let mut report = Report {
+        pid: std::process::id(),
+        ..Report::default()
+    };
+    for handle in handles {
+        let (calls, bytes, tables) = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        report.calls += calls;
+        report.bytes += bytes;
+        report.expected_tables += tables;
+    }
+    report.vmpte_end_kib = vmpte_kib()?;
+    Ok(report)
+}
