@@ -67,8 +67,8 @@ fn main() -> anyhow::Result<()> {
         .current_dir(&workspace)
         // `-Z build-std` on a stable toolchain.
         .env("RUSTC_BOOTSTRAP", "1")
-        // BPF ISA v3 (kernel 5.12+) has the fetching atomics (fetch-add,
-        // exchange) that the reclaim windows need. Debug info feeds BTF.
+        // BPF ISA v3 (kernel 5.1+): 32-bit sub-registers and jumps give the
+        // verifier smaller programs. Debug info feeds the object's BTF.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             ["-Ctarget-cpu=v3", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),

@@ -44,6 +44,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel: procfs::kernel_release(),
         probe_mode: probes.mode().as_str().to_owned(),
+        reclaim_accounting: probes.accounting().method().to_owned(),
         pt_reclaim_supported,
     };
     let collector = Arc::new(PtwatchCollector::new(

@@ -29,7 +29,7 @@ pub mod names {
     pub const PROCESS_COUNTERS: &str = "PROCESS_COUNTERS";
     pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
     pub const INFLIGHT: &str = "INFLIGHT";
-    pub const MM_WINDOWS: &str = "MM_WINDOWS";
+    pub const AGENT_REQUEST: &str = "AGENT_REQUEST";
     /// Global (`.rodata`) holding the [`super::KernelConfig`].
     pub const KERNEL_CONFIG: &str = "PTWATCH_KERNEL_CONFIG";
 
@@ -37,6 +37,7 @@ pub mod names {
     pub const PROG_MADVISE_EXIT: &str = "madvise_exit";
     pub const PROG_PROCESS_MADVISE_ENTER: &str = "process_madvise_enter";
     pub const PROG_PROCESS_MADVISE_EXIT: &str = "process_madvise_exit";
+    pub const PROG_AGENT_REQUEST: &str = "agent_request";
 }
 
 /// Kernel facts the programs need but cannot learn by themselves: Rust eBPF
@@ -52,10 +53,51 @@ pub struct KernelConfig {
     pub task_mm_offset: u64,
     /// Byte offset of `mm_struct::pgtables_bytes` (an `atomic_long_t`).
     pub mm_pgtables_bytes_offset: u64,
+    /// Byte offset of `mm_struct::pgd`.
+    pub mm_pgd_offset: u64,
     /// Page size in bytes (a PTE table occupies one page).
     pub page_size: u64,
     /// tgid of the agent itself: its own activity is never counted.
     pub agent_tgid: u64,
+    /// Kernel virtual address of physical address 0 in the direct map
+    /// (x86_64 `page_offset_base`, randomised at boot). 0 disables the
+    /// page-table walk: reclaim is then measured through `pgtables_bytes`.
+    pub direct_map_base: u64,
+    /// Levels of the page-table tree: 4 or 5 (x86_64 LA57).
+    pub pgtable_levels: u64,
+}
+
+/// Largest number of steps of one page-table walk: each step covers a
+/// populated 1 GiB region or skips an empty 512 GiB block, so this bounds the
+/// run time of a DONTNEED over a huge, densely mapped range (4 TiB). A range
+/// beyond it is measured through `pgtables_bytes` instead and counted in
+/// [`NodeCounters::approximate_calls`].
+pub const MAX_WALK_REGIONS: u32 = 4096;
+
+/// What [`AgentRequest::op`] asks the `agent_request` program to do.
+pub mod request {
+    /// Nothing pending.
+    pub const IDLE: u64 = 0;
+    /// Find the direct-map base: for `count` candidates `args[3] + i *
+    /// args[4]`, read 16 bytes at candidate + `args[0]` (a physical address)
+    /// and compare with `args[1..3]`; `result` = matching candidate or 0.
+    pub const FIND_DIRECT_MAP: u64 = 1;
+    /// Count PTE tables under `[args[0], args[0] + args[1])` of the agent's
+    /// own mm with the same walk the madvise programs use; `result` = tables,
+    /// `status` = 1 if the walk covered the whole range.
+    pub const COUNT_PTE_TABLES: u64 = 2;
+}
+
+/// A request from the agent to the kernel side, answered synchronously: the
+/// agent fills it, makes the trigger syscall, and reads the answer. Used only
+/// at start-up (calibration and self-test).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentRequest {
+    pub op: u64,
+    pub args: [u64; 6],
+    pub result: u64,
+    pub status: u64,
 }
 
 /// Per-process counters, keyed by tgid.
@@ -88,31 +130,29 @@ pub struct NodeCounters {
     pub process_map_update_failures: u64,
     /// DONTNEED calls whose in-flight entry could not be stored.
     pub inflight_update_failures: u64,
+    /// DONTNEED calls measured through the `pgtables_bytes` drop rather than
+    /// an exact page-table walk (walk unavailable, range too large, or
+    /// several iovecs): exact for single-threaded processes only.
+    pub approximate_calls: u64,
 }
 
 /// A DONTNEED call in progress on one thread, keyed by thread id.
+///
+/// Reclaim is measured per call: PTE tables present under the range's fully
+/// covered 2 MiB spans at entry minus those present at exit. Other threads
+/// faulting or zapping elsewhere in the same mm cannot disturb that count
+/// (they do disturb `mm->pgtables_bytes`, which is the fallback).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InflightCall {
-    /// Length the caller asked for (`madvise`); 0 for `process_madvise`,
-    /// whose return value says how many bytes were advised.
+    /// Range the caller asked for.
+    pub start: u64,
     pub len: u64,
-}
-
-/// Reclaim window state of one mm (keyed by tgid: all threads of a process
-/// share its mm).
-///
-/// Every DONTNEED entry and exit on any thread of the process is a boundary.
-/// At a boundary the program reads `mm->pgtables_bytes`, swaps it into
-/// `last_pgtables_bytes`, and when at least one DONTNEED call was running
-/// during the interval since the previous boundary (`active` > 0 before the
-/// boundary) it counts the drop over that interval as reclaim. Intervals are
-/// disjoint, so two threads in DONTNEED at once never count one drop twice.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MmWindow {
-    pub last_pgtables_bytes: u64,
-    pub active: u64,
+    /// PTE tables under the range at entry, valid if `walked` is 1.
+    pub tables_at_entry: u64,
+    pub walked: u64,
+    /// `mm->pgtables_bytes` at entry, for the fallback.
+    pub pgtables_bytes_at_entry: u64,
 }
 
 #[cfg(feature = "user")]
@@ -123,5 +163,5 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessCounters {}
     unsafe impl aya::Pod for super::NodeCounters {}
     unsafe impl aya::Pod for super::InflightCall {}
-    unsafe impl aya::Pod for super::MmWindow {}
+    unsafe impl aya::Pod for super::AgentRequest {}
 }

@@ -15,11 +15,7 @@ static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> =
 #[map(name = "NODE_COUNTERS")]
 static NODE_COUNTERS: PerCpuArray<NodeCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Threads of one process update the same entry from several CPUs.
-#[inline(always)]
-fn atomic_add(field: *mut u64, value: u64) {
-    crate::atomic::fetch_add(field, value);
-}
+use crate::atomic;
 
 #[inline(always)]
 fn node() -> Option<*mut NodeCounters> {
@@ -53,6 +49,10 @@ fn process(tgid: u32) -> Option<*mut ProcessCounters> {
     PROCESS_COUNTERS.get_ptr_mut(tgid)
 }
 
+// Per-process entries are shared by the threads of a process, which run on
+// several CPUs at once: they are updated with atomic adds. Node counters are
+// per-CPU and need none.
+
 /// Record one completed DONTNEED call.
 #[inline(always)]
 pub fn record_dontneed_call(tgid: u32, bytes: u64) {
@@ -66,8 +66,8 @@ pub fn record_dontneed_call(tgid: u32, bytes: u64) {
     if let Some(process) = process(tgid) {
         // SAFETY: pointer into a live map value.
         unsafe {
-            atomic_add(&raw mut (*process).dontneed_calls, 1);
-            atomic_add(&raw mut (*process).dontneed_bytes, bytes);
+            atomic::add(&raw mut (*process).dontneed_calls, 1);
+            atomic::add(&raw mut (*process).dontneed_bytes, bytes);
         }
     }
 }
@@ -81,7 +81,16 @@ pub fn record_pte_pages_reclaimed(tgid: u32, pages: u64) {
     }
     if let Some(process) = process(tgid) {
         // SAFETY: pointer into a live map value.
-        unsafe { atomic_add(&raw mut (*process).pte_pages_reclaimed, pages) };
+        unsafe { atomic::add(&raw mut (*process).pte_pages_reclaimed, pages) };
+    }
+}
+
+/// Count a DONTNEED call measured through `pgtables_bytes`.
+#[inline(always)]
+pub fn record_approximate_call() {
+    if let Some(node) = node() {
+        // SAFETY: per-CPU value of this CPU; no other writer.
+        unsafe { (*node).approximate_calls += 1 };
     }
 }
 

@@ -3,19 +3,22 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
 use ptwatch_common::KernelConfig;
 
-/// Filled by the agent before load (`EbpfLoader::set_global`, read-only).
+/// Filled by the agent before load (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     task_mm_offset: 0,
     mm_pgtables_bytes_offset: 0,
+    mm_pgd_offset: 0,
     page_size: 4096,
     agent_tgid: 0,
+    direct_map_base: 0,
+    pgtable_levels: 4,
 };
 
 #[inline(always)]
 pub fn config() -> KernelConfig {
     // SAFETY: a plain read of a global; volatile so the compiler does not fold
-    // the zero initialiser into the code (the loader rewrites it).
+    // the initialiser into the code (the loader rewrites it).
     unsafe { core::ptr::read_volatile(&PTWATCH_KERNEL_CONFIG) }
 }
 
@@ -27,40 +30,43 @@ pub struct CurrentTask {
 }
 
 impl CurrentTask {
+    #[inline(always)]
+    pub fn get() -> Self {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Self {
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+        }
+    }
+
     /// The running task, or `None` for the agent's own threads.
     #[inline(always)]
-    pub fn get(config: &KernelConfig) -> Option<Self> {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let tgid = (pid_tgid >> 32) as u32;
-        if u64::from(tgid) == config.agent_tgid {
-            return None;
-        }
-        Some(Self {
-            tgid,
-            tid: pid_tgid as u32,
-        })
+    pub fn observed(config: &KernelConfig) -> Option<Self> {
+        let task = Self::get();
+        (u64::from(task.tgid) != config.agent_tgid).then_some(task)
     }
 }
 
-/// `current->mm->pgtables_bytes`: the page-table memory of the running task's
-/// address space, the number behind `VmPTE` in `/proc/<pid>/status`.
-///
-/// `None` for kernel threads (no mm) or if a read faults.
+/// Read a `T` at `base + offset` of kernel memory.
 #[inline(always)]
-pub fn current_pgtables_bytes(config: &KernelConfig) -> Option<u64> {
-    // SAFETY: bpf_get_current_task returns the running task_struct; the reads
-    // go through bpf_probe_read_kernel, which tolerates bad addresses.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let mm: *const u8 =
-            bpf_probe_read_kernel(task.add(config.task_mm_offset as usize).cast()).ok()?;
-        if mm.is_null() {
-            return None;
-        }
-        let bytes: i64 =
-            bpf_probe_read_kernel(mm.add(config.mm_pgtables_bytes_offset as usize).cast()).ok()?;
-        // atomic_long_t can transiently be observed negative by a racing
-        // reader on some paths; treat that as "no reading".
-        u64::try_from(bytes).ok()
-    }
+pub fn read_kernel<T>(base: u64, offset: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel((base.wrapping_add(offset)) as *const T).ok() }
+}
+
+/// `current->mm`, or `None` for kernel threads.
+#[inline(always)]
+pub fn current_mm(config: &KernelConfig) -> Option<u64> {
+    // SAFETY: returns the running task_struct's address; no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = read_kernel(task, config.task_mm_offset)?;
+    (mm != 0).then_some(mm)
+}
+
+/// `mm->pgtables_bytes`: the page-table memory of an address space, the
+/// number behind `VmPTE` in `/proc/<pid>/status`.
+#[inline(always)]
+pub fn pgtables_bytes(config: &KernelConfig, mm: u64) -> Option<u64> {
+    let bytes: i64 = read_kernel(mm, config.mm_pgtables_bytes_offset)?;
+    u64::try_from(bytes).ok()
 }

@@ -1,36 +1,36 @@
-//! PT_RECLAIM through the syscall tracepoints (works on every kernel with
-//! syscall tracepoints; the only method this project's CI host can attach).
+//! PT_RECLAIM through the syscall tracepoints (every kernel with syscall
+//! tracepoints; the only method this project's CI host can attach).
 //!
-//! PT_RECLAIM runs only inside `MADV_DONTNEED`/`MADV_DONTNEED_LOCKED` zaps
-//! and lowers `mm->pgtables_bytes` at once (`mm_dec_nr_ptes`). So a drop of
-//! `pgtables_bytes` while a DONTNEED call is running in that mm is reclaim.
-//! The window logic in [`boundary`] makes this exact for single-threaded
-//! processes and keeps concurrent calls of one process from counting a drop
-//! twice (see `MmWindow`).
+//! PT_RECLAIM runs only inside `MADV_DONTNEED`/`MADV_DONTNEED_LOCKED` zaps.
+//! Each call is measured on its own: the PTE tables under the range at entry
+//! minus those left at exit (see `pagetable.rs`). That count is immune to
+//! other threads of the process faulting in or zapping other ranges at the
+//! same time. Where the walk is unavailable the drop of
+//! `mm->pgtables_bytes` across the call is used instead (exact only when no
+//! other thread changes the page tables meanwhile).
 
 use aya_ebpf::{
+    helpers::bpf_probe_read_user,
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
 use ptwatch_common::{
-    InflightCall, KernelConfig, MmWindow, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MAX_INFLIGHT_CALLS,
-    MAX_TRACKED_PROCESSES,
+    InflightCall, KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MAX_INFLIGHT_CALLS,
 };
 
 use crate::{
-    atomic,
-    counters::{record_dontneed_call, record_inflight_failure, record_pte_pages_reclaimed},
-    kernel::{config, current_pgtables_bytes, CurrentTask},
+    counters::{
+        record_approximate_call, record_dontneed_call, record_inflight_failure,
+        record_pte_pages_reclaimed,
+    },
+    kernel::{config, current_mm, pgtables_bytes, CurrentTask},
+    pagetable::count_pte_tables,
 };
 
 #[map(name = "INFLIGHT")]
 static INFLIGHT: LruHashMap<u32, InflightCall> =
     LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
-
-#[map(name = "MM_WINDOWS")]
-static MM_WINDOWS: LruHashMap<u32, MmWindow> =
-    LruHashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
 // and `int __syscall_nr` (padded to 8), each argument takes 8 bytes.
@@ -46,79 +46,48 @@ static MM_WINDOWS: LruHashMap<u32, MmWindow> =
 //   field:int behavior;         offset:40; size:8;
 // name: sys_exit_madvise, sys_exit_process_madvise
 //   field:long ret;             offset:16; size:8;
+const MADVISE_START: usize = 16;
 const MADVISE_LEN: usize = 24;
 const MADVISE_BEHAVIOR: usize = 32;
+const PROCESS_MADVISE_VEC: usize = 24;
+const PROCESS_MADVISE_VLEN: usize = 32;
 const PROCESS_MADVISE_BEHAVIOR: usize = 40;
 const SYS_EXIT_RET: usize = 16;
 
+#[inline(always)]
 fn is_dontneed(behavior: u64) -> bool {
-    // The tracepoint stores `int` in 8 bytes; compare the low 32 bits.
+    // The tracepoint stores an `int` in 8 bytes; compare the low 32 bits.
     let behavior = behavior & 0xffff_ffff;
     behavior == MADV_DONTNEED || behavior == MADV_DONTNEED_LOCKED
 }
 
-/// A DONTNEED entry or exit in process `tgid`: close the interval since the
-/// previous boundary of this mm, counting its `pgtables_bytes` drop as
-/// reclaim when some DONTNEED call was running during it.
+/// `walk` is false when the range is not known exactly (several iovecs).
 #[inline(always)]
-fn boundary(config: &KernelConfig, tgid: u32, entering: bool) {
-    let Some(now) = current_pgtables_bytes(config) else {
+fn on_enter(start: u64, len: u64, walk: bool) {
+    let config = config();
+    let Some(task) = CurrentTask::observed(&config) else {
         return;
     };
-    let window = match MM_WINDOWS.get_ptr_mut(tgid) {
-        Some(window) => window,
-        None => {
-            let fresh = MmWindow {
-                last_pgtables_bytes: now,
-                active: 0,
-            };
-            // Losing the race to another CPU is fine: its entry is used.
-            let _ = MM_WINDOWS.insert(tgid, fresh, 0);
-            match MM_WINDOWS.get_ptr_mut(tgid) {
-                Some(window) => window,
-                None => return,
+    let Some(mm) = current_mm(&config) else {
+        return;
+    };
+    let mut call = InflightCall {
+        start,
+        len,
+        pgtables_bytes_at_entry: pgtables_bytes(&config, mm).unwrap_or(0),
+        ..InflightCall::default()
+    };
+    if walk && config.direct_map_base != 0 {
+        if let Some(count) = count_pte_tables(&config, mm, start, start.wrapping_add(len)) {
+            if count.complete {
+                call.tables_at_entry = count.tables;
+                call.walked = 1;
             }
         }
-    };
-    // SAFETY: field pointers of a live map value; no reference is formed.
-    let (last, active) = unsafe {
-        (
-            &raw mut (*window).last_pgtables_bytes,
-            &raw mut (*window).active,
-        )
-    };
-    let previous = atomic::swap(last, now);
-    let active_before = if entering {
-        atomic::fetch_add(active, 1)
-    } else {
-        atomic::fetch_sub(active, 1)
-    };
-    if active_before > 0 && previous > now {
-        // checked_div: a division the compiler cannot prove safe would
-        // leave a panic path, which the verifier rejects.
-        record_pte_pages_reclaimed(
-            tgid,
-            (previous - now).checked_div(config.page_size).unwrap_or(0),
-        );
     }
-}
-
-#[inline(always)]
-fn on_enter(behavior: u64, len: u64) {
-    if !is_dontneed(behavior) {
-        return;
-    }
-    let config = config();
-    let Some(task) = CurrentTask::get(&config) else {
-        return;
-    };
-    if INFLIGHT.insert(task.tid, InflightCall { len }, 0).is_err() {
-        // Without the in-flight entry the exit cannot be paired: skip the
-        // window too, so `active` stays balanced.
+    if INFLIGHT.insert(task.tid, call, 0).is_err() {
         record_inflight_failure();
-        return;
     }
-    boundary(&config, task.tgid, true);
 }
 
 /// `bytes_from_ret`: `process_madvise` returns the number of bytes advised,
@@ -126,7 +95,7 @@ fn on_enter(behavior: u64, len: u64) {
 #[inline(always)]
 fn on_exit(ret: i64, bytes_from_ret: bool) {
     let config = config();
-    let Some(task) = CurrentTask::get(&config) else {
+    let Some(task) = CurrentTask::observed(&config) else {
         return;
     };
     // SAFETY: the value is copied out before the entry is removed.
@@ -134,23 +103,54 @@ fn on_exit(ret: i64, bytes_from_ret: bool) {
         return;
     };
     let _ = INFLIGHT.remove(task.tid);
-    boundary(&config, task.tgid, false);
+    let Some(mm) = current_mm(&config) else {
+        return;
+    };
+    if let Some(pages) = reclaimed_pages(&config, mm, &call) {
+        if pages > 0 {
+            record_pte_pages_reclaimed(task.tgid, pages);
+        }
+    }
     if ret >= 0 {
         let bytes = if bytes_from_ret { ret as u64 } else { call.len };
         record_dontneed_call(task.tgid, bytes);
     }
 }
 
+#[inline(always)]
+fn reclaimed_pages(config: &KernelConfig, mm: u64, call: &InflightCall) -> Option<u64> {
+    if call.walked == 1 {
+        if let Some(count) =
+            count_pte_tables(config, mm, call.start, call.start.wrapping_add(call.len))
+        {
+            if count.complete {
+                return Some(call.tables_at_entry.saturating_sub(count.tables));
+            }
+        }
+    }
+    record_approximate_call();
+    let now = pgtables_bytes(config, mm)?;
+    // checked_div: a division the compiler cannot prove safe would leave a
+    // panic path, which the verifier rejects.
+    call.pgtables_bytes_at_entry
+        .saturating_sub(now)
+        .checked_div(config.page_size)
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
 pub fn madvise_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format (above).
-    let (behavior, len) = unsafe {
-        (
-            ctx.read_at::<u64>(MADVISE_BEHAVIOR).unwrap_or(0),
-            ctx.read_at::<u64>(MADVISE_LEN).unwrap_or(0),
-        )
-    };
-    on_enter(behavior, len);
+    let behavior = unsafe { ctx.read_at::<u64>(MADVISE_BEHAVIOR) }.unwrap_or(0);
+    if is_dontneed(behavior) {
+        // SAFETY: as above.
+        let (start, len) = unsafe {
+            (
+                ctx.read_at::<u64>(MADVISE_START).unwrap_or(0),
+                ctx.read_at::<u64>(MADVISE_LEN).unwrap_or(0),
+            )
+        };
+        on_enter(start, len, true);
+    }
     0
 }
 
@@ -164,11 +164,27 @@ pub fn madvise_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_process_madvise")]
 pub fn process_madvise_enter(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the tracepoint's format (above).
+    // SAFETY: offsets from the tracepoint's format (above).
     let behavior = unsafe { ctx.read_at::<u64>(PROCESS_MADVISE_BEHAVIOR) }.unwrap_or(0);
-    // DONTNEED through process_madvise is only allowed on the caller's own
-    // mm (6.13+), so `current->mm` is the mm being zapped.
-    on_enter(behavior, 0);
+    if !is_dontneed(behavior) {
+        return 0;
+    }
+    // DONTNEED through process_madvise is only allowed on the caller's own mm
+    // (6.13+), so `current->mm` is the mm being zapped. One iovec gives an
+    // exact range; several fall back to `pgtables_bytes`.
+    // SAFETY: as above.
+    let (vec, vlen) = unsafe {
+        (
+            ctx.read_at::<u64>(PROCESS_MADVISE_VEC).unwrap_or(0),
+            ctx.read_at::<u64>(PROCESS_MADVISE_VLEN).unwrap_or(0),
+        )
+    };
+    // SAFETY: bpf_probe_read_user tolerates bad user pointers.
+    let iovec = unsafe { bpf_probe_read_user(vec as *const [u64; 2]) }.ok();
+    match iovec {
+        Some([base, len]) if vlen == 1 => on_enter(base, len, true),
+        _ => on_enter(0, 0, false),
+    }
     0
 }
 

@@ -10,6 +10,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod agent_request;
+#[cfg(target_arch = "bpf")]
 mod atomic;
 #[cfg(target_arch = "bpf")]
 mod counters;
@@ -17,6 +19,8 @@ mod counters;
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod madvise;
+#[cfg(target_arch = "bpf")]
+mod pagetable;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

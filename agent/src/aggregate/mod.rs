@@ -99,9 +99,8 @@ impl CounterSource for ProbeMaps {
     }
 
     fn forget(&mut self, pid: u32) {
-        // Absent keys are fine: the entry may never have existed in one map.
+        // An absent key is fine: another harvest may have removed it.
         let _ = self.processes.remove(&pid);
-        let _ = self.mm_windows.remove(&pid);
     }
 }
 

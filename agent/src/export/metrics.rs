@@ -20,6 +20,8 @@ pub struct AgentInfo {
     pub version: String,
     pub kernel: String,
     pub probe_mode: String,
+    /// [`crate::probes::ReclaimAccounting::method`].
+    pub reclaim_accounting: String,
     pub pt_reclaim_supported: bool,
 }
 
@@ -108,6 +110,18 @@ const PT_RECLAIM_SUPPORTED: Family = Family {
     kind: MetricType::GAUGE,
     labels: &[],
 };
+const RECLAIM_ACCOUNTING: Family = Family {
+    name: "ptwatch_reclaim_accounting_info",
+    help: "Always 1; `method` says how reclaim is counted: page_table_walk (exact) or pgtables_bytes (approximate for multi-threaded processes).",
+    kind: MetricType::GAUGE,
+    labels: &["method"],
+};
+const APPROXIMATE_CALLS: Family = Family {
+    name: "ptwatch_node_approximate_dontneed_calls_total",
+    help: "DONTNEED calls whose reclaim was measured through pgtables_bytes instead of an exact page-table walk.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
 const SCRAPE_ERRORS: Family = Family {
     name: "ptwatch_scrape_errors_total",
     help: "Scrapes at which the kernel maps could not be read.",
@@ -126,6 +140,8 @@ const ALL_FAMILIES: &[&Family] = &[
     &TRACKED_PROCESSES,
     &BUILD_INFO,
     &PT_RECLAIM_SUPPORTED,
+    &RECLAIM_ACCOUNTING,
+    &APPROXIMATE_CALLS,
     &SCRAPE_ERRORS,
 ];
 
@@ -214,6 +230,8 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
         TRACKED_PROCESSES.single(&[], processes.len() as f64),
         BUILD_INFO.single(&[&info.version, &info.kernel, &info.probe_mode], 1.0),
         PT_RECLAIM_SUPPORTED.single(&[], if info.pt_reclaim_supported { 1.0 } else { 0.0 }),
+        RECLAIM_ACCOUNTING.single(&[&info.reclaim_accounting], 1.0),
+        APPROXIMATE_CALLS.single(&[], node.approximate_calls as f64),
         SCRAPE_ERRORS.single(&[], scrape_errors as f64),
     ]
     .into_iter()
@@ -311,6 +329,7 @@ mod tests {
             version: "0.1.0".into(),
             kernel: "6.18.0".into(),
             probe_mode: "tracepoint".into(),
+            reclaim_accounting: "page_table_walk".into(),
             pt_reclaim_supported: true,
         }
     }

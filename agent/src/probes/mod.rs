@@ -1,9 +1,11 @@
 //! Loading and attaching the kernel programs.
 //!
 //! `object` embeds the eBPF object, `config` turns kernel facts into the
-//! programs' [`KernelConfig`], and [`Probes`] owns the loaded object: while it
-//! lives the programs stay attached, dropping it detaches everything.
+//! programs' [`KernelConfig`], `calibrate` enables the exact page-table walk,
+//! and [`Probes`] owns the loaded object: while it lives the programs stay
+//! attached, dropping it detaches everything.
 
+mod calibrate;
 mod config;
 mod object;
 
@@ -14,7 +16,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use ptwatch_common::{names, MmWindow, NodeCounters, ProcessCounters};
+use ptwatch_common::{names, KernelConfig, NodeCounters, ProcessCounters};
 
 pub use config::kernel_config;
 
@@ -30,6 +32,26 @@ impl ProbeMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// How PTE pages reclaimed by a DONTNEED call are counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReclaimAccounting {
+    /// Tables under the call's range at entry minus at exit: exact, also
+    /// for multi-threaded processes.
+    PageTableWalk,
+    /// Drop of `mm->pgtables_bytes` across the call: exact only when no
+    /// other thread changes the process' page tables meanwhile.
+    PgtablesBytes { why: String },
+}
+
+impl ReclaimAccounting {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::PageTableWalk => "page_table_walk",
+            Self::PgtablesBytes { .. } => "pgtables_bytes",
         }
     }
 }
@@ -95,13 +117,13 @@ const TRACEPOINT_PLAN: &[TracepointProbe] = &[
 pub struct ProbeMaps {
     pub processes: HashMap<MapData, u32, ProcessCounters>,
     pub node: PerCpuArray<MapData, NodeCounters>,
-    pub mm_windows: HashMap<MapData, u32, MmWindow>,
 }
 
 /// The loaded, attached programs. Dropping this detaches them.
 pub struct Probes {
     ebpf: Ebpf,
     mode: ProbeMode,
+    accounting: ReclaimAccounting,
     /// `(program, tracepoint)` for each attached program.
     attached: Vec<(&'static str, String)>,
 }
@@ -110,16 +132,17 @@ impl Probes {
     /// Load the object with offsets from the BTF at `btf_path` and attach
     /// the plan's programs.
     pub fn load(btf_path: &Path) -> Result<Self, ProbeError> {
-        let object = object::bytes();
-        if object.is_empty() {
-            return Err(ProbeError::NoObject);
-        }
         let config = kernel_config(btf_path)?;
-        tracing::debug!(?config, "kernel configuration for the programs");
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::KERNEL_CONFIG, &config, true)
-            .load(object)
-            .map_err(ProbeError::Load)?;
+        let (mut ebpf, accounting) = load_calibrated(config)?;
+        match &accounting {
+            ReclaimAccounting::PageTableWalk => {
+                tracing::info!("reclaim measured exactly by page-table walks")
+            }
+            ReclaimAccounting::PgtablesBytes { why } => tracing::warn!(
+                reason = %why,
+                "page-table walk unavailable: reclaim measured through pgtables_bytes, approximate for multi-threaded processes"
+            ),
+        }
         let mut attached = Vec::new();
         for probe in TRACEPOINT_PLAN {
             let program: &mut TracePoint = ebpf
@@ -146,12 +169,17 @@ impl Probes {
         Ok(Self {
             ebpf,
             mode: ProbeMode::Tracepoint,
+            accounting,
             attached,
         })
     }
 
     pub fn mode(&self) -> ProbeMode {
         self.mode
+    }
+
+    pub fn accounting(&self) -> &ReclaimAccounting {
+        &self.accounting
     }
 
     pub fn attached(&self) -> &[(&'static str, String)] {
@@ -163,7 +191,6 @@ impl Probes {
         Ok(ProbeMaps {
             processes: self.take(names::PROCESS_COUNTERS)?,
             node: self.take(names::NODE_COUNTERS)?,
-            mm_windows: self.take(names::MM_WINDOWS)?,
         })
     }
 
@@ -177,4 +204,45 @@ impl Probes {
             .ok_or(ProbeError::MissingMap(name))?;
         T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
+}
+
+fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
+    let object = object::bytes();
+    if object.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    tracing::debug!(?config, "kernel configuration for the programs");
+    EbpfLoader::new()
+        .override_global(names::KERNEL_CONFIG, config, true)
+        .load(object)
+        .map_err(ProbeError::Load)
+}
+
+/// Load the object with the page-table walk enabled if calibration and the
+/// self-test succeed, else with it disabled. The configuration is a frozen
+/// global, so each attempt is a fresh load of the object.
+fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting), ProbeError> {
+    let mut probe = load_object(&config)?;
+    let found = calibrate::RequestChannel::open(&mut probe)
+        .and_then(|mut channel| calibrate::find_direct_map(&mut channel));
+    drop(probe);
+    let why = match found {
+        Ok((base, levels)) => {
+            config.direct_map_base = base;
+            config.pgtable_levels = levels;
+            let mut ebpf = load_object(&config)?;
+            let tested = calibrate::RequestChannel::open(&mut ebpf)
+                .and_then(|mut channel| calibrate::self_test(&mut channel));
+            match tested {
+                Ok(()) => return Ok((ebpf, ReclaimAccounting::PageTableWalk)),
+                Err(err) => err.to_string(),
+            }
+        }
+        Err(err) => err.to_string(),
+    };
+    config.direct_map_base = 0;
+    Ok((
+        load_object(&config)?,
+        ReclaimAccounting::PgtablesBytes { why },
+    ))
 }
