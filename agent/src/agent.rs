@@ -14,11 +14,12 @@ use crate::{
         server,
     },
     kernel::{procfs, support},
-    probes::Probes,
+    probes::{kernel_config, Probes},
 };
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     support::require_privileges()?;
+    let config = kernel_config(&args.btf)?;
     // Bind before attaching anything: a busy port is the most common
     // start-up failure and must not leave probes behind.
     let listener = server::bind(args.listen).await?;
@@ -35,8 +36,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     support::ensure_tracefs()?;
 
-    let btf = args.btf.clone();
-    let mut probes = tokio::task::spawn_blocking(move || Probes::load(&btf))
+    let mut probes = tokio::task::spawn_blocking(move || Probes::load(config))
         .await
         .context("probe loading task failed")??;
     let maps = probes.take_maps()?;

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let subscriber = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let subscriber = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),

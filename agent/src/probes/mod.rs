@@ -9,8 +9,6 @@ mod calibrate;
 mod config;
 mod object;
 
-use std::path::Path;
-
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::TracePoint,
@@ -129,10 +127,9 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Load the object with offsets from the BTF at `btf_path` and attach
-    /// the plan's programs.
-    pub fn load(btf_path: &Path) -> Result<Self, ProbeError> {
-        let config = kernel_config(btf_path)?;
+    /// Load the object for `config` (see [`kernel_config`]) and attach the
+    /// plan's programs.
+    pub fn load(config: KernelConfig) -> Result<Self, ProbeError> {
         let (mut ebpf, accounting) = load_calibrated(config)?;
         match &accounting {
             ReclaimAccounting::PageTableWalk => {
