@@ -39,10 +39,7 @@ fn main() -> anyhow::Result<()> {
     let workspace = workspace_root()?;
     let ebpf_dir = workspace.join("ebpf");
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("common").display()
-    );
+    println!("cargo:rerun-if-changed={}", workspace.join("common").display());
     if let Ok(linker) = &linker {
         println!("cargo:rerun-if-changed={}", linker.display());
     }
@@ -51,16 +48,7 @@ fn main() -> anyhow::Result<()> {
     let target_dir = out_dir.join("ebpf-target");
     let mut cargo = Command::new("rustup");
     cargo
-        .args([
-            "run",
-            EBPF_TOOLCHAIN,
-            "cargo",
-            "build",
-            "--package",
-            "ptwatch-ebpf",
-            "--bin",
-            "ptwatch",
-        ])
+        .args(["run", EBPF_TOOLCHAIN, "cargo", "build", "--package", "ptwatch-ebpf", "--bin", "ptwatch"])
         .args(["--release", "--target", EBPF_TARGET, "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -69,28 +57,19 @@ fn main() -> anyhow::Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         // BPF ISA v3 (kernel 5.1+): 32-bit sub-registers and jumps give the
         // verifier smaller programs. Debug info feeds the object's BTF.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Ctarget-cpu=v3", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        );
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Ctarget-cpu=v3", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"));
     // The outer build's compiler settings belong to the host toolchain.
-    for key in [
-        "RUSTC",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
+    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
         cargo.env_remove(key);
     }
-    let output = cargo
-        .output()
-        .context("running `rustup run` to build the eBPF programs (is rustup installed?)")?;
+    let output = cargo.output().context("running `rustup run` to build the eBPF programs (is rustup installed?)")?;
     if !output.status.success() {
         for line in String::from_utf8_lossy(&output.stderr).lines() {
             println!("cargo:warning={line}");
         }
-        bail!("building the eBPF programs failed (see the warnings above); `cargo xtask setup` installs what they need");
+        bail!(
+            "building the eBPF programs failed (see the warnings above); `cargo xtask setup` installs what they need"
+        );
     }
     let built = target_dir.join(EBPF_TARGET).join("release").join("ptwatch");
     fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
@@ -99,10 +78,6 @@ fn main() -> anyhow::Result<()> {
 
 /// The workspace root: the parent of this crate's manifest directory.
 fn workspace_root() -> anyhow::Result<PathBuf> {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .context("agent crate has no parent directory")
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
+    manifest_dir.parent().map(PathBuf::from).context("agent crate has no parent directory")
 }

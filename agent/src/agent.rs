@@ -13,13 +13,13 @@ use crate::{
         metrics::{AgentInfo, PtwatchCollector},
         server,
     },
-    kernel::{procfs, support},
-    probes::{kernel_config, Probes},
+    kernel::{btf::KernelBtf, support},
+    probes::Probes,
 };
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     support::require_privileges()?;
-    let config = kernel_config(&args.btf)?;
+    let btf = KernelBtf::load(&args.probes.btf)?;
     // Bind before attaching anything: a busy port is the most common
     // start-up failure and must not leave probes behind.
     let listener = server::bind(args.listen).await?;
@@ -36,30 +36,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     support::ensure_tracefs()?;
 
-    let mut probes = tokio::task::spawn_blocking(move || Probes::load(config))
-        .await
-        .context("probe loading task failed")??;
+    let mode = args.probes.probe_mode;
+    let mut probes =
+        tokio::task::spawn_blocking(move || Probes::load(&btf, mode)).await.context("probe loading task failed")??;
     let maps = probes.take_maps()?;
-    let info = AgentInfo {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: procfs::kernel_release(),
-        probe_mode: probes.mode().as_str().to_owned(),
-        reclaim_accounting: probes.accounting().method().to_owned(),
-        pt_reclaim_supported,
-    };
-    let collector = Arc::new(PtwatchCollector::new(
-        Box::new(Aggregator::new(maps, args.exited_ttl)),
-        info,
-    ));
+    let info = AgentInfo::new(&probes, pt_reclaim_supported);
+    let collector = Arc::new(PtwatchCollector::new(Box::new(Aggregator::new(maps, args.exited_ttl)), info));
     let registry = Arc::new(Registry::new());
-    registry
-        .register(Box::new(SharedCollector(Arc::clone(&collector))))
-        .context("registering metrics")?;
+    registry.register(Box::new(SharedCollector(Arc::clone(&collector)))).context("registering metrics")?;
 
-    let harvester = tokio::spawn(harvest_periodically(
-        Arc::clone(&collector),
-        args.harvest_interval,
-    ));
+    let harvester = tokio::spawn(harvest_periodically(Arc::clone(&collector), args.harvest_interval));
     tracing::info!(listen = %args.listen, mode = probes.mode().as_str(), "serving /metrics");
     server::serve(listener, registry, shutdown_signal()?).await?;
     harvester.abort();
@@ -86,10 +72,7 @@ async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration)
     loop {
         ticker.tick().await;
         let collector = Arc::clone(&collector);
-        if tokio::task::spawn_blocking(move || collector.refresh())
-            .await
-            .is_err()
-        {
+        if tokio::task::spawn_blocking(move || collector.refresh()).await.is_err() {
             tracing::warn!("harvest task failed");
         }
     }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::kernel::btf::VMLINUX_BTF;
+use crate::{kernel::btf::VMLINUX_BTF, probes::plan::ProbeMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +43,36 @@ pub enum Command {
     /// MADV_DONTNEED calls and bytes. Node totals keep counting processes
     /// after they exit.
     Agent(AgentArgs),
+    /// Check what this kernel supports: BTF, PT_RECLAIM (configuration and
+    /// behaviour), which probe each event will use and why the others
+    /// cannot be used, and which metrics the agent will therefore export.
+    ///
+    /// It loads and attaches the probes exactly as the agent would, then
+    /// detaches them. Exit code 0 when the agent can run.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Which probes to use: `auto` picks the most precise the kernel allows
+    /// (fentry, then kprobe, then tracepoints); the others force one and
+    /// fail if the kernel cannot do it.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Auto, env = "PTWATCH_PROBE_MODE")]
+    pub probe_mode: ProbeMode,
+
+    /// Kernel BTF to read struct layouts from.
+    #[arg(long, default_value = VMLINUX_BTF, env = "PTWATCH_BTF")]
+    pub btf: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -61,31 +91,24 @@ pub struct AgentArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration, env = "PTWATCH_HARVEST_INTERVAL")]
     pub harvest_interval: Duration,
 
-    /// Kernel BTF to read struct layouts from.
-    #[arg(long, default_value = VMLINUX_BTF, env = "PTWATCH_BTF")]
-    pub btf: PathBuf,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 }
 
 /// Parse `90`, `90s`, `5m`, `2h`, `500ms` into a duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number with an optional unit (ms, s, m, h)")
-    })?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number with an optional unit (ms, s, m, h)"))?;
     let duration = match unit {
         "ms" => Duration::from_millis(number),
         "" | "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number.saturating_mul(60)),
         "h" => Duration::from_secs(number.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {text:?}: use ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("invalid duration unit {unit:?} in {text:?}: use ms, s, m or h")),
     };
     if duration.is_zero() {
         return Err(format!("duration {text:?} must be greater than zero"));

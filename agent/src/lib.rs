@@ -6,6 +6,7 @@
 //! `cli`/`agent` are the user-facing edges.
 pub mod agent;
 pub mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod export;
 pub mod kernel;

@@ -57,11 +57,9 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         Command::Agent(args) => runtime.block_on(ptwatch::agent::run(args)),
+        Command::Check(args) => ptwatch::check::run(args),
     }
 }

@@ -17,12 +17,7 @@ fn promtool_check(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool is needed (Debian package prometheus; `cargo xtask setup` installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
     let output = child.wait_with_output().expect("promtool");
     assert!(
         output.status.success(),
@@ -33,29 +28,23 @@ fn promtool_check(text: &str) {
 }
 
 fn parse(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("parse exposition text")
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text")
 }
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
-        })
+        },
+    )
 }
 
 #[test]
 fn metrics_are_valid_prometheus_text_and_match_the_kernel() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let agent = AgentProcess::start(&[]);
     let report = run_workload(&["cuts", "64", "0", "2048", "1", "dontneed"]);
     let text = agent.scrape();
@@ -68,54 +57,23 @@ fn metrics_are_valid_prometheus_text_and_match_the_kernel() {
         Some((report.vmpte_drop_kib / 4) as f64),
         "{text}"
     );
+    assert_eq!(value(&scrape, "ptwatch_madvise_dontneed_calls_total", &labels), Some(report.calls as f64));
+    assert_eq!(value(&scrape, "ptwatch_madvise_dontneed_bytes_total", &labels), Some(report.bytes as f64));
+    assert!(value(&scrape, "ptwatch_node_pte_pages_reclaimed_total", &[]).is_some_and(|v| v >= 32.0));
+    assert_eq!(value(&scrape, "ptwatch_pt_reclaim_supported", &[]), Some(1.0));
     assert_eq!(
-        value(&scrape, "ptwatch_madvise_dontneed_calls_total", &labels),
-        Some(report.calls as f64)
-    );
-    assert_eq!(
-        value(&scrape, "ptwatch_madvise_dontneed_bytes_total", &labels),
-        Some(report.bytes as f64)
-    );
-    assert!(
-        value(&scrape, "ptwatch_node_pte_pages_reclaimed_total", &[]).is_some_and(|v| v >= 32.0)
-    );
-    assert_eq!(
-        value(&scrape, "ptwatch_pt_reclaim_supported", &[]),
+        value(&scrape, "ptwatch_build_info", &[("probe_mode", "tracepoint"), ("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
     );
-    assert_eq!(
-        value(
-            &scrape,
-            "ptwatch_build_info",
-            &[
-                ("probe_mode", "tracepoint"),
-                ("version", env!("CARGO_PKG_VERSION"))
-            ]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &scrape,
-            "ptwatch_reclaim_accounting_info",
-            &[("method", "page_table_walk")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(value(&scrape, "ptwatch_reclaim_accounting_info", &[("method", "page_table_walk")]), Some(1.0));
     let (status, stderr) = agent.stop();
-    assert!(
-        status.success(),
-        "SIGTERM must exit 0: {status:?}\n{stderr}"
-    );
+    assert!(status.success(), "SIGTERM must exit 0: {status:?}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn comm_with_quotes_backslashes_and_spaces_is_escaped() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let agent = AgentProcess::start(&[]);
     // A process name with every character the format must escape (the
     // kernel keeps 15 bytes of it).
@@ -123,19 +81,13 @@ fn comm_with_quotes_backslashes_and_spaces_is_escaped() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let odd = dir.join("a \"b\\ c");
     std::fs::copy(support::workload_bin(), &odd).expect("copy workload");
-    let output = Command::new(&odd)
-        .args(["cuts", "8", "0", "2048", "1", "dontneed"])
-        .output()
-        .expect("run");
+    let output = Command::new(&odd).args(["cuts", "8", "0", "2048", "1", "dontneed"]).output().expect("run");
     assert!(output.status.success());
     let report: ptwatch_workload::Report = serde_json::from_slice(&output.stdout).expect("report");
     let text = agent.scrape();
     promtool_check(&text);
     assert!(
-        text.contains(&format!(
-            r#"ptwatch_pte_pages_reclaimed_total{{pid="{}",comm="a \"b\\ c"}} 4"#,
-            report.pid
-        )),
+        text.contains(&format!(r#"ptwatch_pte_pages_reclaimed_total{{pid="{}",comm="a \"b\\ c"}} 4"#, report.pid)),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -145,23 +97,11 @@ fn comm_with_quotes_backslashes_and_spaces_is_escaped() {
 fn exited_processes_stay_for_the_ttl_then_go() {
     let agent = AgentProcess::start(&["--exited-ttl", "2s", "--harvest-interval", "500ms"]);
     let report = run_workload(&["cuts", "8", "0", "2048", "1", "dontneed"]);
-    let series = format!(
-        r#"ptwatch_madvise_dontneed_calls_total{{pid="{}""#,
-        report.pid
-    );
-    assert!(
-        agent.scrape().contains(&series),
-        "series present right after exit"
-    );
+    let series = format!(r#"ptwatch_madvise_dontneed_calls_total{{pid="{}""#, report.pid);
+    assert!(agent.scrape().contains(&series), "series present right after exit");
     std::thread::sleep(std::time::Duration::from_secs(4));
     let text = agent.scrape();
-    assert!(
-        !text.contains(&series),
-        "series gone after the TTL:\n{text}"
-    );
+    assert!(!text.contains(&series), "series gone after the TTL:\n{text}");
     // The node total still counts it.
-    assert!(parse(&text)
-        .samples
-        .iter()
-        .any(|s| s.metric == "ptwatch_node_madvise_dontneed_calls_total"));
+    assert!(parse(&text).samples.iter().any(|s| s.metric == "ptwatch_node_madvise_dontneed_calls_total"));
 }

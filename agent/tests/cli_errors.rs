@@ -7,40 +7,22 @@ use std::process::{Command, Output};
 use support::{free_port, ptwatch_bin};
 
 fn ptwatch(args: &[&str]) -> Output {
-    Command::new(ptwatch_bin())
-        .args(args)
-        .output()
-        .expect("run ptwatch")
+    Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")
 }
 
 /// Exactly one line of stderr, with `needle` in it, and exit code `code`.
 fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.contains(" INFO ") && !l.contains(" WARN "))
-        .collect();
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "exit code; stderr:\n{stderr}"
-    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" WARN ")).collect();
+    assert_eq!(output.status.code(), Some(code), "exit code; stderr:\n{stderr}");
     assert_eq!(lines.len(), 1, "one error line expected, got:\n{stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "{needle:?} not in {:?}",
-        lines[0]
-    );
+    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    assert_one_line_error(
-        &ptwatch(&["agent", "--listen", "not-an-address"]),
-        2,
-        "--listen",
-    );
+    assert_one_line_error(&ptwatch(&["agent", "--listen", "not-an-address"]), 2, "--listen");
     assert_one_line_error(&ptwatch(&["agent", "--exited-ttl", "5x"]), 2, "duration");
     assert_one_line_error(&ptwatch(&["agent", "--no-such-flag"]), 2, "--no-such-flag");
     assert_one_line_error(&ptwatch(&["no-such-command"]), 2, "no-such-command");
@@ -50,12 +32,7 @@ fn bad_flags_are_usage_errors() {
 #[test]
 fn not_root_is_one_line() {
     let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(ptwatch_bin())
         .args(["agent", "--listen", &free_port().to_string()])
         .output()
@@ -65,13 +42,7 @@ fn not_root_is_one_line() {
 
 #[test]
 fn missing_btf_is_one_line() {
-    let output = ptwatch(&[
-        "agent",
-        "--listen",
-        &free_port().to_string(),
-        "--btf",
-        "/nonexistent/vmlinux",
-    ]);
+    let output = ptwatch(&["agent", "--listen", &free_port().to_string(), "--btf", "/nonexistent/vmlinux"]);
     assert_one_line_error(&output, 1, "CONFIG_DEBUG_INFO_BTF");
 }
 
@@ -89,23 +60,13 @@ fn sigterm_detaches_every_program() {
     let (status, stderr) = agent.stop();
     assert!(status.success(), "{status:?}: {stderr}");
     // No program of that agent is left in the kernel.
-    let listing = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    let programs: serde_json::Value =
-        serde_json::from_slice(&listing.stdout).expect("bpftool json");
+    let listing = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
+    let programs: serde_json::Value = serde_json::from_slice(&listing.stdout).expect("bpftool json");
     let leftovers: Vec<_> = programs
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|o| o["pid"] == pid)
-        })
+        .filter(|p| p["pids"].as_array().into_iter().flatten().any(|o| o["pid"] == pid))
         .collect();
     assert!(leftovers.is_empty(), "programs left behind: {leftovers:?}");
 }

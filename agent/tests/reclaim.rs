@@ -9,14 +9,7 @@ const KIB_PER_TABLE: u64 = 4;
 
 /// Run a single-threaded workload and check the per-process counts against
 /// the VmPTE drops it measured around each call.
-fn check_cuts(
-    attached: &mut Attached,
-    mib: u32,
-    offset_kib: u32,
-    cut_kib: u32,
-    rounds: u32,
-    advice: &str,
-) {
+fn check_cuts(attached: &mut Attached, mib: u32, offset_kib: u32, cut_kib: u32, rounds: u32, advice: &str) {
     let args = [
         "cuts".to_owned(),
         mib.to_string(),
@@ -38,20 +31,14 @@ fn check_cuts(
     // The workload knows which spans each call covers completely; on a
     // PT_RECLAIM kernel all of them are freed (so the test cannot pass by
     // counting nothing).
-    assert_eq!(
-        record.pte_pages_reclaimed, report.expected_tables,
-        "{args:?}"
-    );
+    assert_eq!(record.pte_pages_reclaimed, report.expected_tables, "{args:?}");
     assert_eq!(record.dontneed_calls, report.calls, "{args:?}: calls");
     assert_eq!(record.dontneed_bytes, report.bytes, "{args:?}: bytes");
 }
 
 #[test]
 fn dontneed_cuts_of_several_sizes_and_alignments_equal_the_vmpte_drop() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     // (MiB, offset from a 2 MiB boundary in KiB, cut in KiB, rounds)
     for (mib, offset, cut, rounds) in [
@@ -68,10 +55,7 @@ fn dontneed_cuts_of_several_sizes_and_alignments_equal_the_vmpte_drop() {
 
 #[test]
 fn dontneed_locked_and_process_madvise_are_counted() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     check_cuts(&mut attached, 32, 0, 4096, 1, "dontneed-locked");
     check_cuts(&mut attached, 64, 0, 8192, 1, "process-madvise");
@@ -82,27 +66,14 @@ fn dontneed_locked_and_process_madvise_are_counted() {
 fn madv_free_reclaims_nothing_and_is_not_a_dontneed() {
     let mut attached = Attached::new();
     let report = run_workload(&["cuts", "32", "0", "2048", "1", "free"]);
-    assert_eq!(
-        report.vmpte_drop_kib, 0,
-        "MADV_FREE never frees page tables"
-    );
-    let counted = attached
-        .snapshot()
-        .processes
-        .into_iter()
-        .find(|p| p.pid == report.pid);
-    assert!(
-        counted.is_none(),
-        "MADV_FREE must not be counted: {counted:?}"
-    );
+    assert_eq!(report.vmpte_drop_kib, 0, "MADV_FREE never frees page tables");
+    let counted = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    assert!(counted.is_none(), "MADV_FREE must not be counted: {counted:?}");
 }
 
 #[test]
 fn several_processes_at_once_are_kept_apart() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     let sizes = [16u32, 48, 128, 256];
     let workers: Vec<_> = sizes
@@ -112,38 +83,21 @@ fn several_processes_at_once_are_kept_apart() {
             std::thread::spawn(move || run_workload(&["cuts", &mib, "0", "2048", "3", "dontneed"]))
         })
         .collect();
-    let reports: Vec<_> = workers
-        .into_iter()
-        .map(|w| w.join().expect("worker"))
-        .collect();
+    let reports: Vec<_> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
     for (report, mib) in reports.iter().zip(sizes) {
         let record = attached.process(report.pid);
-        assert_eq!(
-            record.pte_pages_reclaimed * KIB_PER_TABLE,
-            report.vmpte_drop_kib,
-            "{mib} MiB worker"
-        );
-        assert_eq!(
-            record.pte_pages_reclaimed,
-            u64::from(mib / 2) * 3,
-            "{mib} MiB worker, 3 rounds"
-        );
+        assert_eq!(record.pte_pages_reclaimed * KIB_PER_TABLE, report.vmpte_drop_kib, "{mib} MiB worker");
+        assert_eq!(record.pte_pages_reclaimed, u64::from(mib / 2) * 3, "{mib} MiB worker, 3 rounds");
     }
 }
 
 #[test]
 fn a_process_that_exits_at_once_keeps_its_counts() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     // The workload exits as soon as its last call returns, before any harvest.
     let report = run_workload(&["cuts", "8", "0", "8192", "1", "dontneed"]);
-    assert!(
-        !ptwatch::kernel::procfs::process_exists(report.pid),
-        "workload has exited"
-    );
+    assert!(!ptwatch::kernel::procfs::process_exists(report.pid), "workload has exited");
     let record = attached.process(report.pid);
     assert_eq!(record.pte_pages_reclaimed, 4);
     assert!(record.exited_at.is_some(), "exit noticed");
@@ -153,10 +107,7 @@ fn a_process_that_exits_at_once_keeps_its_counts() {
 
 #[test]
 fn multi_threaded_fault_and_dontneed_concurrently_within_two_percent() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     let before = attached.snapshot().node;
     // 4 threads × 60 rounds × {touch 32 MiB; DONTNEED 32 MiB}: faults of
@@ -165,23 +116,13 @@ fn multi_threaded_fault_and_dontneed_concurrently_within_two_percent() {
     let record = attached.process(report.pid);
     let expected = report.expected_tables as f64;
     let counted = record.pte_pages_reclaimed as f64;
-    assert!(
-        (counted - expected).abs() <= expected * 0.02,
-        "counted {counted} PTE pages, expected {expected} (±2 %)"
-    );
+    assert!((counted - expected).abs() <= expected * 0.02, "counted {counted} PTE pages, expected {expected} (±2 %)");
     // Every table the threads created was freed again: the kernel's VmPTE
     // confirms the expectation (threads' stacks account for the rest).
-    assert!(
-        report.vmpte_end_kib < 200,
-        "VmPTE at the end: {} kB",
-        report.vmpte_end_kib
-    );
+    assert!(report.vmpte_end_kib < 200, "VmPTE at the end: {} kB", report.vmpte_end_kib);
     let after = attached.snapshot().node;
     assert!(after.pte_pages_reclaimed - before.pte_pages_reclaimed >= record.pte_pages_reclaimed);
-    assert_eq!(
-        after.approximate_calls, before.approximate_calls,
-        "the exact walk measured every call"
-    );
+    assert_eq!(after.approximate_calls, before.approximate_calls, "the exact walk measured every call");
 }
 
 #[test]
@@ -190,22 +131,14 @@ fn the_agents_own_dontneed_is_not_counted() {
     // This test process loaded the probes, so it is "the agent".
     let region = ptwatch_workload::Region::new(8 << 20, 0).expect("map");
     region.touch();
-    ptwatch_workload::advise(region.start, region.len, ptwatch_workload::Advice::Dontneed)
-        .expect("madvise");
-    let own = attached
-        .snapshot()
-        .processes
-        .into_iter()
-        .find(|p| p.pid == std::process::id());
+    ptwatch_workload::advise(region.start, region.len, ptwatch_workload::Advice::Dontneed).expect("madvise");
+    let own = attached.snapshot().processes.into_iter().find(|p| p.pid == std::process::id());
     assert!(own.is_none(), "agent activity counted: {own:?}");
 }
 
 #[test]
 fn node_total_includes_every_process() {
-    assert!(
-        pt_reclaim(),
-        "this test needs a kernel with PT_RECLAIM (6.14+)"
-    );
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let mut attached = Attached::new();
     let before = attached.snapshot().node.pte_pages_reclaimed;
     let a = run_workload(&["cuts", "16", "0", "2048", "1", "dontneed"]);

@@ -30,6 +30,8 @@ pub mod names {
     pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const AGENT_REQUEST: &str = "AGENT_REQUEST";
+    pub const PAGETABLE_FREES: &str = "PAGETABLE_FREES";
+    pub const NODE_FREES: &str = "NODE_FREES";
     /// Global (`.rodata`) holding the [`super::KernelConfig`].
     pub const KERNEL_CONFIG: &str = "PTWATCH_KERNEL_CONFIG";
 
@@ -38,6 +40,70 @@ pub mod names {
     pub const PROG_PROCESS_MADVISE_ENTER: &str = "process_madvise_enter";
     pub const PROG_PROCESS_MADVISE_EXIT: &str = "process_madvise_exit";
     pub const PROG_AGENT_REQUEST: &str = "agent_request";
+}
+
+/// Kernel functions the fentry and kprobe plans hook, with the names of the
+/// program of each flavour. One table for the kernel side (which defines the
+/// programs through a macro) and the agent (which plans and attaches them).
+pub mod hooks {
+    /// One hooked kernel function.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Hook {
+        pub function: &'static str,
+        /// Program names: fentry/fexit flavour and kprobe/kretprobe flavour.
+        pub fentry: &'static str,
+        pub kprobe: &'static str,
+        /// Attached at return (fexit/kretprobe) rather than entry.
+        pub at_return: bool,
+    }
+
+    pub const TLB_REMOVE_TABLE: Hook = Hook {
+        function: "tlb_remove_table",
+        fentry: "tlb_remove_table_fentry",
+        kprobe: "tlb_remove_table_kprobe",
+        at_return: false,
+    };
+    pub const FREE_PGTABLES_ENTRY: Hook = Hook {
+        function: "free_pgtables",
+        fentry: "free_pgtables_fentry",
+        kprobe: "free_pgtables_kprobe",
+        at_return: false,
+    };
+    pub const FREE_PGTABLES_EXIT: Hook = Hook {
+        function: "free_pgtables",
+        fentry: "free_pgtables_fexit",
+        kprobe: "free_pgtables_kretprobe",
+        at_return: true,
+    };
+    pub const PTE_FREE_TLB: Hook = Hook {
+        function: "___pte_free_tlb",
+        fentry: "pte_free_tlb_fentry",
+        kprobe: "pte_free_tlb_kprobe",
+        at_return: false,
+    };
+    pub const PMD_FREE_TLB: Hook = Hook {
+        function: "___pmd_free_tlb",
+        fentry: "pmd_free_tlb_fentry",
+        kprobe: "pmd_free_tlb_kprobe",
+        at_return: false,
+    };
+    pub const PUD_FREE_TLB: Hook = Hook {
+        function: "___pud_free_tlb",
+        fentry: "pud_free_tlb_fentry",
+        kprobe: "pud_free_tlb_kprobe",
+        at_return: false,
+    };
+    pub const P4D_FREE_TLB: Hook = Hook {
+        function: "___p4d_free_tlb",
+        fentry: "p4d_free_tlb_fentry",
+        kprobe: "p4d_free_tlb_kprobe",
+        at_return: false,
+    };
+
+    /// The per-level functions, in [`super::level`] order.
+    pub const LEVEL_FUNCTIONS: [Hook; 4] = [PTE_FREE_TLB, PMD_FREE_TLB, PUD_FREE_TLB, P4D_FREE_TLB];
+    /// Context hooks every free plan needs, to tell `unmap` from the rest.
+    pub const CONTEXT: [Hook; 2] = [FREE_PGTABLES_ENTRY, FREE_PGTABLES_EXIT];
 }
 
 /// Kernel facts the programs need but cannot learn by themselves: Rust eBPF
@@ -65,6 +131,100 @@ pub struct KernelConfig {
     pub direct_map_base: u64,
     /// Levels of the page-table tree: 4 or 5 (x86_64 LA57).
     pub pgtable_levels: u64,
+    /// Non-zero when page-table frees are probed (fentry or kprobe plans):
+    /// reclaim is then counted from the frees classified as `reclaim`, and
+    /// the madvise programs only keep the DONTNEED context and call counts.
+    pub reclaim_from_frees: u64,
+    /// How frees are counted (see [`free_source`]).
+    pub free_source: u64,
+    /// Byte offset of `mm_struct::owner` (CONFIG_MEMCG), or `u64::MAX` when
+    /// the kernel has none: frees are then attributed to the running task.
+    pub mm_owner_offset: u64,
+    /// Byte offset of `mmu_gather::mm`.
+    pub tlb_mm_offset: u64,
+    /// Byte offsets of `task_struct::tgid` and `task_struct::comm`.
+    pub task_tgid_offset: u64,
+    pub task_comm_offset: u64,
+    /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
+    /// address space is torn down (exit, execve).
+    pub tlb_fullmm_bit: u64,
+}
+
+/// Where page-table frees are counted.
+pub mod free_source {
+    /// Not probed (tracepoint plan).
+    pub const NONE: u64 = 0;
+    /// At the per-level x86 functions `___pte_free_tlb` .. `___p4d_free_tlb`
+    /// (every kernel version; on 6.1 native x86 the tables do not go through
+    /// `tlb_remove_table`).
+    pub const LEVEL_FUNCTIONS: u64 = 1;
+    /// At `tlb_remove_table` (x86 6.15+, and the generic path of the other
+    /// architectures); the PMD/PUD/P4D functions, when hooked, only name the
+    /// level, and a table freed without them is a PTE table.
+    pub const TLB_REMOVE_TABLE: u64 = 2;
+    /// Like `TLB_REMOVE_TABLE`, without level hooks: level `unknown`.
+    pub const TLB_REMOVE_TABLE_NO_LEVEL: u64 = 3;
+}
+
+/// Why a page-table page was freed.
+pub mod cause {
+    /// PT_RECLAIM: a PTE table freed inside a DONTNEED zap.
+    pub const RECLAIM: u32 = 0;
+    /// munmap, mremap's old range, mmap error paths (`free_pgtables`).
+    pub const UNMAP: u32 = 1;
+    /// The whole mm torn down (`exit_mmap`; `mmu_gather::fullmm`).
+    pub const EXIT: u32 = 2;
+    /// Anything else (exec stack move, ...).
+    pub const OTHER: u32 = 3;
+    pub const COUNT: usize = 4;
+    pub const NAMES: [&str; COUNT] = ["reclaim", "unmap", "exit", "other"];
+}
+
+/// Which level of the page-table tree a freed page belonged to.
+pub mod level {
+    pub const PTE: u32 = 0;
+    pub const PMD: u32 = 1;
+    pub const PUD: u32 = 2;
+    pub const P4D: u32 = 3;
+    /// The architecture's free path does not tell (e.g. arm64).
+    pub const UNKNOWN: u32 = 4;
+    pub const COUNT: usize = 5;
+    pub const NAMES: [&str; COUNT] = ["pte", "pmd", "pud", "p4d", "unknown"];
+}
+
+/// Key of the per-process page-table free counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FreeKey {
+    /// tgid owning the mm the table belonged to.
+    pub tgid: u32,
+    /// [`cause`] value.
+    pub cause: u32,
+    /// [`level`] value.
+    pub level: u32,
+    pub _pad: u32,
+}
+
+/// Value of the per-process page-table free counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeCounters {
+    pub pages: u64,
+    /// `comm` of the mm's owner when the entry was created.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Node-wide page-table frees by cause and level (per-CPU array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeFrees {
+    pub pages: [[u64; level::COUNT]; cause::COUNT],
+}
+
+impl Default for NodeFrees {
+    fn default() -> Self {
+        Self { pages: [[0; level::COUNT]; cause::COUNT] }
+    }
 }
 
 /// Largest number of steps of one page-table walk: each step covers a
@@ -134,6 +294,8 @@ pub struct NodeCounters {
     /// an exact page-table walk (walk unavailable, range too large, or
     /// several iovecs): exact for single-threaded processes only.
     pub approximate_calls: u64,
+    /// Page-table frees whose per-process entry could not be stored.
+    pub free_map_update_failures: u64,
 }
 
 /// A DONTNEED call in progress on one thread, keyed by thread id.
@@ -164,4 +326,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeCounters {}
     unsafe impl aya::Pod for super::InflightCall {}
     unsafe impl aya::Pod for super::AgentRequest {}
+    unsafe impl aya::Pod for super::FreeKey {}
+    unsafe impl aya::Pod for super::FreeCounters {}
+    unsafe impl aya::Pod for super::NodeFrees {}
 }

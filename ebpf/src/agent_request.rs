@@ -52,8 +52,8 @@ pub fn agent_request(_ctx: TracePointContext) -> u32 {
         }
         request::COUNT_PTE_TABLES => {
             let [start, len, ..] = req.args;
-            let count = current_mm(&config)
-                .and_then(|mm| count_pte_tables(&config, mm, start, start.wrapping_add(len)));
+            let count =
+                current_mm(&config).and_then(|mm| count_pte_tables(&config, mm, start, start.wrapping_add(len)));
             match count {
                 Some(count) => {
                     req.result = count.tables;

@@ -9,8 +9,7 @@ use aya_ebpf::{
 use ptwatch_common::{NodeCounters, ProcessCounters, MAX_TRACKED_PROCESSES};
 
 #[map(name = "PROCESS_COUNTERS")]
-static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> =
-    LruHashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> = LruHashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
 
 #[map(name = "NODE_COUNTERS")]
 static NODE_COUNTERS: PerCpuArray<NodeCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -29,15 +28,10 @@ fn process(tgid: u32) -> Option<*mut ProcessCounters> {
     if let Some(counters) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
         return Some(counters);
     }
-    let fresh = ProcessCounters {
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        ..ProcessCounters::default()
-    };
+    let fresh = ProcessCounters { comm: bpf_get_current_comm().unwrap_or_default(), ..ProcessCounters::default() };
     // BPF_NOEXIST: another CPU may have created the entry meanwhile; then its
     // entry is used below.
-    if PROCESS_COUNTERS
-        .insert(tgid, fresh, u64::from(BPF_NOEXIST))
-        .is_err()
+    if PROCESS_COUNTERS.insert(tgid, fresh, u64::from(BPF_NOEXIST)).is_err()
         && PROCESS_COUNTERS.get_ptr_mut(tgid).is_none()
     {
         if let Some(node) = node() {
@@ -91,6 +85,15 @@ pub fn record_approximate_call() {
     if let Some(node) = node() {
         // SAFETY: per-CPU value of this CPU; no other writer.
         unsafe { (*node).approximate_calls += 1 };
+    }
+}
+
+/// Count a page-table free whose per-process entry could not be stored.
+#[inline(always)]
+pub fn record_free_update_failure() {
+    if let Some(node) = node() {
+        // SAFETY: per-CPU value of this CPU; no other writer.
+        unsafe { (*node).free_map_update_failures += 1 };
     }
 }
 

@@ -13,6 +13,13 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     agent_tgid: 0,
     direct_map_base: 0,
     pgtable_levels: 4,
+    reclaim_from_frees: 0,
+    free_source: 0,
+    mm_owner_offset: u64::MAX,
+    tlb_mm_offset: 0,
+    task_tgid_offset: 0,
+    task_comm_offset: 0,
+    tlb_fullmm_bit: 0,
 };
 
 #[inline(always)]
@@ -33,10 +40,7 @@ impl CurrentTask {
     #[inline(always)]
     pub fn get() -> Self {
         let pid_tgid = bpf_get_current_pid_tgid();
-        Self {
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-        }
+        Self { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32 }
     }
 
     /// The running task, or `None` for the agent's own threads.

@@ -15,22 +15,16 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use ptwatch_common::{
-    InflightCall, KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MAX_INFLIGHT_CALLS,
-};
+use ptwatch_common::{InflightCall, KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MAX_INFLIGHT_CALLS};
 
 use crate::{
-    counters::{
-        record_approximate_call, record_dontneed_call, record_inflight_failure,
-        record_pte_pages_reclaimed,
-    },
+    counters::{record_approximate_call, record_dontneed_call, record_inflight_failure, record_pte_pages_reclaimed},
     kernel::{config, current_mm, pgtables_bytes, CurrentTask},
     pagetable::count_pte_tables,
 };
 
 #[map(name = "INFLIGHT")]
-static INFLIGHT: LruHashMap<u32, InflightCall> =
-    LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
+static INFLIGHT: LruHashMap<u32, InflightCall> = LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
 // and `int __syscall_nr` (padded to 8), each argument takes 8 bytes.
@@ -53,6 +47,14 @@ const PROCESS_MADVISE_VEC: usize = 24;
 const PROCESS_MADVISE_VLEN: usize = 32;
 const PROCESS_MADVISE_BEHAVIOR: usize = 40;
 const SYS_EXIT_RET: usize = 16;
+
+/// Whether thread `tid` is inside a DONTNEED call (the PT_RECLAIM context
+/// for the free classification).
+#[inline(always)]
+pub fn in_dontneed(tid: u32) -> bool {
+    // SAFETY: presence test only.
+    unsafe { INFLIGHT.get(tid) }.is_some()
+}
 
 #[inline(always)]
 fn is_dontneed(behavior: u64) -> bool {
@@ -77,7 +79,9 @@ fn on_enter(start: u64, len: u64, walk: bool) {
         pgtables_bytes_at_entry: pgtables_bytes(&config, mm).unwrap_or(0),
         ..InflightCall::default()
     };
-    if walk && config.direct_map_base != 0 {
+    // With page-table frees probed, reclaim is counted where tables are
+    // freed; the call only provides the DONTNEED context.
+    if walk && config.direct_map_base != 0 && config.reclaim_from_frees == 0 {
         if let Some(count) = count_pte_tables(&config, mm, start, start.wrapping_add(len)) {
             if count.complete {
                 call.tables_at_entry = count.tables;
@@ -103,12 +107,14 @@ fn on_exit(ret: i64, bytes_from_ret: bool) {
         return;
     };
     let _ = INFLIGHT.remove(task.tid);
-    let Some(mm) = current_mm(&config) else {
-        return;
-    };
-    if let Some(pages) = reclaimed_pages(&config, mm, &call) {
-        if pages > 0 {
-            record_pte_pages_reclaimed(task.tgid, pages);
+    if config.reclaim_from_frees == 0 {
+        let Some(mm) = current_mm(&config) else {
+            return;
+        };
+        if let Some(pages) = reclaimed_pages(&config, mm, &call) {
+            if pages > 0 {
+                record_pte_pages_reclaimed(task.tgid, pages);
+            }
         }
     }
     if ret >= 0 {
@@ -120,9 +126,7 @@ fn on_exit(ret: i64, bytes_from_ret: bool) {
 #[inline(always)]
 fn reclaimed_pages(config: &KernelConfig, mm: u64, call: &InflightCall) -> Option<u64> {
     if call.walked == 1 {
-        if let Some(count) =
-            count_pte_tables(config, mm, call.start, call.start.wrapping_add(call.len))
-        {
+        if let Some(count) = count_pte_tables(config, mm, call.start, call.start.wrapping_add(call.len)) {
             if count.complete {
                 return Some(call.tables_at_entry.saturating_sub(count.tables));
             }
@@ -132,9 +136,7 @@ fn reclaimed_pages(config: &KernelConfig, mm: u64, call: &InflightCall) -> Optio
     let now = pgtables_bytes(config, mm)?;
     // checked_div: a division the compiler cannot prove safe would leave a
     // panic path, which the verifier rejects.
-    call.pgtables_bytes_at_entry
-        .saturating_sub(now)
-        .checked_div(config.page_size)
+    call.pgtables_bytes_at_entry.saturating_sub(now).checked_div(config.page_size)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
@@ -143,12 +145,8 @@ pub fn madvise_enter(ctx: TracePointContext) -> u32 {
     let behavior = unsafe { ctx.read_at::<u64>(MADVISE_BEHAVIOR) }.unwrap_or(0);
     if is_dontneed(behavior) {
         // SAFETY: as above.
-        let (start, len) = unsafe {
-            (
-                ctx.read_at::<u64>(MADVISE_START).unwrap_or(0),
-                ctx.read_at::<u64>(MADVISE_LEN).unwrap_or(0),
-            )
-        };
+        let (start, len) =
+            unsafe { (ctx.read_at::<u64>(MADVISE_START).unwrap_or(0), ctx.read_at::<u64>(MADVISE_LEN).unwrap_or(0)) };
         on_enter(start, len, true);
     }
     0
@@ -174,10 +172,7 @@ pub fn process_madvise_enter(ctx: TracePointContext) -> u32 {
     // exact range; several fall back to `pgtables_bytes`.
     // SAFETY: as above.
     let (vec, vlen) = unsafe {
-        (
-            ctx.read_at::<u64>(PROCESS_MADVISE_VEC).unwrap_or(0),
-            ctx.read_at::<u64>(PROCESS_MADVISE_VLEN).unwrap_or(0),
-        )
+        (ctx.read_at::<u64>(PROCESS_MADVISE_VEC).unwrap_or(0), ctx.read_at::<u64>(PROCESS_MADVISE_VLEN).unwrap_or(0))
     };
     // SAFETY: bpf_probe_read_user tolerates bad user pointers.
     let iovec = unsafe { bpf_probe_read_user(vec as *const [u64; 2]) }.ok();

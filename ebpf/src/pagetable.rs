@@ -83,19 +83,11 @@ impl Walk {
 /// PTE tables under the 2 MiB spans that `[start, end)` covers completely:
 /// the only tables a DONTNEED of that range can reclaim.
 #[inline(always)]
-pub fn count_pte_tables(
-    config: &KernelConfig,
-    mm: u64,
-    start: u64,
-    end: u64,
-) -> Option<TableCount> {
+pub fn count_pte_tables(config: &KernelConfig, mm: u64, start: u64, end: u64) -> Option<TableCount> {
     let first = next_boundary(start.wrapping_sub(1), PMD_SPAN);
     let last = end & !(PMD_SPAN - 1);
     if end <= start || first >= last {
-        return Some(TableCount {
-            tables: 0,
-            complete: true,
-        });
+        return Some(TableCount { tables: 0, complete: true });
     }
     let mut walk = Walk {
         direct_map_base: config.direct_map_base,
@@ -111,18 +103,8 @@ pub fn count_pte_tables(
     };
     // SAFETY: the callback matches bpf_loop's contract and only touches
     // `walk`, which outlives the call.
-    unsafe {
-        bpf_loop(
-            MAX_WALK_REGIONS,
-            visit_region as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        )
-    };
-    Some(TableCount {
-        tables: walk.tables,
-        complete: walk.addr >= walk.last && walk.failed == 0,
-    })
+    unsafe { bpf_loop(MAX_WALK_REGIONS, visit_region as *mut c_void, (&raw mut walk).cast(), 0) };
+    Some(TableCount { tables: walk.tables, complete: walk.addr >= walk.last && walk.failed == 0 })
 }
 
 /// One step of the walk: the rest of the current 1 GiB region, or a whole
@@ -136,8 +118,7 @@ extern "C" fn visit_region(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let pgdir_shift = if walk.five_level == 1 { 48 } else { P4D_SHIFT };
-    let Some(mut entry) = read_kernel::<u64>(walk.pgd, ((addr >> pgdir_shift) & (ENTRIES - 1)) * 8)
-    else {
+    let Some(mut entry) = read_kernel::<u64>(walk.pgd, ((addr >> pgdir_shift) & (ENTRIES - 1)) * 8) else {
         walk.failed = 1;
         return 1;
     };
@@ -146,10 +127,8 @@ extern "C" fn visit_region(_index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     if walk.five_level == 1 {
-        let Some(p4d_entry) = read_kernel::<u64>(
-            walk.table_address(entry),
-            ((addr >> P4D_SHIFT) & (ENTRIES - 1)) * 8,
-        ) else {
+        let Some(p4d_entry) = read_kernel::<u64>(walk.table_address(entry), ((addr >> P4D_SHIFT) & (ENTRIES - 1)) * 8)
+        else {
             walk.failed = 1;
             return 1;
         };
@@ -159,19 +138,13 @@ extern "C" fn visit_region(_index: u64, ctx: *mut c_void) -> i64 {
         }
         entry = p4d_entry;
     }
-    let Some(pud_entry) = read_kernel::<u64>(
-        walk.table_address(entry),
-        ((addr >> PUD_SHIFT) & (ENTRIES - 1)) * 8,
-    ) else {
+    let Some(pud_entry) = read_kernel::<u64>(walk.table_address(entry), ((addr >> PUD_SHIFT) & (ENTRIES - 1)) * 8)
+    else {
         walk.failed = 1;
         return 1;
     };
     let boundary = next_boundary(addr, PUD_SPAN);
-    let region_end = if boundary < walk.last {
-        boundary
-    } else {
-        walk.last
-    };
+    let region_end = if boundary < walk.last { boundary } else { walk.last };
     if points_to_table(pud_entry) {
         walk.pmd_table = walk.table_address(pud_entry);
         walk.first = (addr >> PMD_SHIFT) & (ENTRIES - 1);

@@ -23,6 +23,40 @@ pub struct AgentInfo {
     /// [`crate::probes::ReclaimAccounting::method`].
     pub reclaim_accounting: String,
     pub pt_reclaim_supported: bool,
+    /// `(event, attach)` of each planned event; attach `none` when the
+    /// event cannot be observed.
+    pub probes: Vec<(String, String)>,
+    /// Page-table frees are probed (fentry or kprobe plan).
+    pub frees_observed: bool,
+}
+
+impl AgentInfo {
+    pub fn new(probes: &crate::probes::Probes, pt_reclaim_supported: bool) -> Self {
+        let plan = probes.plan();
+        let attach =
+            |choice: &crate::probes::plan::EventChoice| choice.attach.map_or("none", |a| a.as_str()).to_owned();
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: crate::kernel::procfs::kernel_release(),
+            probe_mode: probes.mode().as_str().to_owned(),
+            reclaim_accounting: probes.accounting().method().to_owned(),
+            pt_reclaim_supported,
+            probes: vec![
+                (plan.pagetable_free.event.to_owned(), attach(&plan.pagetable_free)),
+                (plan.pt_reclaim.event.to_owned(), attach(&plan.pt_reclaim)),
+            ],
+            frees_observed: plan.pagetable_free.attach.is_some(),
+        }
+    }
+}
+
+/// Names of the metric families the agent exports with this plan.
+pub fn exported_families(frees_observed: bool) -> Vec<&'static str> {
+    ALL_FAMILIES
+        .iter()
+        .filter(|f| frees_observed || !f.name.contains("pagetable_pages_freed"))
+        .map(|f| f.name)
+        .collect()
 }
 
 /// Something that yields a fresh snapshot of the kernel counters.
@@ -67,6 +101,24 @@ const DONTNEED_BYTES: Family = Family {
     kind: MetricType::COUNTER,
     labels: PROCESS_LABELS,
 };
+const PAGETABLE_PAGES_FREED: Family = Family {
+    name: "ptwatch_pagetable_pages_freed_total",
+    help: "Page-table pages freed in the process' address space, by cause (reclaim, unmap, exit, other) and level (pte, pmd, pud, p4d, unknown). fentry and kprobe probe modes only.",
+    kind: MetricType::COUNTER,
+    labels: &["pid", "comm", "cause", "level"],
+};
+const NODE_PAGETABLE_PAGES_FREED: Family = Family {
+    name: "ptwatch_node_pagetable_pages_freed_total",
+    help: "Page-table pages freed on this node since the agent started, by cause and level. fentry and kprobe probe modes only.",
+    kind: MetricType::COUNTER,
+    labels: &["cause", "level"],
+};
+const PROBE_INFO: Family = Family {
+    name: "ptwatch_probe_info",
+    help: "Always 1; for each event (pagetable_free, pt_reclaim), how it is probed: fentry, kprobe, tracepoint, or none when this kernel cannot show it.",
+    kind: MetricType::GAUGE,
+    labels: &["event", "attach"],
+};
 const NODE_PTE_PAGES_RECLAIMED: Family = Family {
     name: "ptwatch_node_pte_pages_reclaimed_total",
     help: "PTE page-table pages freed by PT_RECLAIM on this node since the agent started, including processes that exited.",
@@ -99,8 +151,7 @@ const TRACKED_PROCESSES: Family = Family {
 };
 const BUILD_INFO: Family = Family {
     name: "ptwatch_build_info",
-    help:
-        "Always 1; labels describe the agent version, the kernel release and the probe mode in use.",
+    help: "Always 1; labels describe the agent version, the kernel release and the probe mode in use.",
     kind: MetricType::GAUGE,
     labels: &["version", "kernel", "probe_mode"],
 };
@@ -131,6 +182,9 @@ const SCRAPE_ERRORS: Family = Family {
 
 const ALL_FAMILIES: &[&Family] = &[
     &PTE_PAGES_RECLAIMED,
+    &PAGETABLE_PAGES_FREED,
+    &NODE_PAGETABLE_PAGES_FREED,
+    &PROBE_INFO,
     &DONTNEED_CALLS,
     &DONTNEED_BYTES,
     &NODE_PTE_PAGES_RECLAIMED,
@@ -190,17 +244,11 @@ impl Family {
         family
     }
 
-    fn per_process(
-        &self,
-        processes: &[ProcessRecord],
-        value: impl Fn(&ProcessRecord) -> u64,
-    ) -> MetricFamily {
+    fn per_process(&self, processes: &[ProcessRecord], value: impl Fn(&ProcessRecord) -> u64) -> MetricFamily {
         let mut family = self.empty();
         for process in processes {
             let pid = process.pid.to_string();
-            family
-                .mut_metric()
-                .push(self.sample(&[&pid, &process.comm], value(process) as f64));
+            family.mut_metric().push(self.sample(&[&pid, &process.comm], value(process) as f64));
         }
         family
     }
@@ -214,13 +262,38 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
     for (map, value) in [
         ("PROCESS_COUNTERS", node.process_map_update_failures),
         ("INFLIGHT", node.inflight_update_failures),
+        ("PAGETABLE_FREES", node.free_map_update_failures),
     ] {
-        map_failures
-            .mut_metric()
-            .push(MAP_UPDATE_FAILURES.sample(&[map], value as f64));
+        map_failures.mut_metric().push(MAP_UPDATE_FAILURES.sample(&[map], value as f64));
+    }
+    let mut frees = PAGETABLE_PAGES_FREED.empty();
+    let mut node_frees = NODE_PAGETABLE_PAGES_FREED.empty();
+    if info.frees_observed {
+        for process in processes {
+            let pid = process.pid.to_string();
+            for (&(cause, level), &pages) in &process.frees {
+                let (cause, level) = (cause_name(cause), level_name(level));
+                frees
+                    .mut_metric()
+                    .push(PAGETABLE_PAGES_FREED.sample(&[&pid, &process.comm, cause, level], pages as f64));
+            }
+        }
+        for (cause, row) in snapshot.node_frees.pages.iter().enumerate() {
+            for (level, &pages) in row.iter().enumerate() {
+                let labels = [cause_name(cause as u32), level_name(level as u32)];
+                node_frees.mut_metric().push(NODE_PAGETABLE_PAGES_FREED.sample(&labels, pages as f64));
+            }
+        }
+    }
+    let mut probes = PROBE_INFO.empty();
+    for (event, attach) in &info.probes {
+        probes.mut_metric().push(PROBE_INFO.sample(&[event, attach], 1.0));
     }
     vec![
         PTE_PAGES_RECLAIMED.per_process(processes, |p| p.pte_pages_reclaimed),
+        frees,
+        node_frees,
+        probes,
         DONTNEED_CALLS.per_process(processes, |p| p.dontneed_calls),
         DONTNEED_BYTES.per_process(processes, |p| p.dontneed_bytes),
         NODE_PTE_PAGES_RECLAIMED.single(&[], node.pte_pages_reclaimed as f64),
@@ -238,6 +311,14 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
     // Families without samples are left out, as client libraries do.
     .filter(|family| !family.get_metric().is_empty())
     .collect()
+}
+
+fn cause_name(cause: u32) -> &'static str {
+    ptwatch_common::cause::NAMES.get(cause as usize).copied().unwrap_or("other")
+}
+
+fn level_name(level: u32) -> &'static str {
+    ptwatch_common::level::NAMES.get(level as usize).copied().unwrap_or("unknown")
 }
 
 /// Reads the kernel maps at collection time.
@@ -267,15 +348,7 @@ impl PtwatchCollector {
                 .ok()
             })
             .collect();
-        Self {
-            state: Mutex::new(CollectorState {
-                source,
-                last: Snapshot::default(),
-                scrape_errors: 0,
-            }),
-            info,
-            descs,
-        }
+        Self { state: Mutex::new(CollectorState { source, last: Snapshot::default(), scrape_errors: 0 }), info, descs }
     }
 
     /// Harvest now (also used between scrapes, so that exits are noticed and
@@ -331,6 +404,8 @@ mod tests {
             probe_mode: "tracepoint".into(),
             reclaim_accounting: "page_table_walk".into(),
             pt_reclaim_supported: true,
+            probes: vec![("pt_reclaim".into(), "fentry".into()), ("pagetable_free".into(), "fentry".into())],
+            frees_observed: true,
         }
     }
 
@@ -348,31 +423,21 @@ mod tests {
             pte_pages_reclaimed: reclaimed,
             dontneed_calls: 2,
             dontneed_bytes: 8192,
+            frees: [((2, 0), 7), ((0, 0), reclaimed)].into_iter().collect(),
             exited_at: None,
         }
     }
 
     fn render(snapshot: Snapshot) -> String {
         let registry = Registry::new();
-        registry
-            .register(Box::new(PtwatchCollector::new(
-                Box::new(Fixed(snapshot)),
-                info(),
-            )))
-            .unwrap();
+        registry.register(Box::new(PtwatchCollector::new(Box::new(Fixed(snapshot)), info()))).unwrap();
         encode_text(&registry).unwrap().0
     }
 
     #[test]
     fn label_values_are_escaped_per_the_exposition_format() {
-        let text = render(Snapshot {
-            processes: vec![record(7, "a \"q\" \\b\nc", 3)],
-            ..Snapshot::default()
-        });
-        assert!(
-            text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="7",comm="a \"q\" \\b\nc"} 3"#),
-            "{text}"
-        );
+        let text = render(Snapshot { processes: vec![record(7, "a \"q\" \\b\nc", 3)], ..Snapshot::default() });
+        assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="7",comm="a \"q\" \\b\nc"} 3"#), "{text}");
     }
 
     #[test]
@@ -380,13 +445,8 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.node.pte_pages_reclaimed = 42;
         let text = render(snapshot);
-        assert!(
-            text.contains("ptwatch_node_pte_pages_reclaimed_total 42"),
-            "{text}"
-        );
-        assert!(text.contains(
-            r#"ptwatch_build_info{version="0.1.0",kernel="6.18.0",probe_mode="tracepoint"} 1"#
-        ));
+        assert!(text.contains("ptwatch_node_pte_pages_reclaimed_total 42"), "{text}");
+        assert!(text.contains(r#"ptwatch_build_info{version="0.1.0",kernel="6.18.0",probe_mode="tracepoint"} 1"#));
         assert!(text.contains("ptwatch_pt_reclaim_supported 1"));
         assert!(text.contains("# TYPE ptwatch_node_pte_pages_reclaimed_total counter"));
         // No per-process samples: the family is omitted, not empty.
@@ -395,13 +455,17 @@ mod tests {
 
     #[test]
     fn every_process_gets_its_series() {
-        let text = render(Snapshot {
-            processes: vec![record(1, "one", 10), record(2, "two", 20)],
-            ..Snapshot::default()
-        });
+        let text =
+            render(Snapshot { processes: vec![record(1, "one", 10), record(2, "two", 20)], ..Snapshot::default() });
         assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="1",comm="one"} 10"#));
         assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="2",comm="two"} 20"#));
         assert!(text.contains(r#"ptwatch_madvise_dontneed_bytes_total{pid="2",comm="two"} 8192"#));
         assert!(text.contains("ptwatch_tracked_processes 2"));
+        assert!(text.contains(r#"ptwatch_pagetable_pages_freed_total{pid="2",comm="two",cause="exit",level="pte"} 7"#));
+        assert!(
+            text.contains(r#"ptwatch_pagetable_pages_freed_total{pid="1",comm="one",cause="reclaim",level="pte"} 10"#)
+        );
+        assert!(text.contains(r#"ptwatch_probe_info{event="pt_reclaim",attach="fentry"} 1"#));
+        assert!(text.contains(r#"ptwatch_node_pagetable_pages_freed_total{cause="unmap",level="pud"} 0"#));
     }
 }

@@ -29,9 +29,7 @@ pub enum ServerError {
 /// Bind first, separately, so that "address in use" is reported before any
 /// probe is attached.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Serve until `shutdown` completes.
@@ -40,14 +38,8 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/", get(index))
-        .with_state(registry);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve)
+    let app = Router::new().route("/metrics", get(metrics)).route("/", get(index)).with_state(registry);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ServerError::Serve)
 }
 
 async fn index() -> &'static str {
@@ -58,16 +50,10 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     // Reading kernel maps is a series of syscalls: keep it off the reactor.
     let encoded = tokio::task::spawn_blocking(move || encode_text(&registry)).await;
     match encoded {
-        Ok(Ok((body, content_type))) => {
-            ([(header::CONTENT_TYPE, content_type)], body).into_response()
-        }
+        Ok(Ok((body, content_type))) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Ok(Err(err)) => {
             tracing::error!(error = %err, "encoding metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding metrics failed: {err}\n"),
-            )
-                .into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {err}\n")).into_response()
         }
         Err(err) => {
             tracing::error!(error = %err, "metrics task failed");

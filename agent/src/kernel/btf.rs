@@ -15,7 +15,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("no kernel BTF at {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); ptwatch reads struct layouts from it")]
+    #[error(
+        "no kernel BTF at {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); ptwatch reads struct layouts from it"
+    )]
     Missing { path: PathBuf },
     #[error("cannot parse BTF from {path}: {source}")]
     Parse {
@@ -27,7 +29,7 @@ pub enum BtfError {
     NoStruct(String),
     #[error("BTF struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
-    #[error("BTF member {strukt}.{member} is a bitfield")]
+    #[error("BTF member {strukt}.{member} is a bitfield, not byte-addressable")]
     Bitfield { strukt: String, member: String },
     #[error("BTF lookup of {what} failed: {source}")]
     Lookup {
@@ -46,24 +48,35 @@ impl KernelBtf {
     /// Parse the BTF at `path` (normally [`VMLINUX_BTF`]).
     pub fn load(path: &Path) -> Result<Self, BtfError> {
         if !path.exists() {
-            return Err(BtfError::Missing {
-                path: path.to_owned(),
-            });
+            return Err(BtfError::Missing { path: path.to_owned() });
         }
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse { path: path.to_owned(), source })?;
         Ok(Self { btf })
     }
 
     /// Byte offset of `member` in `struct strukt`, searching through
     /// anonymous members.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u64, BtfError> {
-        let lookup = |source| BtfError::Lookup {
-            what: format!("struct {strukt}"),
-            source,
-        };
+        let bits = self.member_bit_offset(strukt, member)?;
+        if !bits.is_multiple_of(8) {
+            return Err(BtfError::Bitfield { strukt: strukt.to_owned(), member: member.to_owned() });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Like [`Self::member_offset`], `None` when the member does not exist
+    /// on this kernel (e.g. `mm_struct::owner` without CONFIG_MEMCG).
+    pub fn optional_member_offset(&self, strukt: &str, member: &str) -> Result<Option<u64>, BtfError> {
+        match self.member_offset(strukt, member) {
+            Ok(offset) => Ok(Some(offset)),
+            Err(BtfError::NoMember { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Bit offset of `member` in `struct strukt`; bitfields allowed.
+    pub fn member_bit_offset(&self, strukt: &str, member: &str) -> Result<u64, BtfError> {
+        let lookup = |source| BtfError::Lookup { what: format!("struct {strukt}"), source };
         let types = self.btf.resolve_types_by_name(strukt).map_err(lookup)?;
         // Several types can share a name (e.g. a forward declaration); the
         // struct with members is the definition.
@@ -74,19 +87,8 @@ impl KernelBtf {
                 _ => None,
             })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        let bits = self
-            .find_member_bits(definition, member, 0)?
-            .ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_owned(),
-                member: member.to_owned(),
-            })?;
-        if bits % 8 != 0 {
-            return Err(BtfError::Bitfield {
-                strukt: strukt.to_owned(),
-                member: member.to_owned(),
-            });
-        }
-        Ok(bits / 8)
+        self.find_member_bits(definition, member, 0)?
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
     }
 
     /// Whether BTF describes a function named `name` (fentry needs it).
@@ -97,26 +99,12 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
-    fn find_member_bits(
-        &self,
-        strukt: &btf_rs::Struct,
-        wanted: &str,
-        base_bits: u64,
-    ) -> Result<Option<u64>, BtfError> {
-        let lookup = |source| BtfError::Lookup {
-            what: format!("member {wanted}"),
-            source,
-        };
+    fn find_member_bits(&self, strukt: &btf_rs::Struct, wanted: &str, base_bits: u64) -> Result<Option<u64>, BtfError> {
+        let lookup = |source| BtfError::Lookup { what: format!("member {wanted}"), source };
         for member in &strukt.members {
             let name = self.btf.resolve_name(member).map_err(lookup)?;
             let bits = base_bits + u64::from(member.bit_offset());
             if name == wanted {
-                if member.bitfield_size().is_some_and(|size| size != 0) {
-                    return Err(BtfError::Bitfield {
-                        strukt: "<anonymous>".to_owned(),
-                        member: wanted.to_owned(),
-                    });
-                }
                 return Ok(Some(bits));
             }
             if name.is_empty() {
@@ -136,20 +124,14 @@ impl KernelBtf {
     fn skip_modifiers(&self, mut t: Type) -> Result<Type, BtfError> {
         loop {
             match &t {
-                Type::Typedef(_)
-                | Type::Volatile(_)
-                | Type::Const(_)
-                | Type::Restrict(_)
-                | Type::TypeTag(_) => {
+                Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_) | Type::TypeTag(_) => {
                     let Some(inner) = t.as_btf_type() else {
                         return Ok(t);
                     };
-                    t = self.btf.resolve_chained_type(inner).map_err(|source| {
-                        BtfError::Lookup {
-                            what: "typedef".to_owned(),
-                            source,
-                        }
-                    })?;
+                    t = self
+                        .btf
+                        .resolve_chained_type(inner)
+                        .map_err(|source| BtfError::Lookup { what: "typedef".to_owned(), source })?;
                 }
                 _ => return Ok(t),
             }
@@ -171,7 +153,7 @@ mod tests {
         let btf = vmlinux();
         // `mm` sits well inside task_struct; it is a pointer, so 8-aligned.
         let mm = btf.member_offset("task_struct", "mm").unwrap();
-        assert!(mm > 0 && mm % 8 == 0, "task_struct.mm at {mm}");
+        assert!(mm > 0 && mm.is_multiple_of(8), "task_struct.mm at {mm}");
         // `state` (__state since 5.14) comes before it.
         let state = btf.member_offset("task_struct", "__state").unwrap();
         assert!(state < mm);
@@ -183,7 +165,7 @@ mod tests {
         // mm_struct wraps its fields in an anonymous struct.
         let pgtables = btf.member_offset("mm_struct", "pgtables_bytes").unwrap();
         let mm_users = btf.member_offset("mm_struct", "mm_users").unwrap();
-        assert!(pgtables % 8 == 0);
+        assert!(pgtables.is_multiple_of(8));
         assert_ne!(pgtables, mm_users);
     }
 
@@ -194,23 +176,33 @@ mod tests {
     }
 
     #[test]
+    fn bitfields_have_bit_offsets() {
+        let btf = vmlinux();
+        // `fullmm` is the first bit of a bitfield word after four 8-byte
+        // members on every kernel ptwatch supports.
+        let bit = btf.member_bit_offset("mmu_gather", "fullmm").unwrap();
+        assert_eq!(bit, 256);
+        assert!(matches!(btf.member_offset("mmu_gather", "need_flush_all"), Err(BtfError::Bitfield { .. })));
+        assert_eq!(btf.member_bit_offset("mmu_gather", "need_flush_all").unwrap(), bit + 1);
+    }
+
+    #[test]
+    fn optional_members() {
+        let btf = vmlinux();
+        assert!(btf.optional_member_offset("mm_struct", "no_such_member_ptwatch").unwrap().is_none());
+        assert!(btf.optional_member_offset("mm_struct", "pgd").unwrap().is_some());
+    }
+
+    #[test]
     fn unknown_names_are_errors() {
         let btf = vmlinux();
-        assert!(matches!(
-            btf.member_offset("no_such_struct_ptwatch", "x"),
-            Err(BtfError::NoStruct(_))
-        ));
-        assert!(matches!(
-            btf.member_offset("mm_struct", "no_such_member_ptwatch"),
-            Err(BtfError::NoMember { .. })
-        ));
+        assert!(matches!(btf.member_offset("no_such_struct_ptwatch", "x"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(btf.member_offset("mm_struct", "no_such_member_ptwatch"), Err(BtfError::NoMember { .. })));
     }
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = KernelBtf::load(Path::new("/nonexistent/vmlinux"))
-            .err()
-            .unwrap();
+        let err = KernelBtf::load(Path::new("/nonexistent/vmlinux")).err().unwrap();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 

@@ -1,5 +1,6 @@
 //! What the running kernel offers: BTF layouts, privileges, PT_RECLAIM
 //! support, and the /proc and /sys readings the agent needs.
 pub mod btf;
+pub mod kallsyms;
 pub mod procfs;
 pub mod support;

@@ -51,32 +51,19 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Tracepoints are found through tracefs; many hosts boot without it mounted.
 pub fn ensure_tracefs() -> Result<(), SupportError> {
-    if Path::new(TRACEFS).join("events").exists()
-        || Path::new("/sys/kernel/debug/tracing/events").exists()
-    {
+    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return Ok(());
     }
     let source = c"nodev";
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         tracing::info!(path = TRACEFS, "mounted tracefs");
         Ok(())
     } else {
-        Err(SupportError::Tracefs {
-            path: TRACEFS,
-            source: io::Error::last_os_error(),
-        })
+        Err(SupportError::Tracefs { path: TRACEFS, source: io::Error::last_os_error() })
     }
 }
 
@@ -90,14 +77,21 @@ pub enum ConfigState {
     Unknown,
 }
 
-/// Look for `CONFIG_PT_RECLAIM` in `/boot/config-$(uname -r)` (plain text;
-/// `/proc/config.gz` is compressed and left to the behavioural test).
+/// Look for `CONFIG_PT_RECLAIM` in `/proc/config.gz` or
+/// `/boot/config-$(uname -r)`.
 pub fn pt_reclaim_config() -> ConfigState {
-    let path = format!("/boot/config-{}", procfs::kernel_release());
-    match fs::read_to_string(path) {
-        Ok(config) if config.lines().any(|l| l == "CONFIG_PT_RECLAIM=y") => ConfigState::Enabled,
-        Ok(_) => ConfigState::Disabled,
-        Err(_) => ConfigState::Unknown,
+    let config = fs::File::open("/proc/config.gz")
+        .ok()
+        .and_then(|file| {
+            use std::io::Read as _;
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(file).read_to_string(&mut text).ok().map(|_| text)
+        })
+        .or_else(|| fs::read_to_string(format!("/boot/config-{}", procfs::kernel_release())).ok());
+    match config {
+        Some(config) if config.lines().any(|l| l == "CONFIG_PT_RECLAIM=y") => ConfigState::Enabled,
+        Some(_) => ConfigState::Disabled,
+        None => ConfigState::Unknown,
     }
 }
 
@@ -148,8 +142,7 @@ pub fn pt_reclaim_works() -> io::Result<bool> {
 }
 
 fn own_vmpte() -> io::Result<u64> {
-    procfs::status_kib(std::process::id(), "VmPTE")?
-        .ok_or_else(|| io::Error::other("no VmPTE in /proc/self/status"))
+    procfs::status_kib(std::process::id(), "VmPTE")?.ok_or_else(|| io::Error::other("no VmPTE in /proc/self/status"))
 }
 
 #[cfg(test)]

@@ -58,12 +58,8 @@ impl<'a> RequestChannel<'a> {
             .ok_or_else(|| CalibrationError::Program("missing from the object".into()))?
             .try_into()
             .map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        program
-            .load()
-            .map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        program
-            .attach("syscalls", "sys_enter_getppid")
-            .map_err(|e| CalibrationError::Program(format!("{e}")))?;
+        program.load().map_err(|e| CalibrationError::Program(format!("{e}")))?;
+        program.attach("syscalls", "sys_enter_getppid").map_err(|e| CalibrationError::Program(format!("{e}")))?;
         Ok(Self { ebpf })
     }
 
@@ -76,23 +72,12 @@ impl<'a> RequestChannel<'a> {
         let mut array: Array<&mut MapData, AgentRequest> =
             Array::try_from(map).map_err(|e| CalibrationError::Program(format!("{e}")))?;
         array
-            .set(
-                0,
-                AgentRequest {
-                    op,
-                    args,
-                    result: 0,
-                    status: 0,
-                },
-                0,
-            )
+            .set(0, AgentRequest { op, args, result: 0, status: 0 }, 0)
             .map_err(|e| CalibrationError::Program(format!("{e}")))?;
         // SAFETY: getppid has no preconditions. glibc does not cache it, so
         // this enters the kernel and fires the tracepoint.
         unsafe { libc::getppid() };
-        let answer = array
-            .get(&0, 0)
-            .map_err(|e| CalibrationError::Program(format!("{e}")))?;
+        let answer = array.get(&0, 0).map_err(|e| CalibrationError::Program(format!("{e}")))?;
         if answer.op != request::IDLE {
             return Err(CalibrationError::Program("request was not answered".into()));
         }
@@ -102,10 +87,8 @@ impl<'a> RequestChannel<'a> {
 
 impl Drop for RequestChannel<'_> {
     fn drop(&mut self) {
-        let program: Option<&mut TracePoint> = self
-            .ebpf
-            .program_mut(names::PROG_AGENT_REQUEST)
-            .and_then(|program| program.try_into().ok());
+        let program: Option<&mut TracePoint> =
+            self.ebpf.program_mut(names::PROG_AGENT_REQUEST).and_then(|program| program.try_into().ok());
         if let Some(program) = program {
             // Unloading detaches it: nothing stays on sys_enter_getppid.
             let _ = program.unload();
@@ -135,10 +118,7 @@ impl Mapping {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            base: base.cast(),
-            len,
-        })
+        Ok(Self { base: base.cast(), len })
     }
 }
 
@@ -151,19 +131,16 @@ impl Drop for Mapping {
 
 fn random_u64() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
-    File::open("/dev/urandom")?
-        .read_exact_at(&mut bytes, 0)
-        .or_else(|_| {
-            use std::io::Read as _;
-            File::open("/dev/urandom")?.read_exact(&mut bytes)
-        })?;
+    File::open("/dev/urandom")?.read_exact_at(&mut bytes, 0).or_else(|_| {
+        use std::io::Read as _;
+        File::open("/dev/urandom")?.read_exact(&mut bytes)
+    })?;
     Ok(u64::from_ne_bytes(bytes))
 }
 
 /// Physical address of the page holding `addr`, from `/proc/self/pagemap`.
 fn physical_address(addr: usize) -> Result<u64, CalibrationError> {
-    let pagemap =
-        File::open("/proc/self/pagemap").map_err(|e| CalibrationError::Pagemap(e.to_string()))?;
+    let pagemap = File::open("/proc/self/pagemap").map_err(|e| CalibrationError::Pagemap(e.to_string()))?;
     let mut entry = [0u8; 8];
     pagemap
         .read_exact_at(&mut entry, (addr / 4096 * 8) as u64)
@@ -172,18 +149,14 @@ fn physical_address(addr: usize) -> Result<u64, CalibrationError> {
     let present = entry >> 63 == 1;
     let pfn = entry & ((1 << 55) - 1);
     if !present || pfn == 0 {
-        return Err(CalibrationError::Pagemap(
-            "page frame numbers are hidden".into(),
-        ));
+        return Err(CalibrationError::Pagemap("page frame numbers are hidden".into()));
     }
     Ok(pfn * 4096 + (addr % 4096) as u64)
 }
 
 /// Find the direct-map base. Returns the base and the paging levels.
 pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), CalibrationError> {
-    if std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|c| c.split_whitespace().any(|w| w == "la57"))
-    {
+    if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|w| w == "la57")) {
         // The CPU can do 5-level paging; the kernel may or may not use it.
         // Only the 4-level layout is calibrated; a miss below says so.
         tracing::debug!("CPU supports la57");
@@ -203,19 +176,14 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
     let mut remaining = total;
     while remaining > 0 {
         let count = remaining.min(CANDIDATES_PER_REQUEST);
-        let answer = channel.ask(
-            request::FIND_DIRECT_MAP,
-            [physical, magic[0], magic[1], first, GIB, count],
-        )?;
+        let answer = channel.ask(request::FIND_DIRECT_MAP, [physical, magic[0], magic[1], first, GIB, count])?;
         if answer.result != 0 {
             return Ok((answer.result, 4));
         }
         first += count * GIB;
         remaining -= count;
     }
-    if std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|c| c.split_whitespace().any(|w| w == "la57"))
-    {
+    if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|w| w == "la57")) {
         return Err(CalibrationError::FiveLevel);
     }
     Err(CalibrationError::NotFound)
@@ -242,10 +210,7 @@ pub fn self_test(channel: &mut RequestChannel<'_>) -> Result<(), CalibrationErro
         (start + SPAN / 2, SPAN, 0),
     ];
     for (from, len, expected) in cases {
-        let answer = channel.ask(
-            request::COUNT_PTE_TABLES,
-            [from as u64, len as u64, 0, 0, 0, 0],
-        )?;
+        let answer = channel.ask(request::COUNT_PTE_TABLES, [from as u64, len as u64, 0, 0, 0, 0])?;
         if answer.status != 1 || answer.result != expected {
             return Err(CalibrationError::SelfTest(format!(
                 "expected {expected} PTE tables, the walk found {} (status {})",

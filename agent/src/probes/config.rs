@@ -1,15 +1,13 @@
 //! The programs' [`KernelConfig`], resolved from the running kernel.
 
-use std::path::Path;
-
-use ptwatch_common::KernelConfig;
+use ptwatch_common::{free_source, KernelConfig};
 
 use crate::kernel::btf::{BtfError, KernelBtf};
 
 /// Offsets from BTF plus the page size and the agent's own tgid. The
-/// page-table walk starts disabled (`direct_map_base` 0) until calibrated.
-pub fn kernel_config(btf_path: &Path) -> Result<KernelConfig, BtfError> {
-    let btf = KernelBtf::load(btf_path)?;
+/// page-table walk starts disabled (`direct_map_base` 0) until calibrated,
+/// and page-table frees unprobed until a plan attaches them.
+pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
     Ok(KernelConfig {
         task_mm_offset: btf.member_offset("task_struct", "mm")?,
         mm_pgtables_bytes_offset: btf.member_offset("mm_struct", "pgtables_bytes")?,
@@ -18,6 +16,15 @@ pub fn kernel_config(btf_path: &Path) -> Result<KernelConfig, BtfError> {
         agent_tgid: u64::from(std::process::id()),
         direct_map_base: 0,
         pgtable_levels: 4,
+        reclaim_from_frees: 0,
+        free_source: free_source::NONE,
+        // Without CONFIG_MEMCG an mm has no owner: frees are then attributed
+        // to the running task.
+        mm_owner_offset: btf.optional_member_offset("mm_struct", "owner")?.unwrap_or(u64::MAX),
+        tlb_mm_offset: btf.member_offset("mmu_gather", "mm")?,
+        task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
+        task_comm_offset: btf.member_offset("task_struct", "comm")?,
+        tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
     })
 }
 

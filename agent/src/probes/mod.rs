@@ -1,53 +1,48 @@
 //! Loading and attaching the kernel programs.
 //!
 //! `object` embeds the eBPF object, `config` turns kernel facts into the
-//! programs' [`KernelConfig`], `calibrate` enables the exact page-table walk,
+//! programs' [`KernelConfig`], `plan` chooses the probes per event,
+//! `calibrate` enables the exact page-table walk of the tracepoint method,
 //! and [`Probes`] owns the loaded object: while it lives the programs stay
 //! attached, dropping it detaches everything.
 
 mod calibrate;
 mod config;
 mod object;
+pub mod plan;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::TracePoint,
-    Ebpf, EbpfLoader,
+    programs::{FEntry, FExit, KProbe, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
-use ptwatch_common::{names, KernelConfig, NodeCounters, ProcessCounters};
+use ptwatch_common::{names, FreeCounters, FreeKey, KernelConfig, NodeCounters, NodeFrees, ProcessCounters};
 
 pub use config::kernel_config;
+use plan::{hook_set, Attach, EventChoice, HookSet, PlanReport, ProbeMode, Rejected};
 
-/// How an event is observed. Only the tracepoint method exists on hosts that
-/// refuse fentry and kprobes; the mode is reported in `ptwatch_build_info`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeMode {
-    Tracepoint,
-}
-
-impl ProbeMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tracepoint => "tracepoint",
-        }
-    }
-}
+use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
 
 /// How PTE pages reclaimed by a DONTNEED call are counted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
 pub enum ReclaimAccounting {
-    /// Tables under the call's range at entry minus at exit: exact, also
-    /// for multi-threaded processes.
+    /// Each PTE table freed inside a DONTNEED call and outside
+    /// `free_pgtables` (fentry and kprobe plans): exact.
+    FreeClassification,
+    /// Tables under the call's range at entry minus at exit (tracepoint
+    /// plan): exact, also for multi-threaded processes.
     PageTableWalk,
-    /// Drop of `mm->pgtables_bytes` across the call: exact only when no
-    /// other thread changes the process' page tables meanwhile.
+    /// Drop of `mm->pgtables_bytes` across the call (tracepoint plan without
+    /// the walk): exact only when no other thread changes the process' page
+    /// tables meanwhile.
     PgtablesBytes { why: String },
 }
 
 impl ReclaimAccounting {
     pub fn method(&self) -> &'static str {
         match self {
+            Self::FreeClassification => "free_classification",
             Self::PageTableWalk => "page_table_walk",
             Self::PgtablesBytes { .. } => "pgtables_bytes",
         }
@@ -78,6 +73,8 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("probe mode {mode} is not possible on this kernel: {reasons}")]
+    NoPlan { mode: &'static str, reasons: String },
 }
 
 /// A tracepoint program and where it attaches.
@@ -87,18 +84,11 @@ struct TracepointProbe {
     event: &'static str,
 }
 
-/// The tracepoint plan: DONTNEED windows through the syscall tracepoints.
-const TRACEPOINT_PLAN: &[TracepointProbe] = &[
-    TracepointProbe {
-        program: names::PROG_MADVISE_ENTER,
-        category: "syscalls",
-        event: "sys_enter_madvise",
-    },
-    TracepointProbe {
-        program: names::PROG_MADVISE_EXIT,
-        category: "syscalls",
-        event: "sys_exit_madvise",
-    },
+/// DONTNEED calls through the syscall tracepoints: every plan needs them
+/// (call counts, and the DONTNEED context of the free classification).
+const MADVISE_TRACEPOINTS: &[TracepointProbe] = &[
+    TracepointProbe { program: names::PROG_MADVISE_ENTER, category: "syscalls", event: "sys_enter_madvise" },
+    TracepointProbe { program: names::PROG_MADVISE_EXIT, category: "syscalls", event: "sys_exit_madvise" },
     TracepointProbe {
         program: names::PROG_PROCESS_MADVISE_ENTER,
         category: "syscalls",
@@ -115,64 +105,161 @@ const TRACEPOINT_PLAN: &[TracepointProbe] = &[
 pub struct ProbeMaps {
     pub processes: HashMap<MapData, u32, ProcessCounters>,
     pub node: PerCpuArray<MapData, NodeCounters>,
+    pub frees: HashMap<MapData, FreeKey, FreeCounters>,
+    pub node_frees: PerCpuArray<MapData, NodeFrees>,
 }
 
 /// The loaded, attached programs. Dropping this detaches them.
 pub struct Probes {
     ebpf: Ebpf,
-    mode: ProbeMode,
+    plan: PlanReport,
     accounting: ReclaimAccounting,
-    /// `(program, tracepoint)` for each attached program.
+    /// `(program, attach point)` for each attached program.
     attached: Vec<(&'static str, String)>,
 }
 
 impl Probes {
-    /// Load the object for `config` (see [`kernel_config`]) and attach the
-    /// plan's programs.
-    pub fn load(config: KernelConfig) -> Result<Self, ProbeError> {
-        let (mut ebpf, accounting) = load_calibrated(config)?;
-        match &accounting {
-            ReclaimAccounting::PageTableWalk => {
-                tracing::info!("reclaim measured exactly by page-table walks")
+    /// Choose and attach a plan for `mode` on this kernel.
+    pub fn load(btf: &KernelBtf, mode: ProbeMode) -> Result<Self, ProbeError> {
+        let base = kernel_config(btf)?;
+        let kallsyms = Kallsyms::load()
+            .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: kprobe plans unavailable"))
+            .ok();
+        let mut rejected = Vec::new();
+        for &attach in mode.alternatives() {
+            let attempt = match attach {
+                Attach::Fentry | Attach::Kprobe => hook_set(attach, btf, kallsyms.as_ref())
+                    .and_then(|set| Self::try_hooks(base, attach, &set).map_err(|e| plan::describe_error(&e))),
+                Attach::Tracepoint => return Self::tracepoint_plan(base, rejected),
+            };
+            match attempt {
+                Ok(mut probes) => {
+                    probes.plan.pagetable_free.rejected = rejected.clone();
+                    probes.plan.pt_reclaim.rejected = rejected;
+                    return Ok(probes);
+                }
+                Err(reason) => {
+                    tracing::info!(attach = attach.as_str(), %reason, "probe plan not usable, trying the next");
+                    rejected.push(Rejected { attach, reason });
+                }
             }
+        }
+        Err(ProbeError::NoPlan {
+            mode: attach_list(mode),
+            reasons: rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.attach.as_str(), r.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// Load the object for a fentry or kprobe plan and attach every hook.
+    fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet) -> Result<Self, ProbeError> {
+        let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source, ..base };
+        let mut ebpf = load_object(&config)?;
+        let mut attached = attach_madvise(&mut ebpf)?;
+        let kernel_btf = match attach {
+            Attach::Fentry => Some(Btf::from_sys_fs().map_err(|e| ProbeError::Load(aya::EbpfError::BtfError(e)))?),
+            _ => None,
+        };
+        for hook in &set.hooks {
+            let name = match attach {
+                Attach::Fentry => hook.fentry,
+                _ => hook.kprobe,
+            };
+            let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+            let err = |source| ProbeError::Program { name, source };
+            match (&kernel_btf, hook.at_return) {
+                (Some(btf), false) => {
+                    let program: &mut FEntry = program.try_into().map_err(err)?;
+                    program.load(hook.function, btf).map_err(err)?;
+                    program.attach().map_err(err)?;
+                }
+                (Some(btf), true) => {
+                    let program: &mut FExit = program.try_into().map_err(err)?;
+                    program.load(hook.function, btf).map_err(err)?;
+                    program.attach().map_err(err)?;
+                }
+                (None, _) => {
+                    let program: &mut KProbe = program.try_into().map_err(err)?;
+                    program.load().map_err(err)?;
+                    program.attach(hook.function, 0).map_err(err)?;
+                }
+            }
+            attached.push((
+                name,
+                format!("{}:{}{}", attach.as_str(), hook.function, if hook.at_return { " (return)" } else { "" }),
+            ));
+        }
+        let detail = set.describe();
+        tracing::info!(attach = attach.as_str(), %detail, "page-table free probes attached");
+        Ok(Self {
+            ebpf,
+            plan: PlanReport {
+                pagetable_free: EventChoice {
+                    event: "pagetable_free",
+                    attach: Some(attach),
+                    detail: detail.clone(),
+                    rejected: Vec::new(),
+                },
+                pt_reclaim: EventChoice {
+                    event: "pt_reclaim",
+                    attach: Some(attach),
+                    detail: "PTE tables freed inside MADV_DONTNEED and outside free_pgtables".into(),
+                    rejected: Vec::new(),
+                },
+            },
+            accounting: ReclaimAccounting::FreeClassification,
+            attached,
+        })
+    }
+
+    /// The tracepoint method: reclaim by page-table walk (or the
+    /// `pgtables_bytes` fallback); page-table frees are not observable.
+    fn tracepoint_plan(base: KernelConfig, rejected: Vec<Rejected>) -> Result<Self, ProbeError> {
+        let (mut ebpf, accounting) = load_calibrated(base)?;
+        match &accounting {
             ReclaimAccounting::PgtablesBytes { why } => tracing::warn!(
                 reason = %why,
                 "page-table walk unavailable: reclaim measured through pgtables_bytes, approximate for multi-threaded processes"
             ),
+            _ => tracing::info!("reclaim measured exactly by page-table walks"),
         }
-        let mut attached = Vec::new();
-        for probe in TRACEPOINT_PLAN {
-            let program: &mut TracePoint = ebpf
-                .program_mut(probe.program)
-                .ok_or(ProbeError::MissingProgram(probe.program))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    name: probe.program,
-                    source,
-                })?;
-            program.load().map_err(|source| ProbeError::Program {
-                name: probe.program,
-                source,
-            })?;
-            program
-                .attach(probe.category, probe.event)
-                .map_err(|source| ProbeError::Program {
-                    name: probe.program,
-                    source,
-                })?;
-            tracing::info!(program = probe.program, tracepoint = %format!("{}:{}", probe.category, probe.event), "attached");
-            attached.push((probe.program, format!("{}:{}", probe.category, probe.event)));
-        }
+        let attached = attach_madvise(&mut ebpf)?;
+        let mut free_rejected = rejected.clone();
+        free_rejected
+            .push(Rejected { attach: Attach::Tracepoint, reason: "no tracepoint reports page-table frees".into() });
         Ok(Self {
             ebpf,
-            mode: ProbeMode::Tracepoint,
+            plan: PlanReport {
+                pagetable_free: EventChoice {
+                    event: "pagetable_free",
+                    attach: None,
+                    detail: "not observable with this plan: ptwatch_pagetable_pages_freed_total is not exported".into(),
+                    rejected: free_rejected,
+                },
+                pt_reclaim: EventChoice {
+                    event: "pt_reclaim",
+                    attach: Some(Attach::Tracepoint),
+                    detail: format!(
+                        "syscalls:sys_{{enter,exit}}_{{madvise,process_madvise}}, counted by {}",
+                        accounting.method()
+                    ),
+                    rejected,
+                },
+            },
             accounting,
             attached,
         })
     }
 
-    pub fn mode(&self) -> ProbeMode {
-        self.mode
+    pub fn plan(&self) -> &PlanReport {
+        &self.plan
+    }
+
+    pub fn mode(&self) -> Attach {
+        self.plan.mode()
     }
 
     pub fn accounting(&self) -> &ReclaimAccounting {
@@ -188,6 +275,8 @@ impl Probes {
         Ok(ProbeMaps {
             processes: self.take(names::PROCESS_COUNTERS)?,
             node: self.take(names::NODE_COUNTERS)?,
+            frees: self.take(names::PAGETABLE_FREES)?,
+            node_frees: self.take(names::NODE_FREES)?,
         })
     }
 
@@ -195,12 +284,32 @@ impl Probes {
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ProbeError::MissingMap(name))?;
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
         T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
+}
+
+fn attach_list(mode: ProbeMode) -> &'static str {
+    match mode {
+        ProbeMode::Auto => "auto",
+        ProbeMode::Fentry => "fentry",
+        ProbeMode::Kprobe => "kprobe",
+        ProbeMode::Tracepoint => "tracepoint",
+    }
+}
+
+fn attach_madvise(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, String)>, ProbeError> {
+    let mut attached = Vec::new();
+    for probe in MADVISE_TRACEPOINTS {
+        let name = probe.program;
+        let err = |source| ProbeError::Program { name, source };
+        let program: &mut TracePoint =
+            ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?.try_into().map_err(err)?;
+        program.load().map_err(err)?;
+        program.attach(probe.category, probe.event).map_err(err)?;
+        attached.push((name, format!("tracepoint:{}:{}", probe.category, probe.event)));
+    }
+    Ok(attached)
 }
 
 fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
@@ -209,10 +318,7 @@ fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
         return Err(ProbeError::NoObject);
     }
     tracing::debug!(?config, "kernel configuration for the programs");
-    EbpfLoader::new()
-        .override_global(names::KERNEL_CONFIG, config, true)
-        .load(object)
-        .map_err(ProbeError::Load)
+    EbpfLoader::new().override_global(names::KERNEL_CONFIG, config, true).load(object).map_err(ProbeError::Load)
 }
 
 /// Load the object with the page-table walk enabled if calibration and the
@@ -220,16 +326,16 @@ fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
 /// global, so each attempt is a fresh load of the object.
 fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting), ProbeError> {
     let mut probe = load_object(&config)?;
-    let found = calibrate::RequestChannel::open(&mut probe)
-        .and_then(|mut channel| calibrate::find_direct_map(&mut channel));
+    let found =
+        calibrate::RequestChannel::open(&mut probe).and_then(|mut channel| calibrate::find_direct_map(&mut channel));
     drop(probe);
     let why = match found {
         Ok((base, levels)) => {
             config.direct_map_base = base;
             config.pgtable_levels = levels;
             let mut ebpf = load_object(&config)?;
-            let tested = calibrate::RequestChannel::open(&mut ebpf)
-                .and_then(|mut channel| calibrate::self_test(&mut channel));
+            let tested =
+                calibrate::RequestChannel::open(&mut ebpf).and_then(|mut channel| calibrate::self_test(&mut channel));
             match tested {
                 Ok(()) => return Ok((ebpf, ReclaimAccounting::PageTableWalk)),
                 Err(err) => err.to_string(),
@@ -238,8 +344,5 @@ fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting)
         Err(err) => err.to_string(),
     };
     config.direct_map_base = 0;
-    Ok((
-        load_object(&config)?,
-        ReclaimAccounting::PgtablesBytes { why },
-    ))
+    Ok((load_object(&config)?, ReclaimAccounting::PgtablesBytes { why }))
 }

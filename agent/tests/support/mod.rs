@@ -15,7 +15,7 @@ use std::{
 use ptwatch::{
     aggregate::{Aggregator, ProcessRecord, Snapshot},
     kernel::btf::VMLINUX_BTF,
-    probes::{kernel_config, ProbeMaps, Probes},
+    probes::{plan::ProbeMode, ProbeMaps, Probes},
 };
 use ptwatch_workload::Report;
 
@@ -35,17 +35,22 @@ pub fn ptwatch_bin() -> PathBuf {
     binary_from_env("PTWATCH_BIN")
 }
 
+/// The probe mode under test: `PTWATCH_TEST_PROBE_MODE` (the VM tests force
+/// each mode in turn), else auto.
+pub fn probe_mode() -> ProbeMode {
+    match std::env::var("PTWATCH_TEST_PROBE_MODE").as_deref() {
+        Ok("fentry") => ProbeMode::Fentry,
+        Ok("kprobe") => ProbeMode::Kprobe,
+        Ok("tracepoint") => ProbeMode::Tracepoint,
+        Ok("auto") | Err(_) => ProbeMode::Auto,
+        Ok(other) => panic!("PTWATCH_TEST_PROBE_MODE={other}: expected fentry, kprobe, tracepoint or auto"),
+    }
+}
+
 /// Run `ptwatch-workload ARGS` to completion and return its report.
 pub fn run_workload(args: &[&str]) -> Report {
-    let output = Command::new(workload_bin())
-        .args(args)
-        .output()
-        .expect("spawn workload");
-    assert!(
-        output.status.success(),
-        "workload {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(workload_bin()).args(args).output().expect("spawn workload");
+    assert!(output.status.success(), "workload {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("workload prints a JSON report")
 }
 
@@ -59,19 +64,14 @@ impl Attached {
     pub fn new() -> Self {
         ptwatch::kernel::support::require_privileges().expect("integration tests must run as root");
         ptwatch::kernel::support::ensure_tracefs().expect("tracefs");
-        let config = kernel_config(Path::new(VMLINUX_BTF)).expect("kernel BTF");
-        let mut probes = Probes::load(config).expect("load and attach the eBPF programs");
+        let btf = ptwatch::kernel::btf::KernelBtf::load(Path::new(VMLINUX_BTF)).expect("kernel BTF");
+        let mut probes = Probes::load(&btf, probe_mode()).expect("load and attach the eBPF programs");
         let maps = probes.take_maps().expect("maps");
-        Self {
-            probes,
-            aggregator: Aggregator::new(maps, std::time::Duration::from_secs(600)),
-        }
+        Self { probes, aggregator: Aggregator::new(maps, std::time::Duration::from_secs(600)) }
     }
 
     pub fn snapshot(&mut self) -> Snapshot {
-        self.aggregator
-            .harvest(Instant::now())
-            .expect("read kernel maps")
+        self.aggregator.harvest(Instant::now()).expect("read kernel maps")
     }
 
     /// The record of `pid`, which must exist.
@@ -153,29 +153,16 @@ pub fn free_port() -> std::net::SocketAddr {
 /// A minimal HTTP/1.1 GET: status code and body, or None if nobody answers.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     Some((status, body))
 }
 

@@ -96,27 +96,16 @@ impl Region {
             )
         };
         if base == libc::MAP_FAILED {
-            bail!(
-                "mmap of {map_len} bytes failed: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("mmap of {map_len} bytes failed: {}", std::io::Error::last_os_error());
         }
         let base = base.cast::<u8>();
         let aligned = (base as usize).next_multiple_of(PTE_TABLE_SPAN);
         let start = (aligned + offset) as *mut u8;
         // SAFETY: the whole mapping belongs to us.
         if unsafe { libc::madvise(base.cast(), map_len, libc::MADV_NOHUGEPAGE) } != 0 {
-            bail!(
-                "MADV_NOHUGEPAGE failed: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("MADV_NOHUGEPAGE failed: {}", std::io::Error::last_os_error());
         }
-        Ok(Self {
-            base,
-            map_len,
-            start,
-            len,
-        })
+        Ok(Self { base, map_len, start, len })
     }
 
     /// Write one byte in every page, so every page and every PTE table of the
@@ -161,10 +150,7 @@ pub fn advise(addr: *mut u8, len: usize, advice: Advice) -> Result<u64> {
                 if pidfd < 0 {
                     bail!("pidfd_open failed: {}", std::io::Error::last_os_error());
                 }
-                let iov = libc::iovec {
-                    iov_base: addr.cast(),
-                    iov_len: len,
-                };
+                let iov = libc::iovec { iov_base: addr.cast(), iov_len: len };
                 let ret = libc::syscall(
                     libc::SYS_process_madvise,
                     pidfd as libc::c_int,
@@ -200,20 +186,11 @@ pub fn advise(addr: *mut u8, len: usize, advice: Advice) -> Result<u64> {
 /// Single-threaded: map and touch `mib` MiB starting `offset_kib` after a
 /// 2 MiB boundary, then advise it away in consecutive cuts of `cut_kib`,
 /// measuring `VmPTE` around each call; repeat `rounds` times.
-pub fn cuts(
-    mib: usize,
-    offset_kib: usize,
-    cut_kib: usize,
-    rounds: u32,
-    advice: Advice,
-) -> Result<Report> {
+pub fn cuts(mib: usize, offset_kib: usize, cut_kib: usize, rounds: u32, advice: Advice) -> Result<Report> {
     let len = mib * MIB;
     let cut = (cut_kib * 1024).max(4096);
     let region = Region::new(len, offset_kib * 1024)?;
-    let mut report = Report {
-        pid: std::process::id(),
-        ..Report::default()
-    };
+    let mut report = Report { pid: std::process::id(), ..Report::default() };
     for _ in 0..rounds {
         region.touch();
         report.vmpte_peak_kib = report.vmpte_peak_kib.max(vmpte_kib()?);
@@ -257,14 +234,9 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
             Ok((calls, bytes, tables))
         }));
     }
-    let mut report = Report {
-        pid: std::process::id(),
-        ..Report::default()
-    };
+    let mut report = Report { pid: std::process::id(), ..Report::default() };
     for handle in handles {
-        let (calls, bytes, tables) = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        let (calls, bytes, tables) = handle.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
         report.calls += calls;
         report.bytes += bytes;
         report.expected_tables += tables;

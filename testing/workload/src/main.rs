@@ -10,11 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use ptwatch_workload::{cuts, threads, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
-    args.get(i)
-        .with_context(|| format!("missing {name}"))?
-        .parse()
-        .ok()
-        .with_context(|| format!("bad {name}"))
+    args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
 }
 
 fn run() -> Result<()> {

@@ -1,0 +1,222 @@
+//! Probe plans: for each event, ordered alternatives (fentry, then kprobe,
+//! then the tracepoint method), each checked against the running kernel's
+//! BTF and kallsyms before anything is loaded. An alternative that fails to
+//! load or attach falls through to the next, and the reason is kept for
+//! `ptwatch check`, the logs and `ptwatch_probe_info`.
+
+use ptwatch_common::{free_source, hooks, hooks::Hook};
+
+use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
+
+/// How a probe attaches to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attach {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Attach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// What the user asked for with `--probe-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// The most precise plan the kernel allows.
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl ProbeMode {
+    /// Alternatives to try, in order.
+    pub fn alternatives(self) -> &'static [Attach] {
+        match self {
+            Self::Auto => &[Attach::Fentry, Attach::Kprobe, Attach::Tracepoint],
+            Self::Fentry => &[Attach::Fentry],
+            Self::Kprobe => &[Attach::Kprobe],
+            Self::Tracepoint => &[Attach::Tracepoint],
+        }
+    }
+}
+
+/// The functions a fentry or kprobe plan hooks, and how frees are counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookSet {
+    pub source: u64,
+    pub hooks: Vec<&'static Hook>,
+}
+
+impl HookSet {
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        let counted_at = match self.source {
+            free_source::LEVEL_FUNCTIONS => "frees counted at ___p?d_free_tlb (level known)",
+            free_source::TLB_REMOVE_TABLE => "frees counted at tlb_remove_table, level from ___p?d_free_tlb",
+            _ => "frees counted at tlb_remove_table, level unknown",
+        };
+        let mut functions: Vec<&str> = self.hooks.iter().map(|h| h.function).collect();
+        functions.dedup();
+        format!("{counted_at}; hooks {}", functions.join(", "))
+    }
+}
+
+/// The perf PMU through which kprobes attach; absent without CONFIG_KPROBES.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+/// An error and all its causes on one line, without the empty verifier log
+/// aya appends when the kernel refused a program before verifying it.
+pub fn describe_error(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let text = text.replace(". Verifier output: \n", "").replace(". Verifier output: ", ": ");
+    text.trim_end_matches([':', ' ', '\n']).to_owned()
+}
+
+/// Pick the hooks for `attach` from what the kernel offers: functions in BTF
+/// for fentry, in kallsyms for kprobes. `Err` says why the plan cannot work.
+pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) -> Result<HookSet, String> {
+    let (has, where_): (Box<dyn Fn(&str) -> bool>, &str) = match attach {
+        Attach::Fentry => (Box::new(|f: &str| btf.has_function(f)), "BTF"),
+        Attach::Kprobe => match kallsyms {
+            _ if !std::path::Path::new(KPROBE_PMU).exists() => {
+                return Err(format!(
+                    "kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"
+                ))
+            }
+            Some(kallsyms) => (Box::new(|f: &str| kallsyms.has_function(f)), "kallsyms"),
+            None => return Err("/proc/kallsyms is not readable".into()),
+        },
+        Attach::Tracepoint => return Err("page-table frees have no tracepoint".into()),
+    };
+    for hook in &hooks::CONTEXT {
+        if !has(hook.function) {
+            return Err(format!("{} is not in {where_} (needed to tell unmap from other frees)", hook.function));
+        }
+    }
+    let context = hooks::CONTEXT.iter();
+    if hooks::LEVEL_FUNCTIONS.iter().all(|h| has(h.function)) {
+        return Ok(HookSet {
+            source: free_source::LEVEL_FUNCTIONS,
+            hooks: context.chain(hooks::LEVEL_FUNCTIONS.iter()).collect(),
+        });
+    }
+    if !has(hooks::TLB_REMOVE_TABLE.function) {
+        return Err(format!("neither all of ___pte/pmd/pud/p4d_free_tlb nor tlb_remove_table are in {where_}"));
+    }
+    // PTE tables go through tlb_remove_table without a level function we can
+    // hook: the PMD/PUD/P4D ones name the other levels.
+    let upper: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS[1..].iter().filter(|h| has(h.function)).collect();
+    let source = if upper.len() == 3 { free_source::TLB_REMOVE_TABLE } else { free_source::TLB_REMOVE_TABLE_NO_LEVEL };
+    let mut chosen: Vec<&'static Hook> = context.collect();
+    chosen.push(&hooks::TLB_REMOVE_TABLE);
+    if source == free_source::TLB_REMOVE_TABLE {
+        chosen.extend(upper);
+    }
+    Ok(HookSet { source, hooks: chosen })
+}
+
+/// Which alternative an event uses and why the others were not used.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EventChoice {
+    pub event: &'static str,
+    /// `None`: the event cannot be observed on this kernel.
+    pub attach: Option<Attach>,
+    pub detail: String,
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rejected {
+    pub attach: Attach,
+    pub reason: String,
+}
+
+/// The plan in force, as reported by `check` and the metrics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlanReport {
+    pub pagetable_free: EventChoice,
+    pub pt_reclaim: EventChoice,
+}
+
+impl PlanReport {
+    /// The attach type that defines the agent's mode (`probe_mode` label).
+    pub fn mode(&self) -> Attach {
+        self.pt_reclaim.attach.unwrap_or(Attach::Tracepoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+    use std::path::Path;
+
+    use super::*;
+    use crate::kernel::btf::VMLINUX_BTF;
+
+    fn btf() -> KernelBtf {
+        KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap()
+    }
+
+    #[test]
+    fn fentry_hooks_follow_the_running_kernels_btf() {
+        let btf = btf();
+        let set = hook_set(Attach::Fentry, &btf, None).unwrap();
+        let functions: Vec<&str> = set.hooks.iter().map(|h| h.function).collect();
+        assert!(functions.contains(&"free_pgtables"), "{functions:?}");
+        match set.source {
+            free_source::LEVEL_FUNCTIONS => {
+                assert!(hooks::LEVEL_FUNCTIONS.iter().all(|h| functions.contains(&h.function)));
+                assert!(!functions.contains(&"tlb_remove_table"), "counted once, at the level functions");
+            }
+            free_source::TLB_REMOVE_TABLE => {
+                assert!(functions.contains(&"tlb_remove_table"));
+                assert!(!functions.contains(&"___pte_free_tlb"));
+                assert!(functions.contains(&"___pmd_free_tlb"));
+            }
+            other => assert_eq!(other, free_source::TLB_REMOVE_TABLE_NO_LEVEL),
+        }
+        // Every hook has a program of each flavour in the object's naming.
+        for hook in &set.hooks {
+            assert!(hook.fentry.ends_with("_fentry") || hook.fentry.ends_with("_fexit"));
+            assert!(hook.kprobe.ends_with("_kprobe") || hook.kprobe.ends_with("_kretprobe"));
+        }
+    }
+
+    #[test]
+    fn tracepoints_cannot_see_frees() {
+        assert!(hook_set(Attach::Tracepoint, &btf(), None).unwrap_err().contains("no tracepoint"));
+    }
+
+    #[test]
+    fn auto_tries_the_precise_probes_first() {
+        assert_eq!(ProbeMode::Auto.alternatives(), &[Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]);
+        assert_eq!(ProbeMode::Kprobe.alternatives(), &[Attach::Kprobe]);
+    }
+
+    #[test]
+    fn errors_are_described_on_one_line() {
+        let err =
+            std::io::Error::other("the BPF_PROG_LOAD syscall returned Operation not permitted. Verifier output: \n");
+        assert_eq!(describe_error(&err), "the BPF_PROG_LOAD syscall returned Operation not permitted");
+    }
+}

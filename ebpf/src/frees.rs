@@ -1,0 +1,214 @@
+//! Page-table pages freed, by cause and level (fentry and kprobe plans).
+//!
+//! Every page-table page the kernel frees through the mmu_gather passes
+//! either the x86 per-level functions (`___pte_free_tlb` .. `___p4d_free_tlb`)
+//! or `tlb_remove_table`; which one counts is the plan's choice
+//! ([`free_source`]). The cause comes from what the freeing thread is doing:
+//! tearing down the whole mm (`tlb->fullmm`), inside `free_pgtables`
+//! (munmap and friends), or inside a DONTNEED call (PT_RECLAIM). Frees are
+//! attributed to the mm's owner (`tlb->mm->owner`), not to the running task:
+//! an exit finished by another task's `mmput` still belongs to the process.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use ptwatch_common::{
+    cause, free_source, level, FreeCounters, FreeKey, KernelConfig, NodeFrees, COMM_LEN, MAX_INFLIGHT_CALLS,
+    MAX_TRACKED_PROCESSES,
+};
+
+use crate::{
+    atomic,
+    counters::{record_free_update_failure, record_pte_pages_reclaimed},
+    kernel::{config, read_kernel, CurrentTask},
+    madvise::in_dontneed,
+};
+
+/// Distinct (process, cause, level) triples; a process rarely has more than
+/// a handful.
+const MAX_FREE_KEYS: u32 = MAX_TRACKED_PROCESSES * 4;
+
+#[map(name = "PAGETABLE_FREES")]
+static PAGETABLE_FREES: LruHashMap<FreeKey, FreeCounters> = LruHashMap::with_max_entries(MAX_FREE_KEYS, 0);
+
+#[map(name = "NODE_FREES")]
+static NODE_FREES: PerCpuArray<NodeFrees> = PerCpuArray::with_max_entries(1, 0);
+
+/// Threads inside `free_pgtables` (it may sleep, so per thread, not per CPU).
+#[map(name = "IN_FREE_PGTABLES")]
+static IN_FREE_PGTABLES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
+
+/// The level named by a `___p?d_free_tlb` call, for the `tlb_remove_table`
+/// call it makes next on the same CPU: `[tid + 1, level]` (0: none).
+#[map(name = "PENDING_LEVEL")]
+static PENDING_LEVEL: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Owner of an mm: its tgid and comm.
+struct Owner {
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+}
+
+#[inline(always)]
+fn owner(config: &KernelConfig, mm: u64) -> Option<Owner> {
+    if config.mm_owner_offset == u64::MAX {
+        let task = CurrentTask::get();
+        return Some(Owner { tgid: task.tgid, comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default() });
+    }
+    let task: u64 = read_kernel(mm, config.mm_owner_offset)?;
+    if task == 0 {
+        return None;
+    }
+    let tgid: i32 = read_kernel(task, config.task_tgid_offset)?;
+    Some(Owner { tgid: tgid as u32, comm: read_kernel(task, config.task_comm_offset).unwrap_or_default() })
+}
+
+#[inline(always)]
+fn classify(config: &KernelConfig, tlb: u64, tid: u32, level_of_table: u32) -> u32 {
+    let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit / 8).unwrap_or(0);
+    if (fullmm_byte >> (config.tlb_fullmm_bit % 8)) & 1 == 1 {
+        return cause::EXIT;
+    }
+    // SAFETY: presence test only.
+    if unsafe { IN_FREE_PGTABLES.get(tid) }.is_some() {
+        return cause::UNMAP;
+    }
+    // PT_RECLAIM frees PTE tables only; on architectures that do not name
+    // the level, every table freed inside a DONTNEED zap is one.
+    if in_dontneed(tid) && (level_of_table == level::PTE || level_of_table == level::UNKNOWN) {
+        return cause::RECLAIM;
+    }
+    cause::OTHER
+}
+
+/// Count one page-table page freed through `tlb`.
+#[inline(always)]
+fn on_free(tlb: u64, level_of_table: u32) {
+    let config = config();
+    let task = CurrentTask::get();
+    let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
+        return;
+    };
+    let Some(owner) = owner(&config, mm) else {
+        return;
+    };
+    if u64::from(owner.tgid) == config.agent_tgid {
+        return;
+    }
+    let why = classify(&config, tlb, task.tid, level_of_table);
+    if let Some(node) = NODE_FREES.get_ptr_mut(0) {
+        let (c, l) = (why as usize, level_of_table as usize);
+        if c < cause::COUNT && l < level::COUNT {
+            // SAFETY: per-CPU value of this CPU; indices checked.
+            unsafe { (*node).pages[c][l] += 1 };
+        }
+    }
+    let key = FreeKey { tgid: owner.tgid, cause: why, level: level_of_table, _pad: 0 };
+    let entry = match PAGETABLE_FREES.get_ptr_mut(key) {
+        Some(entry) => Some(entry),
+        None => {
+            let fresh = FreeCounters { pages: 0, comm: owner.comm };
+            let _ = PAGETABLE_FREES.insert(key, fresh, u64::from(BPF_NOEXIST));
+            PAGETABLE_FREES.get_ptr_mut(key)
+        }
+    };
+    match entry {
+        // SAFETY: pointer into a live map value.
+        Some(entry) => atomic::add(unsafe { &raw mut (*entry).pages }, 1),
+        None => record_free_update_failure(),
+    }
+    if why == cause::RECLAIM && config.reclaim_from_frees != 0 {
+        record_pte_pages_reclaimed(owner.tgid, 1);
+    }
+}
+
+/// `tlb_remove_table(tlb, table)`.
+#[inline(always)]
+fn on_tlb_remove_table(tlb: u64) {
+    let config = config();
+    let tid = CurrentTask::get().tid;
+    let mut named = level::UNKNOWN;
+    if let Some(pending) = PENDING_LEVEL.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this CPU.
+        let pending = unsafe { &mut *pending };
+        if pending[0] == u64::from(tid) + 1 {
+            named = pending[1] as u32;
+        }
+        pending[0] = 0;
+    }
+    let level_of_table = match config.free_source {
+        // A table no PMD/PUD/P4D function announced is a PTE table.
+        free_source::TLB_REMOVE_TABLE if named == level::UNKNOWN => level::PTE,
+        free_source::TLB_REMOVE_TABLE => named,
+        _ => level::UNKNOWN,
+    };
+    on_free(tlb, level_of_table);
+}
+
+/// `___p?d_free_tlb(tlb, table)`: count here, or name the level for the
+/// `tlb_remove_table` call that follows.
+#[inline(always)]
+fn on_level_function(tlb: u64, level_of_table: u32) {
+    let config = config();
+    if config.free_source == free_source::LEVEL_FUNCTIONS {
+        on_free(tlb, level_of_table);
+    } else if let Some(pending) = PENDING_LEVEL.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe { *pending = [u64::from(CurrentTask::get().tid) + 1, u64::from(level_of_table)] };
+    }
+}
+
+#[inline(always)]
+fn on_free_pgtables_entry(_tlb: u64) {
+    let _ = IN_FREE_PGTABLES.insert(CurrentTask::get().tid, 1, 0);
+}
+
+#[inline(always)]
+fn on_free_pgtables_exit() {
+    let _ = IN_FREE_PGTABLES.remove(CurrentTask::get().tid);
+}
+
+/// Defines each entry hook twice, as fentry and as kprobe, from one handler
+/// taking the first argument (the `struct mmu_gather *`). Program names must
+/// match `ptwatch_common::hooks`.
+macro_rules! entry_hooks {
+    ($($function:literal => $fentry:ident, $kprobe:ident, $handler:expr;)*) => {$(
+        #[fentry(function = $function)]
+        pub fn $fentry(ctx: FEntryContext) -> u32 {
+            ($handler)(ctx.arg::<u64>(0));
+            0
+        }
+
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            if let Some(tlb) = ctx.arg::<u64>(0) {
+                ($handler)(tlb);
+            }
+            0
+        }
+    )*};
+}
+
+entry_hooks! {
+    "tlb_remove_table" => tlb_remove_table_fentry, tlb_remove_table_kprobe, on_tlb_remove_table;
+    "___pte_free_tlb" => pte_free_tlb_fentry, pte_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PTE);
+    "___pmd_free_tlb" => pmd_free_tlb_fentry, pmd_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PMD);
+    "___pud_free_tlb" => pud_free_tlb_fentry, pud_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PUD);
+    "___p4d_free_tlb" => p4d_free_tlb_fentry, p4d_free_tlb_kprobe, |tlb| on_level_function(tlb, level::P4D);
+    "free_pgtables" => free_pgtables_fentry, free_pgtables_kprobe, on_free_pgtables_entry;
+}
+
+#[fexit(function = "free_pgtables")]
+pub fn free_pgtables_fexit(_ctx: FExitContext) -> u32 {
+    on_free_pgtables_exit();
+    0
+}
+
+#[kretprobe]
+pub fn free_pgtables_kretprobe(_ctx: RetProbeContext) -> u32 {
+    on_free_pgtables_exit();
+    0
+}
