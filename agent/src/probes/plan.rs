@@ -72,6 +72,30 @@ impl HookSet {
     }
 }
 
+/// Where an attach type looks functions up.
+enum Symbols<'a> {
+    /// fentry needs the function's BTF.
+    Btf(&'a KernelBtf),
+    /// A kprobe needs the symbol.
+    Kallsyms(&'a Kallsyms),
+}
+
+impl Symbols<'_> {
+    fn has_function(&self, function: &str) -> bool {
+        match self {
+            Self::Btf(btf) => btf.has_function(function),
+            Self::Kallsyms(kallsyms) => kallsyms.has_function(function),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Btf(_) => "BTF",
+            Self::Kallsyms(_) => "kallsyms",
+        }
+    }
+}
+
 /// The perf PMU through which kprobes attach; absent without CONFIG_KPROBES.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
@@ -95,19 +119,21 @@ pub fn describe_error(err: &dyn std::error::Error) -> String {
 /// Pick the hooks for `attach` from what the kernel offers: functions in BTF
 /// for fentry, in kallsyms for kprobes. `Err` says why the plan cannot work.
 pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) -> Result<HookSet, String> {
-    let (has, where_): (Box<dyn Fn(&str) -> bool>, &str) = match attach {
-        Attach::Fentry => (Box::new(|f: &str| btf.has_function(f)), "BTF"),
+    let symbols = match attach {
+        Attach::Fentry => Symbols::Btf(btf),
+        Attach::Kprobe if !std::path::Path::new(KPROBE_PMU).exists() => {
+            return Err(format!(
+                "kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"
+            ))
+        }
         Attach::Kprobe => match kallsyms {
-            _ if !std::path::Path::new(KPROBE_PMU).exists() => {
-                return Err(format!(
-                    "kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"
-                ))
-            }
-            Some(kallsyms) => (Box::new(|f: &str| kallsyms.has_function(f)), "kallsyms"),
+            Some(kallsyms) => Symbols::Kallsyms(kallsyms),
             None => return Err("/proc/kallsyms is not readable".into()),
         },
         Attach::Tracepoint => return Err("page-table frees have no tracepoint".into()),
     };
+    let has = |function: &str| symbols.has_function(function);
+    let where_ = symbols.name();
     for hook in &hooks::CONTEXT {
         if !has(hook.function) {
             return Err(format!("{} is not in {where_} (needed to tell unmap from other frees)", hook.function));
