@@ -142,6 +142,12 @@ pub struct KernelConfig {
     pub mm_owner_offset: u64,
     /// Byte offset of `mmu_gather::mm`.
     pub tlb_mm_offset: u64,
+    /// Byte offset of `task_struct::active_mm`: an exiting task keeps its
+    /// mm there after `exit_mm()` cleared `mm` and the mm's owner.
+    pub task_active_mm_offset: u64,
+    /// Bit offset of the `task_struct::in_execve` bitfield (`u64::MAX` if
+    /// absent): a task replacing its mm in execve owns the old one.
+    pub task_in_execve_bit: u64,
     /// Byte offsets of `task_struct::tgid` and `task_struct::comm`.
     pub task_tgid_offset: u64,
     pub task_comm_offset: u64,
@@ -155,8 +161,8 @@ pub mod free_source {
     /// Not probed (tracepoint plan).
     pub const NONE: u64 = 0;
     /// At the per-level x86 functions `___pte_free_tlb` .. `___p4d_free_tlb`
-    /// (every kernel version; on 6.1 native x86 the tables do not go through
-    /// `tlb_remove_table`).
+    /// that can be hooked (every kernel version; on 6.1 native x86 the tables
+    /// do not go through `tlb_remove_table`).
     pub const LEVEL_FUNCTIONS: u64 = 1;
     /// At `tlb_remove_table` (x86 6.15+, and the generic path of the other
     /// architectures); the PMD/PUD/P4D functions, when hooked, only name the

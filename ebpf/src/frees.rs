@@ -11,6 +11,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_task,
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
@@ -52,16 +53,39 @@ struct Owner {
     comm: [u8; COMM_LEN],
 }
 
+/// The process an mm belongs to.
+///
+/// `mm->owner` names it while the process lives. When its last user goes
+/// away, `mm_update_next_owner()` clears the owner before the tables are
+/// freed: on exit the dying task still has the mm as `active_mm`, and on
+/// execve the task replacing its mm has `in_execve` set. An mm whose last
+/// reference is dropped by an unrelated task (one reading `/proc/<pid>/`,
+/// say) has no owner to name: `None`, counted on the node only.
 #[inline(always)]
 fn owner(config: &KernelConfig, mm: u64) -> Option<Owner> {
-    if config.mm_owner_offset == u64::MAX {
-        let task = CurrentTask::get();
-        return Some(Owner { tgid: task.tgid, comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default() });
-    }
-    let task: u64 = read_kernel(mm, config.mm_owner_offset)?;
-    if task == 0 {
-        return None;
-    }
+    let named = if config.mm_owner_offset == u64::MAX {
+        0
+    } else {
+        read_kernel::<u64>(mm, config.mm_owner_offset).unwrap_or(0)
+    };
+    let task = if named != 0 {
+        named
+    } else {
+        // SAFETY: returns the running task_struct; no preconditions.
+        let current = unsafe { bpf_get_current_task() };
+        let in_execve = config.task_in_execve_bit != u64::MAX
+            && read_kernel::<u8>(current, config.task_in_execve_bit / 8)
+                .is_some_and(|byte| (byte >> (config.task_in_execve_bit % 8)) & 1 == 1);
+        let own = in_execve
+            || read_kernel::<u64>(current, config.task_mm_offset) == Some(mm)
+            || read_kernel::<u64>(current, config.task_active_mm_offset) == Some(mm)
+            // Without CONFIG_MEMCG there is no owner at all: the running task.
+            || config.mm_owner_offset == u64::MAX;
+        if !own {
+            return None;
+        }
+        current
+    };
     let tgid: i32 = read_kernel(task, config.task_tgid_offset)?;
     Some(Owner { tgid: tgid as u32, comm: read_kernel(task, config.task_comm_offset).unwrap_or_default() })
 }
@@ -92,10 +116,8 @@ fn on_free(tlb: u64, level_of_table: u32) {
     let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
         return;
     };
-    let Some(owner) = owner(&config, mm) else {
-        return;
-    };
-    if u64::from(owner.tgid) == config.agent_tgid {
+    let owner = owner(&config, mm);
+    if owner.as_ref().is_some_and(|o| u64::from(o.tgid) == config.agent_tgid) {
         return;
     }
     let why = classify(&config, tlb, task.tid, level_of_table);
@@ -106,6 +128,9 @@ fn on_free(tlb: u64, level_of_table: u32) {
             unsafe { (*node).pages[c][l] += 1 };
         }
     }
+    let Some(owner) = owner else {
+        return;
+    };
     let key = FreeKey { tgid: owner.tgid, cause: why, level: level_of_table, _pad: 0 };
     let entry = match PAGETABLE_FREES.get_ptr_mut(key) {
         Some(entry) => Some(entry),

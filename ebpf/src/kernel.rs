@@ -17,6 +17,8 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     free_source: 0,
     mm_owner_offset: u64::MAX,
     tlb_mm_offset: 0,
+    task_active_mm_offset: 0,
+    task_in_execve_bit: u64::MAX,
     task_tgid_offset: 0,
     task_comm_offset: 0,
     tlb_fullmm_bit: 0,

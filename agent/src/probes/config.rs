@@ -22,6 +22,8 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
         // to the running task.
         mm_owner_offset: btf.optional_member_offset("mm_struct", "owner")?.unwrap_or(u64::MAX),
         tlb_mm_offset: btf.member_offset("mmu_gather", "mm")?,
+        task_active_mm_offset: btf.member_offset("task_struct", "active_mm")?,
+        task_in_execve_bit: btf.member_bit_offset("task_struct", "in_execve").unwrap_or(u64::MAX),
         task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,

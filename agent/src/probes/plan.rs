@@ -140,25 +140,19 @@ pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) ->
         }
     }
     let context = hooks::CONTEXT.iter();
-    if hooks::LEVEL_FUNCTIONS.iter().all(|h| has(h.function)) {
-        return Ok(HookSet {
-            source: free_source::LEVEL_FUNCTIONS,
-            hooks: context.chain(hooks::LEVEL_FUNCTIONS.iter()).collect(),
-        });
+    // Count where the level is known when the PTE function can be hooked:
+    // on 6.1 x86 native, tables never reach tlb_remove_table at all.
+    let levels: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS.iter().filter(|h| has(h.function)).collect();
+    if has(hooks::PTE_FREE_TLB.function) {
+        return Ok(HookSet { source: free_source::LEVEL_FUNCTIONS, hooks: context.chain(levels).collect() });
     }
     if !has(hooks::TLB_REMOVE_TABLE.function) {
-        return Err(format!("neither all of ___pte/pmd/pud/p4d_free_tlb nor tlb_remove_table are in {where_}"));
+        return Err(format!("neither ___pte_free_tlb nor tlb_remove_table is in {where_}"));
     }
     // PTE tables go through tlb_remove_table without a level function we can
     // hook: the PMD/PUD/P4D ones name the other levels.
-    let upper: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS[1..].iter().filter(|h| has(h.function)).collect();
-    let source = if upper.len() == 3 { free_source::TLB_REMOVE_TABLE } else { free_source::TLB_REMOVE_TABLE_NO_LEVEL };
-    let mut chosen: Vec<&'static Hook> = context.collect();
-    chosen.push(&hooks::TLB_REMOVE_TABLE);
-    if source == free_source::TLB_REMOVE_TABLE {
-        chosen.extend(upper);
-    }
-    Ok(HookSet { source, hooks: chosen })
+    let source = if levels.is_empty() { free_source::TLB_REMOVE_TABLE_NO_LEVEL } else { free_source::TLB_REMOVE_TABLE };
+    Ok(HookSet { source, hooks: context.chain([&hooks::TLB_REMOVE_TABLE]).chain(levels).collect() })
 }
 
 /// Which alternative an event uses and why the others were not used.
@@ -211,7 +205,7 @@ mod tests {
         assert!(functions.contains(&"free_pgtables"), "{functions:?}");
         match set.source {
             free_source::LEVEL_FUNCTIONS => {
-                assert!(hooks::LEVEL_FUNCTIONS.iter().all(|h| functions.contains(&h.function)));
+                assert!(functions.contains(&"___pte_free_tlb"));
                 assert!(!functions.contains(&"tlb_remove_table"), "counted once, at the level functions");
             }
             free_source::TLB_REMOVE_TABLE => {

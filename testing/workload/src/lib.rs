@@ -244,3 +244,33 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
     report.vmpte_end_kib = vmpte_kib()?;
     Ok(report)
 }
+
+/// Map and touch `mib` MiB, then unmap it: its PTE tables are freed by
+/// `free_pgtables` (cause `unmap`).
+pub fn unmap(mib: usize) -> Result<Report> {
+    let region = Region::new(mib * MIB, 0)?;
+    region.touch();
+    let mut report = Report { pid: std::process::id(), ..Report::default() };
+    report.vmpte_peak_kib = vmpte_kib()?;
+    report.expected_tables = region.covered_spans(0, region.len);
+    drop(region);
+    report.vmpte_end_kib = vmpte_kib()?;
+    report.vmpte_drop_kib = report.vmpte_peak_kib.saturating_sub(report.vmpte_end_kib);
+    Ok(report)
+}
+
+/// Map and touch `mib` MiB and return without unmapping: the caller exits,
+/// so the tables are freed by the exit teardown (cause `exit`).
+pub fn exit_with_tables(mib: usize) -> Result<Report> {
+    let region = Region::new(mib * MIB, 0)?;
+    region.touch();
+    let report = Report {
+        pid: std::process::id(),
+        vmpte_peak_kib: vmpte_kib()?,
+        expected_tables: region.covered_spans(0, region.len),
+        ..Report::default()
+    };
+    // Leave the mapping for exit_mmap.
+    std::mem::forget(region);
+    Ok(report)
+}

@@ -3,11 +3,13 @@
 //! ```text
 //! ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE
 //! ptwatch-workload threads THREADS MIB ROUNDS
+//! ptwatch-workload unmap MIB     # touch, then munmap
+//! ptwatch-workload exit MIB      # touch, then exit with the mapping
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, threads, Advice};
+use ptwatch_workload::{cuts, exit_with_tables, threads, unmap, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -23,8 +25,12 @@ fn run() -> Result<()> {
             arg(&args, 4, "ROUNDS")?,
             Advice::parse(args.get(5).context("missing ADVICE")?)?,
         )?,
+        Some("unmap") => unmap(arg(&args, 1, "MIB")?)?,
+        Some("exit") => exit_with_tables(arg(&args, 1, "MIB")?)?,
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
-        _ => bail!("usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS"),
+        _ => bail!(
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB"
+        ),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -1,0 +1,123 @@
+//! What every kernel must show, whatever the probe plan: run on this host
+//! (tracepoint plan) by `cargo xtask test`, and inside real Debian kernels
+//! (6.1, 6.18, 7.x) by `cargo xtask vm-test`, which forces each plan in turn
+//! with `PTWATCH_TEST_PROBE_MODE` and says whether the kernel has PT_RECLAIM
+//! with `PTWATCH_EXPECT_PT_RECLAIM`.
+//!
+//! Every test asserts something in every plan: where a plan cannot see an
+//! event, the test checks that ptwatch says so and exports nothing for it.
+
+mod support;
+
+use ptwatch::probes::plan::{Attach, ProbeMode};
+use ptwatch_common::{cause, level};
+use support::{probe_mode, run_workload, Attached};
+
+/// PT_RECLAIM expected on this kernel: from the VM runner, else detected.
+fn expect_pt_reclaim() -> bool {
+    match std::env::var("PTWATCH_EXPECT_PT_RECLAIM").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => support::pt_reclaim(),
+    }
+}
+
+fn frees_of(record: &ptwatch::aggregate::ProcessRecord, wanted_cause: u32) -> u64 {
+    record.frees.iter().filter(|((c, _), _)| *c == wanted_cause).map(|(_, pages)| pages).sum()
+}
+
+#[test]
+fn the_requested_plan_is_the_one_in_force() {
+    let attached = Attached::new();
+    let plan = attached.probes.plan();
+    match probe_mode() {
+        ProbeMode::Fentry => {
+            assert_eq!(plan.pagetable_free.attach, Some(Attach::Fentry));
+            assert_eq!(plan.pt_reclaim.attach, Some(Attach::Fentry));
+        }
+        ProbeMode::Kprobe => {
+            assert_eq!(plan.pagetable_free.attach, Some(Attach::Kprobe));
+            assert_eq!(plan.pt_reclaim.attach, Some(Attach::Kprobe));
+        }
+        ProbeMode::Tracepoint => {
+            assert_eq!(plan.pagetable_free.attach, None);
+            assert_eq!(plan.pt_reclaim.attach, Some(Attach::Tracepoint));
+        }
+        ProbeMode::Auto => {
+            // Every alternative tried before the chosen one has a reason.
+            let chosen = plan.pt_reclaim.attach.expect("reclaim is always observable");
+            let earlier = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint].into_iter().take_while(|a| *a != chosen);
+            assert_eq!(earlier.count(), plan.pt_reclaim.rejected.len(), "{plan:?}");
+        }
+    }
+}
+
+#[test]
+fn pt_reclaim_support_is_detected() {
+    assert_eq!(support::pt_reclaim(), expect_pt_reclaim(), "behavioural PT_RECLAIM detection");
+}
+
+#[test]
+fn dontneed_reclaim_equals_the_vmpte_drop() {
+    let mut attached = Attached::new();
+    let frees_seen = attached.probes.plan().pagetable_free.attach.is_some();
+    for args in [["cuts", "64", "0", "2048", "1", "dontneed"], ["cuts", "1024", "0", "1048576", "1", "dontneed"]] {
+        let report = run_workload(&args);
+        let record = attached.process(report.pid);
+        if expect_pt_reclaim() {
+            assert_eq!(record.pte_pages_reclaimed, report.expected_tables, "{args:?}");
+            assert_eq!(record.pte_pages_reclaimed * 4, report.vmpte_drop_kib, "{args:?}");
+        } else {
+            assert_eq!(report.vmpte_drop_kib, 0, "no PT_RECLAIM: VmPTE does not drop");
+            assert_eq!(record.pte_pages_reclaimed, 0, "{args:?}");
+        }
+        assert_eq!(record.dontneed_calls, report.calls);
+        if frees_seen {
+            // The frees behind the reclaim, by cause and level.
+            assert_eq!(
+                record.frees.get(&(cause::RECLAIM, level::PTE)).copied().unwrap_or(0),
+                record.pte_pages_reclaimed
+            );
+        } else {
+            assert!(record.frees.is_empty(), "frees exported without a free probe: {record:?}");
+        }
+    }
+}
+
+#[test]
+fn munmap_frees_are_counted_as_unmap() {
+    let mut attached = Attached::new();
+    let report = run_workload(&["unmap", "64"]);
+    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    if attached.probes.plan().pagetable_free.attach.is_none() {
+        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported");
+        return;
+    }
+    let record = record.expect("the unmap workload has free counters");
+    assert_eq!(record.frees.get(&(cause::UNMAP, level::PTE)).copied(), Some(report.expected_tables), "{record:?}");
+    // Every page-table page the munmap released, at any level, is counted.
+    assert_eq!(frees_of(&record, cause::UNMAP) * 4, report.vmpte_drop_kib, "{record:?}");
+    assert_eq!(frees_of(&record, cause::RECLAIM), 0, "munmap is not PT_RECLAIM");
+}
+
+#[test]
+fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
+    let mut attached = Attached::new();
+    let report = run_workload(&["exit", "64"]);
+    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    if attached.probes.plan().pagetable_free.attach.is_none() {
+        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported");
+        return;
+    }
+    let record = record.expect("the exiting workload has free counters");
+    let exit_pte = record.frees.get(&(cause::EXIT, level::PTE)).copied().unwrap_or(0);
+    assert!(
+        exit_pte >= report.expected_tables,
+        "exit freed {exit_pte} PTE tables, the workload had {}: {record:?}, node: {:?}",
+        report.expected_tables,
+        attached.snapshot().node_frees
+    );
+    // VmPTE at its peak counted every table of the process; exit frees them all.
+    assert!(frees_of(&record, cause::EXIT) * 4 >= report.vmpte_peak_kib - 8, "{record:?} vs {report:?}");
+    assert_eq!(record.comm, "ptwatch-workloa");
+}
