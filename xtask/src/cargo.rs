@@ -1,0 +1,91 @@
+//! Building the workspace with the real eBPF object, and finding what was
+//! built.
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+use crate::cmd;
+
+/// Where the workspace and its build output are.
+#[derive(Debug)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    workspace_root: PathBuf,
+    target_directory: PathBuf,
+}
+
+impl Workspace {
+    /// Asks cargo, so that CARGO_TARGET_DIR and `build.target-dir` in any
+    /// config are honoured.
+    pub fn locate() -> Result<Self> {
+        let json = cmd::stdout(
+            cargo().args(["metadata", "--format-version", "1", "--no-deps", "--offline"]).current_dir(manifest_root()),
+        )?;
+        let meta: Metadata = serde_json::from_str(&json).context("parsing `cargo metadata` output")?;
+        Ok(Self { root: meta.workspace_root, target: meta.target_directory })
+    }
+
+    /// A cargo command in the workspace root that must build the real eBPF
+    /// object: agent/build.rs fails instead of writing its stub.
+    pub fn cargo(&self) -> Command {
+        let mut cargo = cargo();
+        cargo.current_dir(&self.root).env("PTWATCH_REQUIRE_EBPF", "1");
+        cargo
+    }
+}
+
+/// The cargo that runs this xtask (same toolchain), else the one on PATH.
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")))
+}
+
+/// The workspace root as compiled in: xtask lives one level below it. Only a
+/// starting point for `cargo metadata`.
+fn manifest_root() -> &'static Path {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest)
+}
+
+/// Release binaries with the eBPF object embedded.
+#[derive(Debug)]
+pub struct Built {
+    pub workspace: Workspace,
+    pub ptwatch: PathBuf,
+    pub workload: PathBuf,
+}
+
+pub fn build() -> Result<Built> {
+    let workspace = Workspace::locate()?;
+    eprintln!("[build] cargo build --release -p ptwatch -p ptwatch-workload (PTWATCH_REQUIRE_EBPF=1)");
+    cmd::run(workspace.cargo().args(["build", "--release", "-p", "ptwatch", "-p", "ptwatch-workload"]))
+        .context("building the release binaries failed (see cargo's output above)")?;
+    let release = workspace.target.join("release");
+    let built = Built { ptwatch: release.join("ptwatch"), workload: release.join("ptwatch-workload"), workspace };
+    for bin in [&built.ptwatch, &built.workload] {
+        anyhow::ensure!(bin.is_file(), "cargo reported success but {} does not exist", bin.display());
+    }
+    eprintln!("[build] built {} and {}", built.ptwatch.display(), built.workload.display());
+    Ok(built)
+}
+
+/// Replace this process with `binary args`: signals (Ctrl-C) then reach the
+/// agent directly, and its exit status becomes the command's.
+pub fn exec(binary: &Path, args: &[OsString]) -> Result<ExitCode> {
+    let mut command = Command::new(binary);
+    command.args(args);
+    eprintln!("[run] {}", cmd::display(&command));
+    let err = command.exec();
+    Err(err).with_context(|| format!("executing {}", binary.display()))
+}
