@@ -4,25 +4,54 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use prometheus::Registry;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
 
 use crate::{
     aggregate::Aggregator,
-    cli::AgentArgs,
+    config::AgentConfig,
     export::{
         metrics::{AgentInfo, PtwatchCollector},
-        server,
+        server::{self, Exporter},
     },
     kernel::{btf::KernelBtf, support},
     probes::Probes,
 };
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     support::require_privileges()?;
-    let btf = KernelBtf::load(&args.probes.btf)?;
+    let btf = KernelBtf::load(&config.btf)?;
     // Bind before attaching anything: a busy port is the most common
     // start-up failure and must not leave probes behind.
-    let listener = server::bind(args.listen).await?;
+    let listener = server::bind(config.listen, config.tls.clone()).await?;
+
+    // One shutdown signal, fanned out to the server and to this task.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = shutdown_signal()?;
+    tokio::spawn(async move {
+        signals.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // Serve /healthz (and a 503 /readyz) while the probes are loaded.
+    let exporter = Arc::new(Exporter::default());
+    let app = server::router(Arc::clone(&exporter), config.auth.clone());
+    let server = tokio::spawn(server::serve(listener, app, stopped(stop_rx)));
+    tracing::info!(
+        listen = %config.listen,
+        tls = config.tls.is_some(),
+        auth = config.auth.as_ref().map_or("none", |a| a.kind()),
+        config_file = config.config_file.as_ref().map(|p| p.display().to_string()),
+        "listening; /healthz is up, /readyz and /metrics wait for the probes"
+    );
+    if config.auth.is_some() && config.tls.is_none() {
+        tracing::warn!("authentication without TLS sends credentials in clear text; set --tls-cert/--tls-key");
+    }
 
     // Test PT_RECLAIM before the probes exist; the agent's own tgid is
     // filtered in the programs anyway.
@@ -36,22 +65,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     support::ensure_tracefs()?;
 
-    let mode = args.probes.probe_mode;
+    let mode = config.probe_mode;
     let mut probes =
         tokio::task::spawn_blocking(move || Probes::load(&btf, mode)).await.context("probe loading task failed")??;
     let maps = probes.take_maps()?;
     let info = AgentInfo::new(&probes, pt_reclaim_supported);
-    let collector = Arc::new(PtwatchCollector::new(Box::new(Aggregator::new(maps, args.exited_ttl)), info));
+    let collector = Arc::new(PtwatchCollector::new(Box::new(Aggregator::new(maps, config.exited_ttl)), info));
     let registry = Arc::new(Registry::new());
     registry.register(Box::new(SharedCollector(Arc::clone(&collector)))).context("registering metrics")?;
+    exporter.set_registry(registry);
 
-    let harvester = tokio::spawn(harvest_periodically(Arc::clone(&collector), args.harvest_interval));
-    tracing::info!(listen = %args.listen, mode = probes.mode().as_str(), "serving /metrics");
-    server::serve(listener, registry, shutdown_signal()?).await?;
+    let harvester =
+        tokio::spawn(harvest_periodically(Arc::clone(&collector), config.harvest_interval, Arc::clone(&exporter)));
+    // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".
+    tracing::info!(listen = %config.listen, mode = probes.mode().as_str(), "probes attached; serving /metrics");
+    let served = server.await;
     harvester.abort();
     drop(probes);
     tracing::info!("probes detached; exiting");
+    served.context("HTTP server task failed")??;
     Ok(())
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Registry wants an owned collector; the harvest task shares it.
@@ -66,14 +104,18 @@ impl prometheus::core::Collector for SharedCollector {
     }
 }
 
-async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration) {
+/// Harvest every `every` (the first tick is immediate); the first success
+/// makes the agent ready.
+async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration, exporter: Arc<Exporter>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let collector = Arc::clone(&collector);
-        if tokio::task::spawn_blocking(move || collector.refresh()).await.is_err() {
-            tracing::warn!("harvest task failed");
+        match tokio::task::spawn_blocking(move || collector.refresh()).await {
+            Ok(true) => exporter.set_ready(),
+            Ok(false) => {}
+            Err(_) => tracing::warn!("harvest task failed"),
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod agent;
 pub mod aggregate;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod export;
 pub mod kernel;
 pub mod probes;
+pub mod scan;

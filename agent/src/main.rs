@@ -1,10 +1,14 @@
-//! The `ptwatch` binary: parse flags, set up logging, run a command, and turn
-//! any error into one line and an exit code (0 ok, 1 runtime failure,
-//! 2 usage error).
+//! The `ptwatch` binary: parse flags, resolve the configuration, set up
+//! logging, run a command, and turn any error into one line and an exit code
+//! (0 ok, 1 runtime failure, 2 usage error: bad flags or configuration).
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
-use ptwatch::cli::{Cli, Command, LogFormat};
+use ptwatch::{
+    cli::{Cli, Command, LogFormat},
+    config::{AgentConfig, LogConfig},
+};
 use tracing_subscriber::{fmt, EnvFilter};
 
 fn main() -> ExitCode {
@@ -25,17 +29,41 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // clap's message spans several lines; the first says what is wrong.
+            // clap's message spans several lines; the first says what is wrong,
+            // and when it ends in ':' (a missing argument) the next says which.
             let rendered = err.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("ptwatch: {}", first.trim_start_matches("error: "));
+            let mut lines = rendered.lines();
+            let first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            match (first.strip_suffix(':'), lines.next()) {
+                (Some(head), Some(what)) => eprintln!("ptwatch: {head}: {}", what.trim()),
+                _ => eprintln!("ptwatch: {first}"),
+            }
             return ExitCode::from(2);
         }
     };
-    let filter = match EnvFilter::try_new(&cli.log) {
+    // The agent's config file can set the log options, so it is read (and a
+    // bad one rejected as a usage error) before logging starts.
+    let agent_config = match &cli.command {
+        Command::Agent(args) => match AgentConfig::resolve(args, &cli.log) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("ptwatch: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let log = match agent_config.as_ref().map(|c| Ok(c.log.clone())).unwrap_or_else(|| LogConfig::from_args(&cli.log)) {
+        Ok(log) => log,
+        Err(err) => {
+            eprintln!("ptwatch: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&log.filter) {
         Ok(filter) => filter,
         Err(err) => {
-            eprintln!("ptwatch: invalid --log filter {:?}: {err}", cli.log);
+            eprintln!("ptwatch: invalid log filter {:?}: {err}", log.filter);
             return ExitCode::from(2);
         }
     };
@@ -43,11 +71,11 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
+    match log.format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    match run(cli.command) {
+    match run(cli.command, agent_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ptwatch: error: {err:#}");
@@ -56,10 +84,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// `agent_config` is `Some` for `Command::Agent`, resolved by `main`.
+fn run(command: Command, agent_config: Option<AgentConfig>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
-        Command::Agent(args) => runtime.block_on(ptwatch::agent::run(args)),
+        Command::Agent(_) => {
+            let config = agent_config.context("agent configuration was not resolved")?;
+            runtime.block_on(ptwatch::agent::run(config))
+        }
         Command::Check(args) => ptwatch::check::run(args),
+        Command::Scan(args) => ptwatch::scan::run(args),
     }
 }

@@ -35,11 +35,16 @@ pub mod names {
     /// Global (`.rodata`) holding the [`super::KernelConfig`].
     pub const KERNEL_CONFIG: &str = "PTWATCH_KERNEL_CONFIG";
 
-    pub const PROG_MADVISE_ENTER: &str = "madvise_enter";
-    pub const PROG_MADVISE_EXIT: &str = "madvise_exit";
-    pub const PROG_PROCESS_MADVISE_ENTER: &str = "process_madvise_enter";
-    pub const PROG_PROCESS_MADVISE_EXIT: &str = "process_madvise_exit";
+    /// The DONTNEED programs, `(with page-table walk, without)`, by
+    /// tracepoint.
+    pub const MADVISE_PROGRAMS: [(&str, &str, &str); 4] = [
+        ("sys_enter_madvise", "madvise_enter_walk", "madvise_enter_plain"),
+        ("sys_exit_madvise", "madvise_exit_walk", "madvise_exit_plain"),
+        ("sys_enter_process_madvise", "process_madvise_enter_walk", "process_madvise_enter_plain"),
+        ("sys_exit_process_madvise", "process_madvise_exit_walk", "process_madvise_exit_plain"),
+    ];
     pub const PROG_AGENT_REQUEST: &str = "agent_request";
+    pub const PROG_WALK_SELF_TEST: &str = "walk_self_test";
 }
 
 /// Kernel functions the fentry and kprobe plans hook, with the names of the
@@ -252,6 +257,11 @@ pub mod request {
     /// own mm with the same walk the madvise programs use; `result` = tables,
     /// `status` = 1 if the walk covered the whole range.
     pub const COUNT_PTE_TABLES: u64 = 2;
+    /// First present entry of the agent's top-level page table at or after
+    /// index `args[0]`: where the kernel's direct map starts (it is the
+    /// lowest randomised kernel region). `result` = index, `status` = 1 if
+    /// one was found.
+    pub const FIRST_KERNEL_SLOT: u64 = 3;
 }
 
 /// A request from the agent to the kernel side, answered synchronously: the
@@ -281,6 +291,12 @@ pub struct ProcessCounters {
     pub dontneed_bytes: u64,
     /// `comm` of the thread that first touched this entry.
     pub comm: [u8; COMM_LEN],
+    /// cgroup v2 id (the inode of the cgroup's directory in the v2 tree) of
+    /// the thread that created this entry. Captured in the kernel because a
+    /// short-lived process is gone, with its `/proc/<pid>/cgroup`, before
+    /// the agent's next harvest. 0 when unknown. Placed after `comm` (24 +
+    /// 16 bytes) so it is 8-byte aligned without padding.
+    pub cgroup_id: u64,
 }
 
 /// Node-wide counters (single-entry array). They are never reset, so they

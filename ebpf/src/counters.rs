@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_comm,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
@@ -21,14 +21,20 @@ fn node() -> Option<*mut NodeCounters> {
     NODE_COUNTERS.get_ptr_mut(0)
 }
 
-/// The counters of process `tgid`, created (with the current comm) on first
-/// use. A failed insert is counted on the node, never silent.
+/// The counters of process `tgid`, created (with the current comm and
+/// cgroup) on first use. A failed insert is counted on the node, never silent.
 #[inline(always)]
 fn process(tgid: u32) -> Option<*mut ProcessCounters> {
     if let Some(counters) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
         return Some(counters);
     }
-    let fresh = ProcessCounters { comm: bpf_get_current_comm().unwrap_or_default(), ..ProcessCounters::default() };
+    // The cgroup is taken once, at creation: the process may exit before
+    // the agent can read `/proc/<pid>/cgroup`. The running thread is the
+    // process' own (madvise) or, for a free, usually the exiting task.
+    // SAFETY: no preconditions; returns 0 without cgroup v2.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let fresh =
+        ProcessCounters { comm: bpf_get_current_comm().unwrap_or_default(), cgroup_id, ..ProcessCounters::default() };
     // BPF_NOEXIST: another CPU may have created the entry meanwhile; then its
     // entry is used below.
     if PROCESS_COUNTERS.insert(tgid, fresh, u64::from(BPF_NOEXIST)).is_err()

@@ -65,7 +65,7 @@ fn is_dontneed(behavior: u64) -> bool {
 
 /// `walk` is false when the range is not known exactly (several iovecs).
 #[inline(always)]
-fn on_enter(start: u64, len: u64, walk: bool) {
+fn on_enter<const WALK: bool>(start: u64, len: u64, walk: bool) {
     let config = config();
     let Some(task) = CurrentTask::observed(&config) else {
         return;
@@ -81,7 +81,7 @@ fn on_enter(start: u64, len: u64, walk: bool) {
     };
     // With page-table frees probed, reclaim is counted where tables are
     // freed; the call only provides the DONTNEED context.
-    if walk && config.direct_map_base != 0 && config.reclaim_from_frees == 0 {
+    if WALK && walk && config.direct_map_base != 0 && config.reclaim_from_frees == 0 {
         if let Some(count) = count_pte_tables(&config, mm, start, start.wrapping_add(len)) {
             if count.complete {
                 call.tables_at_entry = count.tables;
@@ -97,7 +97,7 @@ fn on_enter(start: u64, len: u64, walk: bool) {
 /// `bytes_from_ret`: `process_madvise` returns the number of bytes advised,
 /// `madvise` returns 0 and the length comes from the entry.
 #[inline(always)]
-fn on_exit(ret: i64, bytes_from_ret: bool) {
+fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     let config = config();
     let Some(task) = CurrentTask::observed(&config) else {
         return;
@@ -111,7 +111,7 @@ fn on_exit(ret: i64, bytes_from_ret: bool) {
         let Some(mm) = current_mm(&config) else {
             return;
         };
-        if let Some(pages) = reclaimed_pages(&config, mm, &call) {
+        if let Some(pages) = reclaimed_pages::<WALK>(&config, mm, &call) {
             if pages > 0 {
                 record_pte_pages_reclaimed(task.tgid, pages);
             }
@@ -124,8 +124,8 @@ fn on_exit(ret: i64, bytes_from_ret: bool) {
 }
 
 #[inline(always)]
-fn reclaimed_pages(config: &KernelConfig, mm: u64, call: &InflightCall) -> Option<u64> {
-    if call.walked == 1 {
+fn reclaimed_pages<const WALK: bool>(config: &KernelConfig, mm: u64, call: &InflightCall) -> Option<u64> {
+    if WALK && call.walked == 1 {
         if let Some(count) = count_pte_tables(config, mm, call.start, call.start.wrapping_add(call.len)) {
             if count.complete {
                 return Some(call.tables_at_entry.saturating_sub(count.tables));
@@ -139,33 +139,28 @@ fn reclaimed_pages(config: &KernelConfig, mm: u64, call: &InflightCall) -> Optio
     call.pgtables_bytes_at_entry.saturating_sub(now).checked_div(config.page_size)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
-pub fn madvise_enter(ctx: TracePointContext) -> u32 {
+fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint's format (above).
     let behavior = unsafe { ctx.read_at::<u64>(MADVISE_BEHAVIOR) }.unwrap_or(0);
     if is_dontneed(behavior) {
         // SAFETY: as above.
         let (start, len) =
             unsafe { (ctx.read_at::<u64>(MADVISE_START).unwrap_or(0), ctx.read_at::<u64>(MADVISE_LEN).unwrap_or(0)) };
-        on_enter(start, len, true);
+        on_enter::<WALK>(start, len, true);
     }
-    0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_madvise")]
-pub fn madvise_exit(ctx: TracePointContext) -> u32 {
+fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: offset from the tracepoint's format (above).
     let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET) }.unwrap_or(-1);
-    on_exit(ret, false);
-    0
+    on_exit::<WALK>(ret, false);
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_process_madvise")]
-pub fn process_madvise_enter(ctx: TracePointContext) -> u32 {
+fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint's format (above).
     let behavior = unsafe { ctx.read_at::<u64>(PROCESS_MADVISE_BEHAVIOR) }.unwrap_or(0);
     if !is_dontneed(behavior) {
-        return 0;
+        return;
     }
     // DONTNEED through process_madvise is only allowed on the caller's own mm
     // (6.13+), so `current->mm` is the mm being zapped. One iovec gives an
@@ -177,16 +172,40 @@ pub fn process_madvise_enter(ctx: TracePointContext) -> u32 {
     // SAFETY: bpf_probe_read_user tolerates bad user pointers.
     let iovec = unsafe { bpf_probe_read_user(vec as *const [u64; 2]) }.ok();
     match iovec {
-        Some([base, len]) if vlen == 1 => on_enter(base, len, true),
-        _ => on_enter(0, 0, false),
+        Some([base, len]) if vlen == 1 => on_enter::<WALK>(base, len, true),
+        _ => on_enter::<WALK>(0, 0, false),
     }
-    0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_process_madvise")]
-pub fn process_madvise_exit(ctx: TracePointContext) -> u32 {
+fn process_madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: offset from the tracepoint's format (above).
     let ret = unsafe { ctx.read_at::<i64>(SYS_EXIT_RET) }.unwrap_or(-1);
-    on_exit(ret, true);
-    0
+    on_exit::<WALK>(ret, true);
+}
+
+/// Each handler becomes two programs: with the page-table walk, and without
+/// it. The plain ones serve the fentry/kprobe plans and kernels whose
+/// verifier rejects the walk (6.1 gives up on its bpf_loop callbacks); the
+/// walk code is then not even loaded. Names match `ptwatch_common::names`.
+macro_rules! with_and_without_walk {
+    ($($event:literal => $plain:ident, $walk:ident, $handler:ident;)*) => {$(
+        #[tracepoint(category = "syscalls", name = $event)]
+        pub fn $plain(ctx: TracePointContext) -> u32 {
+            $handler::<false>(&ctx);
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $event)]
+        pub fn $walk(ctx: TracePointContext) -> u32 {
+            $handler::<true>(&ctx);
+            0
+        }
+    )*};
+}
+
+with_and_without_walk! {
+    "sys_enter_madvise" => madvise_enter_plain, madvise_enter_walk, madvise_enter;
+    "sys_exit_madvise" => madvise_exit_plain, madvise_exit_walk, madvise_exit;
+    "sys_enter_process_madvise" => process_madvise_enter_plain, process_madvise_enter_walk, process_madvise_enter;
+    "sys_exit_process_madvise" => process_madvise_exit_plain, process_madvise_exit_walk, process_madvise_exit;
 }

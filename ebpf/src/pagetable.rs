@@ -71,6 +71,8 @@ struct Walk {
     pmd_table: u64,
     first: u64,
     stop: u64,
+    /// First chunk holding `first`: the chunk loop starts there.
+    first_chunk: u64,
 }
 
 impl Walk {
@@ -100,6 +102,7 @@ pub fn count_pte_tables(config: &KernelConfig, mm: u64, start: u64, end: u64) ->
         pmd_table: 0,
         first: 0,
         stop: 0,
+        first_chunk: 0,
     };
     // SAFETY: the callback matches bpf_loop's contract and only touches
     // `walk`, which outlives the call.
@@ -150,8 +153,12 @@ extern "C" fn visit_region(_index: u64, ctx: *mut c_void) -> i64 {
         walk.first = (addr >> PMD_SHIFT) & (ENTRIES - 1);
         // `region_end` may be the next 1 GiB boundary: index 512.
         walk.stop = walk.first + ((region_end - addr) >> PMD_SHIFT);
+        // Only the chunks that overlap [first, stop): a 2 MiB DONTNEED
+        // reads one chunk, not all 64 of the table.
+        walk.first_chunk = walk.first / CHUNK;
+        let chunks = walk.stop.div_ceil(CHUNK) - walk.first_chunk;
         // SAFETY: as in count_pte_tables.
-        unsafe { bpf_loop((ENTRIES / CHUNK) as u32, count_chunk as *mut c_void, ctx, 0) };
+        unsafe { bpf_loop(chunks as u32, count_chunk as *mut c_void, ctx, 0) };
     }
     walk.addr = region_end;
     0
@@ -163,12 +170,9 @@ extern "C" fn visit_region(_index: u64, ctx: *mut c_void) -> i64 {
 extern "C" fn count_chunk(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` passed to bpf_loop.
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
-    let chunk = index * CHUNK;
-    if chunk >= walk.stop {
+    let chunk = (walk.first_chunk + index) * CHUNK;
+    if chunk >= walk.stop || chunk >= ENTRIES {
         return 1;
-    }
-    if chunk + CHUNK <= walk.first {
-        return 0;
     }
     let Some(entries) = read_kernel::<[u64; CHUNK as usize]>(walk.pmd_table, chunk * 8) else {
         walk.failed = 1;

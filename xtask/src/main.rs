@@ -14,6 +14,8 @@ mod cargo;
 mod cmd;
 mod setup;
 mod test;
+mod vm;
+mod vmtest;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "ptwatch developer commands")]
@@ -45,6 +47,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, then run the integration tests inside real Debian
+    /// kernels (6.1, newest 6.x, newest 7.x) booted under qemu, with each
+    /// probe plan forced in turn. `cargo xtask test` runs this too.
+    VmTest(vmtest::VmTestArgs),
+    /// Real Debian kernels in a VM: fetch them, boot one and run a command.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
     /// Measure what the attached agent costs a DONTNEED-heavy process.
     Bench(bench::BenchArgs),
     /// The timed loop of `bench`, run in a child process so that it is
@@ -93,6 +102,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let built = cargo::build()?;
             bench::run(&built, &args).map(|()| ExitCode::SUCCESS)
         }
+        Command::VmTest(args) => {
+            setup::run()?;
+            let built = cargo::build()?;
+            Ok(if vmtest::run(&built, &args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Vm(command) => vm::run(command).map(|()| ExitCode::SUCCESS),
         Command::BenchLoop { iterations } => bench::run_loop(iterations).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -27,8 +27,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: LLVM and its link dependencies to build bpf-linker;
 /// `prometheus` for promtool (tests check the exposition format with it);
+/// `python3-prometheus-client` for its OpenMetrics parser (tests check
+/// OpenMetrics output with it, through `/usr/bin/python3`);
 /// `bpftool` (bench reads per-program run times with it).
-const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "prometheus", "bpftool"];
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "prometheus",
+    "python3-prometheus-client",
+    "bpftool",
+];
 
 fn step(what: &str) {
     eprintln!("[setup] {what}");

@@ -16,17 +16,17 @@ use crate::{cargo::Built, cmd};
 
 /// Totals of libtest's `test result:` lines, and the tests that failed.
 #[derive(Debug, Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    binaries: u64,
-    failures: Vec<String>,
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub binaries: u64,
+    pub failures: Vec<String>,
 }
 
 impl Tally {
     /// Feed one line of libtest output.
-    fn line(&mut self, line: &str) {
+    pub fn line(&mut self, line: &str) {
         if let Some(result) = line.strip_prefix("test result: ") {
             self.binaries += 1;
             // `ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...`
@@ -135,6 +135,21 @@ pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
     .env("PTWATCH_WORKLOAD_BIN", &built.workload);
     let (tests_stage, tally) = tests(test)?;
     stages.push(tests_stage);
+
+    // The plans this host cannot attach, in real kernels.
+    eprintln!("[test] vm-test: fentry and kprobe plans in Debian 6.1, 6.x and 7.x kernels under qemu");
+    let start = Instant::now();
+    let vm = crate::vmtest::run(built, &crate::vmtest::VmTestArgs { kernels: Vec::new() });
+    stages.push(Stage {
+        name: "vm-test",
+        ok: matches!(vm, Ok(true)),
+        took: start.elapsed(),
+        detail: match vm {
+            Ok(true) => "every kernel passed".to_owned(),
+            Ok(false) => "some kernel failed (see [vm-test] lines above)".to_owned(),
+            Err(err) => format!("{err:#}"),
+        },
+    });
 
     let all_ok = stages.iter().all(|s| s.ok);
     eprintln!();

@@ -12,7 +12,7 @@ use prometheus::{
     Encoder as _, Registry, TextEncoder,
 };
 
-use crate::aggregate::{ProcessRecord, Snapshot};
+use crate::aggregate::{CgroupRecord, ProcessRecord, Snapshot};
 
 /// Facts about the agent fixed at start-up.
 #[derive(Clone, Debug)]
@@ -64,10 +64,11 @@ pub trait SnapshotSource: Send {
     fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
 }
 
-impl<S, L> SnapshotSource for crate::aggregate::Aggregator<S, L>
+impl<S, L, H> SnapshotSource for crate::aggregate::Aggregator<S, L, H>
 where
     S: crate::aggregate::CounterSource + Send,
     L: crate::aggregate::Liveness + Send,
+    H: crate::aggregate::Host + Send,
 {
     fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
         Ok(self.harvest(Instant::now())?)
@@ -81,7 +82,10 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const PROCESS_LABELS: &[&str] = &["pid", "comm"];
+/// Per-process labels: the cgroup ones are omitted from a sample when
+/// unknown (an empty value, which Prometheus treats as absent).
+const PROCESS_LABELS: &[&str] = &["pid", "comm", "cgroup", "container_id", "pod_uid"];
+const CGROUP_LABELS: &[&str] = &["cgroup", "container_id", "pod_uid"];
 
 const PTE_PAGES_RECLAIMED: Family = Family {
     name: "ptwatch_pte_pages_reclaimed_total",
@@ -105,7 +109,50 @@ const PAGETABLE_PAGES_FREED: Family = Family {
     name: "ptwatch_pagetable_pages_freed_total",
     help: "Page-table pages freed in the process' address space, by cause (reclaim, unmap, exit, other) and level (pte, pmd, pud, p4d, unknown). fentry and kprobe probe modes only.",
     kind: MetricType::COUNTER,
-    labels: &["pid", "comm", "cause", "level"],
+    labels: &["pid", "comm", "cgroup", "container_id", "pod_uid", "cause", "level"],
+};
+const PROCESS_PAGETABLE_BYTES: Family = Family {
+    name: "ptwatch_process_pagetable_bytes",
+    help: "Page-table memory of the live process now (VmPTE of /proc/<pid>/status), bytes.",
+    kind: MetricType::GAUGE,
+    labels: PROCESS_LABELS,
+};
+const CGROUP_PTE_PAGES_RECLAIMED: Family = Family {
+    name: "ptwatch_cgroup_pte_pages_reclaimed_total",
+    help: "PTE page-table pages freed by PT_RECLAIM in processes of the cgroup, including processes that exited.",
+    kind: MetricType::COUNTER,
+    labels: CGROUP_LABELS,
+};
+const CGROUP_DONTNEED_CALLS: Family = Family {
+    name: "ptwatch_cgroup_madvise_dontneed_calls_total",
+    help: "Successful MADV_DONTNEED calls by processes of the cgroup, including processes that exited.",
+    kind: MetricType::COUNTER,
+    labels: CGROUP_LABELS,
+};
+const CGROUP_DONTNEED_BYTES: Family = Family {
+    name: "ptwatch_cgroup_madvise_dontneed_bytes_total",
+    help:
+        "Bytes covered by successful MADV_DONTNEED calls of processes of the cgroup, including processes that exited.",
+    kind: MetricType::COUNTER,
+    labels: CGROUP_LABELS,
+};
+const CGROUP_PAGETABLE_PAGES_FREED: Family = Family {
+    name: "ptwatch_cgroup_pagetable_pages_freed_total",
+    help: "Page-table pages freed in processes of the cgroup, by cause and level, including processes that exited. fentry and kprobe probe modes only.",
+    kind: MetricType::COUNTER,
+    labels: &["cgroup", "container_id", "pod_uid", "cause", "level"],
+};
+const CGROUP_PAGETABLE_BYTES: Family = Family {
+    name: "ptwatch_cgroup_pagetable_bytes",
+    help: "Page-table memory charged to the cgroup now (pagetables of its cgroup v2 memory.stat), bytes; for cgroups with tracked processes.",
+    kind: MetricType::GAUGE,
+    labels: CGROUP_LABELS,
+};
+const NODE_PAGETABLE_BYTES: Family = Family {
+    name: "ptwatch_node_pagetable_bytes",
+    help: "Page-table memory of the node now (PageTables of /proc/meminfo), bytes.",
+    kind: MetricType::GAUGE,
+    labels: &[],
 };
 const NODE_PAGETABLE_PAGES_FREED: Family = Family {
     name: "ptwatch_node_pagetable_pages_freed_total",
@@ -183,6 +230,13 @@ const SCRAPE_ERRORS: Family = Family {
 const ALL_FAMILIES: &[&Family] = &[
     &PTE_PAGES_RECLAIMED,
     &PAGETABLE_PAGES_FREED,
+    &PROCESS_PAGETABLE_BYTES,
+    &CGROUP_PTE_PAGES_RECLAIMED,
+    &CGROUP_DONTNEED_CALLS,
+    &CGROUP_DONTNEED_BYTES,
+    &CGROUP_PAGETABLE_PAGES_FREED,
+    &CGROUP_PAGETABLE_BYTES,
+    &NODE_PAGETABLE_BYTES,
     &NODE_PAGETABLE_PAGES_FREED,
     &PROBE_INFO,
     &DONTNEED_CALLS,
@@ -214,6 +268,9 @@ impl Family {
             .labels
             .iter()
             .zip(label_values)
+            // An empty value is the same as no label to Prometheus; leaving
+            // it out keeps unknown cgroup, container and pod off the wire.
+            .filter(|(_, value)| !value.is_empty())
             .map(|(name, value)| {
                 let mut pair = LabelPair::default();
                 pair.set_name((*name).to_owned());
@@ -244,14 +301,38 @@ impl Family {
         family
     }
 
-    fn per_process(&self, processes: &[ProcessRecord], value: impl Fn(&ProcessRecord) -> u64) -> MetricFamily {
+    /// One sample per process; `value` None leaves the process out.
+    fn per_process(&self, processes: &[ProcessRecord], value: impl Fn(&ProcessRecord) -> Option<u64>) -> MetricFamily {
         let mut family = self.empty();
         for process in processes {
-            let pid = process.pid.to_string();
-            family.mut_metric().push(self.sample(&[&pid, &process.comm], value(process) as f64));
+            if let Some(value) = value(process) {
+                let pid = process.pid.to_string();
+                family.mut_metric().push(self.sample(&process_labels(process, &pid), value as f64));
+            }
         }
         family
     }
+
+    /// One sample per cgroup; `value` None leaves the cgroup out.
+    fn per_cgroup(&self, cgroups: &[CgroupRecord], value: impl Fn(&CgroupRecord) -> Option<u64>) -> MetricFamily {
+        let mut family = self.empty();
+        for cgroup in cgroups {
+            if let Some(value) = value(cgroup) {
+                family.mut_metric().push(self.sample(&cgroup_labels(cgroup), value as f64));
+            }
+        }
+        family
+    }
+}
+
+fn process_labels<'a>(process: &'a ProcessRecord, pid: &'a str) -> [&'a str; 5] {
+    let cgroup = &process.cgroup;
+    [pid, &process.comm, &cgroup.path, &cgroup.container_id, &cgroup.pod_uid]
+}
+
+fn cgroup_labels(cgroup: &CgroupRecord) -> [&str; 3] {
+    let labels = &cgroup.labels;
+    [&labels.path, &labels.container_id, &labels.pod_uid]
 }
 
 /// The metric families for one snapshot.
@@ -267,15 +348,22 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
         map_failures.mut_metric().push(MAP_UPDATE_FAILURES.sample(&[map], value as f64));
     }
     let mut frees = PAGETABLE_PAGES_FREED.empty();
+    let mut cgroup_frees = CGROUP_PAGETABLE_PAGES_FREED.empty();
     let mut node_frees = NODE_PAGETABLE_PAGES_FREED.empty();
     if info.frees_observed {
         for process in processes {
             let pid = process.pid.to_string();
+            let [pid, comm, cgroup, container_id, pod_uid] = process_labels(process, &pid);
             for (&(cause, level), &pages) in &process.frees {
-                let (cause, level) = (cause_name(cause), level_name(level));
-                frees
-                    .mut_metric()
-                    .push(PAGETABLE_PAGES_FREED.sample(&[&pid, &process.comm, cause, level], pages as f64));
+                let labels = [pid, comm, cgroup, container_id, pod_uid, cause_name(cause), level_name(level)];
+                frees.mut_metric().push(PAGETABLE_PAGES_FREED.sample(&labels, pages as f64));
+            }
+        }
+        for cgroup in &snapshot.cgroups {
+            let [path, container_id, pod_uid] = cgroup_labels(cgroup);
+            for (&(cause, level), &pages) in &cgroup.frees {
+                let labels = [path, container_id, pod_uid, cause_name(cause), level_name(level)];
+                cgroup_frees.mut_metric().push(CGROUP_PAGETABLE_PAGES_FREED.sample(&labels, pages as f64));
             }
         }
         for (cause, row) in snapshot.node_frees.pages.iter().enumerate() {
@@ -289,13 +377,25 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
     for (event, attach) in &info.probes {
         probes.mut_metric().push(PROBE_INFO.sample(&[event, attach], 1.0));
     }
+    let cgroups = &snapshot.cgroups;
+    let mut node_pagetable_bytes = NODE_PAGETABLE_BYTES.empty();
+    if let Some(bytes) = snapshot.node_pagetable_bytes {
+        node_pagetable_bytes.mut_metric().push(NODE_PAGETABLE_BYTES.sample(&[], bytes as f64));
+    }
     vec![
-        PTE_PAGES_RECLAIMED.per_process(processes, |p| p.pte_pages_reclaimed),
+        PTE_PAGES_RECLAIMED.per_process(processes, |p| Some(p.pte_pages_reclaimed)),
         frees,
         node_frees,
         probes,
-        DONTNEED_CALLS.per_process(processes, |p| p.dontneed_calls),
-        DONTNEED_BYTES.per_process(processes, |p| p.dontneed_bytes),
+        DONTNEED_CALLS.per_process(processes, |p| Some(p.dontneed_calls)),
+        DONTNEED_BYTES.per_process(processes, |p| Some(p.dontneed_bytes)),
+        PROCESS_PAGETABLE_BYTES.per_process(processes, |p| p.pagetable_bytes),
+        CGROUP_PTE_PAGES_RECLAIMED.per_cgroup(cgroups, |c| Some(c.pte_pages_reclaimed)),
+        CGROUP_DONTNEED_CALLS.per_cgroup(cgroups, |c| Some(c.dontneed_calls)),
+        CGROUP_DONTNEED_BYTES.per_cgroup(cgroups, |c| Some(c.dontneed_bytes)),
+        cgroup_frees,
+        CGROUP_PAGETABLE_BYTES.per_cgroup(cgroups, |c| c.pagetable_bytes),
+        node_pagetable_bytes,
         NODE_PTE_PAGES_RECLAIMED.single(&[], node.pte_pages_reclaimed as f64),
         NODE_DONTNEED_CALLS.single(&[], node.dontneed_calls as f64),
         NODE_DONTNEED_BYTES.single(&[], node.dontneed_bytes as f64),
@@ -352,17 +452,22 @@ impl PtwatchCollector {
     }
 
     /// Harvest now (also used between scrapes, so that exits are noticed and
-    /// kernel entries released even when nobody scrapes).
-    pub fn refresh(&self) {
+    /// kernel entries released even when nobody scrapes). Returns whether
+    /// the kernel maps could be read (readiness waits for the first success).
+    pub fn refresh(&self) -> bool {
         let mut state = match self.state.lock() {
             Ok(state) => state,
             Err(poisoned) => poisoned.into_inner(),
         };
         match state.source.snapshot() {
-            Ok(snapshot) => state.last = snapshot,
+            Ok(snapshot) => {
+                state.last = snapshot;
+                true
+            }
             Err(err) => {
                 state.scrape_errors += 1;
                 tracing::warn!(error = %format!("{err:#}"), "reading kernel maps failed; exporting the previous values");
+                false
             }
         }
     }
@@ -396,6 +501,7 @@ pub fn encode_text(registry: &Registry) -> Result<(String, String), prometheus::
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
     use super::*;
+    use crate::aggregate::CgroupLabels;
 
     fn info() -> AgentInfo {
         AgentInfo {
@@ -424,8 +530,18 @@ mod tests {
             dontneed_calls: 2,
             dontneed_bytes: 8192,
             frees: [((2, 0), 7), ((0, 0), reclaimed)].into_iter().collect(),
-            exited_at: None,
+            ..ProcessRecord::new(pid, comm.as_bytes())
         }
+    }
+
+    const UID: &str = "8d2f3c1e-5b7a-4e0f-9a61-2c3d4e5f6a7b";
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn container() -> CgroupLabels {
+        CgroupLabels::from_path(&format!(
+            "/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope",
+            UID.replace('-', "_")
+        ))
     }
 
     fn render(snapshot: Snapshot) -> String {
@@ -436,6 +552,7 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped_per_the_exposition_format() {
+        // No cgroup known: the cgroup labels are left out.
         let text = render(Snapshot { processes: vec![record(7, "a \"q\" \\b\nc", 3)], ..Snapshot::default() });
         assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="7",comm="a \"q\" \\b\nc"} 3"#), "{text}");
     }
@@ -467,5 +584,83 @@ mod tests {
         );
         assert!(text.contains(r#"ptwatch_probe_info{event="pt_reclaim",attach="fentry"} 1"#));
         assert!(text.contains(r#"ptwatch_node_pagetable_pages_freed_total{cause="unmap",level="pud"} 0"#));
+    }
+
+    #[test]
+    fn processes_carry_their_cgroup_container_and_pod() {
+        let mut inside = record(3, "app", 5);
+        inside.cgroup = container();
+        inside.pagetable_bytes = Some(81920);
+        let mut plain = record(4, "cron", 1);
+        plain.cgroup = CgroupLabels::from_path("/system.slice/cron.service");
+        let text = render(Snapshot { processes: vec![inside, plain], ..Snapshot::default() });
+        let path = &container().path;
+        let labels = format!(r#"pid="3",comm="app",cgroup="{path}",container_id="{ID}",pod_uid="{UID}""#);
+        assert!(text.contains(&format!("ptwatch_pte_pages_reclaimed_total{{{labels}}} 5")), "{text}");
+        assert!(text.contains(&format!("ptwatch_madvise_dontneed_calls_total{{{labels}}} 2")), "{text}");
+        assert!(text.contains(&format!("ptwatch_process_pagetable_bytes{{{labels}}} 81920")), "{text}");
+        assert!(
+            text.contains(&format!(r#"ptwatch_pagetable_pages_freed_total{{{labels},cause="exit",level="pte"}} 7"#)),
+            "{text}"
+        );
+        // Known cgroup, no container: only the cgroup label.
+        assert!(
+            text.contains(
+                r#"ptwatch_pte_pages_reclaimed_total{pid="4",comm="cron",cgroup="/system.slice/cron.service"} 1"#
+            ),
+            "{text}"
+        );
+        // No VmPTE (exited): no gauge sample.
+        assert!(!text.contains(r#"ptwatch_process_pagetable_bytes{pid="4""#), "{text}");
+        assert!(text.contains("# TYPE ptwatch_process_pagetable_bytes gauge"));
+    }
+
+    #[test]
+    fn cgroup_and_node_page_table_families() {
+        let cgroup = CgroupRecord {
+            labels: container(),
+            pte_pages_reclaimed: 48,
+            dontneed_calls: 2,
+            dontneed_bytes: 100,
+            frees: [((0, 0), 48)].into_iter().collect(),
+            pagetable_bytes: Some(4096),
+        };
+        let removed = CgroupRecord {
+            labels: CgroupLabels::from_path("/gone"),
+            pte_pages_reclaimed: 1,
+            ..CgroupRecord::default()
+        };
+        let text = render(Snapshot {
+            cgroups: vec![cgroup, removed],
+            node_pagetable_bytes: Some(11_509_760),
+            ..Snapshot::default()
+        });
+        let path = &container().path;
+        let labels = format!(r#"cgroup="{path}",container_id="{ID}",pod_uid="{UID}""#);
+        for (name, value) in [
+            ("ptwatch_cgroup_pte_pages_reclaimed_total", 48),
+            ("ptwatch_cgroup_madvise_dontneed_calls_total", 2),
+            ("ptwatch_cgroup_madvise_dontneed_bytes_total", 100),
+            ("ptwatch_cgroup_pagetable_bytes", 4096),
+        ] {
+            assert!(text.contains(&format!("{name}{{{labels}}} {value}")), "{name}: {text}");
+        }
+        assert!(text.contains(&format!(
+            r#"ptwatch_cgroup_pagetable_pages_freed_total{{{labels},cause="reclaim",level="pte"}} 48"#
+        )));
+        assert!(text.contains(r#"ptwatch_cgroup_pte_pages_reclaimed_total{cgroup="/gone"} 1"#), "{text}");
+        assert!(!text.contains(r#"ptwatch_cgroup_pagetable_bytes{cgroup="/gone"}"#), "no memory.stat, no sample");
+        assert!(text.contains("ptwatch_node_pagetable_bytes 11509760"), "{text}");
+        assert!(text.contains("# TYPE ptwatch_cgroup_pagetable_bytes gauge"));
+        assert!(text.contains("# TYPE ptwatch_cgroup_pte_pages_reclaimed_total counter"));
+    }
+
+    #[test]
+    fn free_families_depend_on_the_plan() {
+        let without = exported_families(false);
+        assert!(!without.iter().any(|f| f.contains("pagetable_pages_freed")));
+        assert!(without.contains(&"ptwatch_cgroup_pte_pages_reclaimed_total"));
+        assert!(without.contains(&"ptwatch_node_pagetable_bytes"));
+        assert!(exported_families(true).contains(&"ptwatch_cgroup_pagetable_pages_freed_total"));
     }
 }

@@ -7,7 +7,7 @@
 //! page of its own, learns that page's physical address from
 //! `/proc/self/pagemap`, and asks the `agent_request` program to look for
 //! the pattern at each 1 GiB-aligned candidate base (the alignment KASLR
-//! uses), from the lowest possible base up. Then it self-tests the walk on
+//! uses) of the top-level slot where the direct map begins, lowest first. Then it self-tests the walk on
 //! a region with a known number of PTE tables. Any failure disables the walk
 //! and says why; reclaim is then measured through `pgtables_bytes`.
 
@@ -20,13 +20,13 @@ use aya::{
 };
 use ptwatch_common::{names, request, AgentRequest};
 
+use super::plan::describe_error;
+
 const GIB: u64 = 1 << 30;
 const SPAN: usize = 2 << 20;
 /// Lowest direct-map base with 4-level paging (`__PAGE_OFFSET_BASE_L4`).
 const DIRECT_MAP_LOWEST_L4: u64 = 0xffff_8880_0000_0000;
-/// Highest address the randomised regions can reach (the CPU entry area).
-const RANDOMISED_REGIONS_END_L4: u64 = 0xffff_fe00_0000_0000;
-/// Candidates the program checks per request (`CANDIDATES_PER_REQUEST`).
+/// Candidates the program checks per request (its `MAX_CANDIDATES`).
 const CANDIDATES_PER_REQUEST: u64 = 1024;
 
 /// Why the walk is not used; shown by the agent and in `check`.
@@ -46,21 +46,26 @@ pub enum CalibrationError {
     Io(#[from] io::Error),
 }
 
-/// Holds `agent_request` attached; detaches and unloads it when dropped.
+/// Holds a request program (`agent_request` for the calibration,
+/// `walk_self_test` for the self-test) attached to `sys_enter_getppid`;
+/// unloads it when dropped.
 pub struct RequestChannel<'a> {
     ebpf: &'a mut Ebpf,
+    program: &'static str,
 }
 
 impl<'a> RequestChannel<'a> {
-    pub fn open(ebpf: &'a mut Ebpf) -> Result<Self, CalibrationError> {
-        let program: &mut TracePoint = ebpf
-            .program_mut(names::PROG_AGENT_REQUEST)
-            .ok_or_else(|| CalibrationError::Program("missing from the object".into()))?
+    pub fn open(ebpf: &'a mut Ebpf, program: &'static str) -> Result<Self, CalibrationError> {
+        let describe =
+            |e: &dyn std::error::Error| CalibrationError::Program(format!("{program}: {}", describe_error(e)));
+        let loaded: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| CalibrationError::Program(format!("{program} is missing from the object")))?
             .try_into()
-            .map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        program.load().map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        program.attach("syscalls", "sys_enter_getppid").map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        Ok(Self { ebpf })
+            .map_err(|e| describe(&e))?;
+        loaded.load().map_err(|e| describe(&e))?;
+        loaded.attach("syscalls", "sys_enter_getppid").map_err(|e| describe(&e))?;
+        Ok(Self { ebpf, program })
     }
 
     /// Send one request and return the answer.
@@ -79,7 +84,7 @@ impl<'a> RequestChannel<'a> {
         unsafe { libc::getppid() };
         let answer = array.get(&0, 0).map_err(|e| CalibrationError::Program(format!("{e}")))?;
         if answer.op != request::IDLE {
-            return Err(CalibrationError::Program("request was not answered".into()));
+            return Err(CalibrationError::Program(format!("{}: request was not answered", self.program)));
         }
         Ok(answer)
     }
@@ -88,7 +93,7 @@ impl<'a> RequestChannel<'a> {
 impl Drop for RequestChannel<'_> {
     fn drop(&mut self) {
         let program: Option<&mut TracePoint> =
-            self.ebpf.program_mut(names::PROG_AGENT_REQUEST).and_then(|program| program.try_into().ok());
+            self.ebpf.program_mut(self.program).and_then(|program| program.try_into().ok());
         if let Some(program) = program {
             // Unloading detaches it: nothing stays on sys_enter_getppid.
             let _ = program.unload();
@@ -171,9 +176,19 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
         libc::mlock(page.base.cast(), 4096);
     }
     let physical = physical_address(page.base as usize)?;
-    let total = (RANDOMISED_REGIONS_END_L4 - DIRECT_MAP_LOWEST_L4) / GIB;
-    let mut first = DIRECT_MAP_LOWEST_L4;
-    let mut remaining = total;
+    // The direct map is the lowest randomised kernel region, so it begins in
+    // the first present top-level slot at or above its lowest possible base;
+    // KASLR aligns it to 1 GiB: at most 512 candidates in that slot. (A
+    // linear scan of the whole randomisation range also works but faults on
+    // every unmapped candidate, which takes minutes under emulation.)
+    let lowest_slot = (DIRECT_MAP_LOWEST_L4 >> 39) & 511;
+    let slot = channel.ask(request::FIRST_KERNEL_SLOT, [lowest_slot, 0, 0, 0, 0, 0])?;
+    if slot.status != 1 {
+        return Err(CalibrationError::NotFound);
+    }
+    let slot_base = 0xffff_0000_0000_0000 | (slot.result << 39);
+    let mut first = slot_base.max(DIRECT_MAP_LOWEST_L4);
+    let mut remaining = (slot_base + (512 * GIB) - first) / GIB;
     while remaining > 0 {
         let count = remaining.min(CANDIDATES_PER_REQUEST);
         let answer = channel.ask(request::FIND_DIRECT_MAP, [physical, magic[0], magic[1], first, GIB, count])?;

@@ -19,7 +19,7 @@ use aya::{
 use ptwatch_common::{names, FreeCounters, FreeKey, KernelConfig, NodeCounters, NodeFrees, ProcessCounters};
 
 pub use config::kernel_config;
-use plan::{hook_set, Attach, EventChoice, HookSet, PlanReport, ProbeMode, Rejected};
+use plan::{describe_error, hook_set, Attach, EventChoice, HookSet, PlanReport, ProbeMode, Rejected};
 
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
 
@@ -77,29 +77,8 @@ pub enum ProbeError {
     NoPlan { mode: &'static str, reasons: String },
 }
 
-/// A tracepoint program and where it attaches.
-struct TracepointProbe {
-    program: &'static str,
-    category: &'static str,
-    event: &'static str,
-}
-
-/// DONTNEED calls through the syscall tracepoints: every plan needs them
-/// (call counts, and the DONTNEED context of the free classification).
-const MADVISE_TRACEPOINTS: &[TracepointProbe] = &[
-    TracepointProbe { program: names::PROG_MADVISE_ENTER, category: "syscalls", event: "sys_enter_madvise" },
-    TracepointProbe { program: names::PROG_MADVISE_EXIT, category: "syscalls", event: "sys_exit_madvise" },
-    TracepointProbe {
-        program: names::PROG_PROCESS_MADVISE_ENTER,
-        category: "syscalls",
-        event: "sys_enter_process_madvise",
-    },
-    TracepointProbe {
-        program: names::PROG_PROCESS_MADVISE_EXIT,
-        category: "syscalls",
-        event: "sys_exit_process_madvise",
-    },
-];
+/// `(program, attach point)` of each attached program.
+pub type AttachedPrograms = Vec<(&'static str, String)>;
 
 /// The maps the aggregation layer reads.
 pub struct ProbeMaps {
@@ -115,7 +94,7 @@ pub struct Probes {
     plan: PlanReport,
     accounting: ReclaimAccounting,
     /// `(program, attach point)` for each attached program.
-    attached: Vec<(&'static str, String)>,
+    attached: AttachedPrograms,
 }
 
 impl Probes {
@@ -129,7 +108,7 @@ impl Probes {
         for &attach in mode.alternatives() {
             let attempt = match attach {
                 Attach::Fentry | Attach::Kprobe => hook_set(attach, btf, kallsyms.as_ref())
-                    .and_then(|set| Self::try_hooks(base, attach, &set).map_err(|e| plan::describe_error(&e))),
+                    .and_then(|set| Self::try_hooks(base, attach, &set).map_err(|e| describe_error(&e))),
                 Attach::Tracepoint => return Self::tracepoint_plan(base, rejected),
             };
             match attempt {
@@ -158,7 +137,7 @@ impl Probes {
     fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet) -> Result<Self, ProbeError> {
         let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source, ..base };
         let mut ebpf = load_object(&config)?;
-        let mut attached = attach_madvise(&mut ebpf)?;
+        let mut attached = attach_madvise(&mut ebpf, false)?;
         let kernel_btf = match attach {
             Attach::Fentry => Some(Btf::from_sys_fs().map_err(|e| ProbeError::Load(aya::EbpfError::BtfError(e)))?),
             _ => None,
@@ -218,7 +197,7 @@ impl Probes {
     /// The tracepoint method: reclaim by page-table walk (or the
     /// `pgtables_bytes` fallback); page-table frees are not observable.
     fn tracepoint_plan(base: KernelConfig, rejected: Vec<Rejected>) -> Result<Self, ProbeError> {
-        let (mut ebpf, accounting) = load_calibrated(base)?;
+        let (ebpf, accounting, attached) = load_calibrated(base)?;
         match &accounting {
             ReclaimAccounting::PgtablesBytes { why } => tracing::warn!(
                 reason = %why,
@@ -226,7 +205,6 @@ impl Probes {
             ),
             _ => tracing::info!("reclaim measured exactly by page-table walks"),
         }
-        let attached = attach_madvise(&mut ebpf)?;
         let mut free_rejected = rejected.clone();
         free_rejected
             .push(Rejected { attach: Attach::Tracepoint, reason: "no tracepoint reports page-table frees".into() });
@@ -298,16 +276,19 @@ fn attach_list(mode: ProbeMode) -> &'static str {
     }
 }
 
-fn attach_madvise(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, String)>, ProbeError> {
+/// Attach the DONTNEED programs (every plan needs them: call counts, and the
+/// DONTNEED context of the free classification), with or without the
+/// page-table walk.
+fn attach_madvise(ebpf: &mut Ebpf, walk: bool) -> Result<AttachedPrograms, ProbeError> {
     let mut attached = Vec::new();
-    for probe in MADVISE_TRACEPOINTS {
-        let name = probe.program;
+    for (event, with_walk, plain) in names::MADVISE_PROGRAMS {
+        let name = if walk { with_walk } else { plain };
         let err = |source| ProbeError::Program { name, source };
         let program: &mut TracePoint =
             ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?.try_into().map_err(err)?;
         program.load().map_err(err)?;
-        program.attach(probe.category, probe.event).map_err(err)?;
-        attached.push((name, format!("tracepoint:{}:{}", probe.category, probe.event)));
+        program.attach("syscalls", event).map_err(err)?;
+        attached.push((name, format!("tracepoint:syscalls:{event}")));
     }
     Ok(attached)
 }
@@ -321,28 +302,34 @@ fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
     EbpfLoader::new().override_global(names::KERNEL_CONFIG, config, true).load(object).map_err(ProbeError::Load)
 }
 
-/// Load the object with the page-table walk enabled if calibration and the
-/// self-test succeed, else with it disabled. The configuration is a frozen
-/// global, so each attempt is a fresh load of the object.
-fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting), ProbeError> {
-    let mut probe = load_object(&config)?;
-    let found =
-        calibrate::RequestChannel::open(&mut probe).and_then(|mut channel| calibrate::find_direct_map(&mut channel));
-    drop(probe);
-    let why = match found {
-        Ok((base, levels)) => {
-            config.direct_map_base = base;
-            config.pgtable_levels = levels;
-            let mut ebpf = load_object(&config)?;
-            let tested =
-                calibrate::RequestChannel::open(&mut ebpf).and_then(|mut channel| calibrate::self_test(&mut channel));
-            match tested {
-                Ok(()) => return Ok((ebpf, ReclaimAccounting::PageTableWalk)),
-                Err(err) => err.to_string(),
-            }
-        }
-        Err(err) => err.to_string(),
+/// Load the object and attach the DONTNEED programs with the page-table
+/// walk if calibration, the self-test and the kernel's verifier all accept
+/// it; else without it. The configuration is a frozen global, so each
+/// attempt is a fresh load of the object.
+fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting, AttachedPrograms), ProbeError> {
+    let why = match try_walk(&mut config) {
+        Ok((ebpf, attached)) => return Ok((ebpf, ReclaimAccounting::PageTableWalk, attached)),
+        Err(why) => why,
     };
     config.direct_map_base = 0;
-    Ok((load_object(&config)?, ReclaimAccounting::PgtablesBytes { why }))
+    let mut ebpf = load_object(&config)?;
+    let attached = attach_madvise(&mut ebpf, false)?;
+    Ok((ebpf, ReclaimAccounting::PgtablesBytes { why }, attached))
+}
+
+fn try_walk(config: &mut KernelConfig) -> Result<(Ebpf, AttachedPrograms), String> {
+    let mut probe = load_object(config).map_err(|e| describe_error(&e))?;
+    let (base, levels) = calibrate::RequestChannel::open(&mut probe, names::PROG_AGENT_REQUEST)
+        .and_then(|mut channel| calibrate::find_direct_map(&mut channel))
+        .map_err(|e| e.to_string())?;
+    drop(probe);
+    config.direct_map_base = base;
+    config.pgtable_levels = levels;
+    let mut ebpf = load_object(config).map_err(|e| describe_error(&e))?;
+    calibrate::RequestChannel::open(&mut ebpf, names::PROG_WALK_SELF_TEST)
+        .and_then(|mut channel| calibrate::self_test(&mut channel))
+        .map_err(|e| e.to_string())?;
+    let attached = attach_madvise(&mut ebpf, true)
+        .map_err(|e| format!("the walk does not load on this kernel: {}", describe_error(&e)))?;
+    Ok((ebpf, attached))
 }

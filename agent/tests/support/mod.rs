@@ -99,21 +99,39 @@ pub struct AgentProcess {
 impl AgentProcess {
     pub fn start(extra: &[&str]) -> Self {
         let addr = free_port();
-        let child = Command::new(ptwatch_bin())
-            .args(["agent", "--listen", &addr.to_string()])
-            .args(extra)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn ptwatch agent");
-        let agent = Self { child, addr };
+        let mut command = agent_command();
+        command.args(["--listen", &addr.to_string()]).args(extra);
+        Self::spawn(command, addr).wait_until("serve /metrics", |agent| {
+            http_get(agent.addr, "/metrics").is_some_and(|(status, _)| status == 200)
+        })
+    }
+
+    /// Start `command` (from [`agent_command`]), which should listen on
+    /// `addr`, without waiting for anything.
+    pub fn spawn(mut command: Command, addr: std::net::SocketAddr) -> Self {
+        let child = command.spawn().expect("spawn ptwatch agent");
+        Self { child, addr }
+    }
+
+    /// Wait up to 30 s for `ready`; panic with the agent's stderr if it
+    /// exits or never gets there.
+    pub fn wait_until(mut self, what: &str, ready: impl Fn(&Self) -> bool) -> Self {
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_get(addr, "/metrics").is_some_and(|(status, _)| status == 200) {
-                return agent;
+            if ready(&self) {
+                return self;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                panic!("ptwatch agent exited ({status}) before it could {what}:\n{stderr}");
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("ptwatch agent did not serve /metrics on {addr} within 30 s");
+        panic!("ptwatch agent did not {what} on {} within 30 s", self.addr);
     }
 
     pub fn scrape(&self) -> String {
@@ -150,20 +168,121 @@ pub fn free_port() -> std::net::SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// Every variable `ptwatch agent` reads (docs/configuration.md).
+pub const AGENT_VARIABLES: &[&str] = &[
+    "PTWATCH_CONFIG",
+    "PTWATCH_LISTEN",
+    "PTWATCH_EXITED_TTL",
+    "PTWATCH_HARVEST_INTERVAL",
+    "PTWATCH_PROBE_MODE",
+    "PTWATCH_BTF",
+    "PTWATCH_LOG",
+    "PTWATCH_LOG_FORMAT",
+    "PTWATCH_TLS_CERT",
+    "PTWATCH_TLS_KEY",
+    "PTWATCH_BASIC_AUTH_USER",
+    "PTWATCH_BASIC_AUTH_PASSWORD_FILE",
+    "PTWATCH_BEARER_TOKEN_FILE",
+];
+
+/// `ptwatch agent` with stderr captured and none of the agent's `PTWATCH_*`
+/// variables inherited, so that each test controls its configuration.
+pub fn agent_command() -> Command {
+    let mut command = Command::new(ptwatch_bin());
+    command.arg("agent").stderr(std::process::Stdio::piped());
+    for name in AGENT_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// A minimal HTTP/1.1 GET: status code and body, or None if nobody answers.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read as _, Write as _};
+    http_request(addr, path, &[]).map(|r| (r.status, r.body))
+}
+
+/// What [`http_request`] and [`https_request`] return.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Status line and headers, as received.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// GET `path` over plain HTTP with extra `headers`; None if nobody answers.
+pub fn http_request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    exchange(&mut stream, addr, path, headers)
+}
+
+/// GET `path` over TLS, trusting only `root` (DER), as server name
+/// `localhost`; None if the connection or the handshake fails.
+pub fn https_request(
+    addr: std::net::SocketAddr,
+    root: &[u8],
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(root.to_vec())).expect("trust the test certificate");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    exchange(&mut stream, addr, path, headers)
+}
+
+fn exchange(
+    stream: &mut (impl std::io::Read + std::io::Write),
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
+    // A TLS peer that closes without close_notify ends in an error after
+    // the whole response has arrived: keep what was read.
+    let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
-    Some((status, body))
+    Some(HttpResponse { status, head: head.to_owned(), body })
+}
+
+/// Exactly one line of stderr, with `needle` in it, and exit code `code`.
+pub fn assert_one_line_error(output: &std::process::Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" WARN ")).collect();
+    assert_eq!(output.status.code(), Some(code), "exit code; stderr:\n{stderr}");
+    assert_eq!(lines.len(), 1, "one error line expected, got:\n{stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 fn dechunk(mut body: &str) -> String {

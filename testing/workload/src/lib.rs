@@ -274,3 +274,20 @@ pub fn exit_with_tables(mib: usize) -> Result<Report> {
     std::mem::forget(region);
     Ok(report)
 }
+
+/// Map and touch `mib` MiB (2 MiB aligned, no THP), DONTNEED all of it and
+/// return the still-mapped region with the report: without PT_RECLAIM its
+/// `expected_tables` PTE tables stay behind, empty, for as long as the caller
+/// keeps the region (what `ptwatch scan` is tested against).
+pub fn hold_dontneeded(mib: usize) -> Result<(Report, Region)> {
+    let region = Region::new(mib * MIB, 0)?;
+    region.touch();
+    let mut report = Report { pid: std::process::id(), ..Report::default() };
+    report.vmpte_peak_kib = vmpte_kib()?;
+    report.bytes = advise(region.start, region.len, Advice::Dontneed)?;
+    report.calls = 1;
+    report.expected_tables = region.covered_spans(0, region.len);
+    report.vmpte_end_kib = vmpte_kib()?;
+    report.vmpte_drop_kib = report.vmpte_peak_kib.saturating_sub(report.vmpte_end_kib);
+    Ok((report, region))
+}

@@ -5,11 +5,12 @@
 //! ptwatch-workload threads THREADS MIB ROUNDS
 //! ptwatch-workload unmap MIB     # touch, then munmap
 //! ptwatch-workload exit MIB      # touch, then exit with the mapping
+//! ptwatch-workload hold MIB      # touch, DONTNEED, print, keep the mapping until stdin closes
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, threads, unmap, Advice};
+use ptwatch_workload::{cuts, exit_with_tables, hold_dontneeded, threads, unmap, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -27,12 +28,31 @@ fn run() -> Result<()> {
         )?,
         Some("unmap") => unmap(arg(&args, 1, "MIB")?)?,
         Some("exit") => exit_with_tables(arg(&args, 1, "MIB")?)?,
+        Some("hold") => {
+            let (report, region) = hold_dontneeded(arg(&args, 1, "MIB")?)?;
+            hold(&report)?;
+            drop(region);
+            // Already printed: the report must be out before the wait.
+            return Ok(());
+        }
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Print the report at once (the caller scans this process while it lives),
+/// then wait until stdin is closed.
+fn hold(report: &ptwatch_workload::Report) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", serde_json::to_string(report)?)?;
+    stdout.flush()?;
+    let mut sink = Vec::new();
+    std::io::stdin().read_to_end(&mut sink).context("waiting for stdin to close")?;
     Ok(())
 }
 

@@ -10,14 +10,17 @@ use crate::cmd;
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// ptwatch's program names. The kernel keeps at most 15 characters
-/// (BPF_OBJ_NAME_LEN - 1), so both process_madvise programs show up as
-/// `process_madvise`.
-const PROGRAMS: [&str; 4] = ["madvise_enter", "madvise_exit", "process_madvise_enter", "process_madvise_exit"];
+/// The kernel keeps at most 15 characters of a program name
+/// (BPF_OBJ_NAME_LEN - 1); some bpftool builds show the full BTF name.
 const KERNEL_NAME_MAX: usize = 15;
 
+/// One of ptwatch's DONTNEED programs (with or without the page-table walk),
+/// by the names the agent loads them under.
 fn is_ours(name: &str) -> bool {
-    PROGRAMS.iter().any(|full| full == &name || (name.len() == KERNEL_NAME_MAX && full.starts_with(name)))
+    ptwatch_common::names::MADVISE_PROGRAMS
+        .iter()
+        .flat_map(|(_, walk, plain)| [*walk, *plain])
+        .any(|full| full == name || (name.len() == KERNEL_NAME_MAX && full.starts_with(name)))
 }
 
 /// `kernel.bpf_stats_enabled=1` while this lives; the old value after.
@@ -121,7 +124,8 @@ mod tests {
 
     #[test]
     fn recognises_truncated_names() {
-        assert!(is_ours("madvise_enter"));
+        assert!(is_ours("madvise_enter_walk"));
+        assert!(is_ours("madvise_exit_plain"));
         assert!(is_ours("process_madvise"));
         assert!(!is_ours("process_madvis"));
         assert!(!is_ours("madvise"));

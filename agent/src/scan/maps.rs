@@ -1,0 +1,176 @@
+//! Parsing `/proc/PID/smaps`: the mappings of `/proc/PID/maps` plus the few
+//! per-mapping counters that tell where page tables cannot be (hugetlb,
+//! PMD-mapped file THPs) and which mappings have nothing to read.
+
+/// One mapping (VMA) and the counters of it the estimate uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    /// Path, `[heap]`, `[stack]`…, or empty for anonymous memory.
+    pub name: String,
+    /// `KernelPageSize`, bytes: larger than the base page size for hugetlb.
+    pub kernel_page_size: Option<u64>,
+    /// `Rss` and `Swap`, bytes; `None` when smaps did not say.
+    pub rss: Option<u64>,
+    pub swap: Option<u64>,
+    /// `AnonHugePages`, bytes: anonymous THPs mapped by a PMD.
+    pub anon_huge: u64,
+    /// `ShmemPmdMapped` + `FilePmdMapped`, bytes: file THPs mapped by a PMD,
+    /// which have no PTE table at all.
+    pub file_pmd_mapped: u64,
+    /// `VmFlags` two-letter codes.
+    pub flags: Vec<String>,
+}
+
+impl Mapping {
+    /// The label shown for the mapping.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            "[anon]"
+        } else {
+            &self.name
+        }
+    }
+
+    /// Whether smaps proves the mapping has no page-table entry worth
+    /// reading: nothing resident, nothing swapped, and none of the mapping
+    /// kinds whose entries smaps does not count (raw PFN and mixed maps,
+    /// userfaultfd write-protect markers).
+    pub fn provably_empty(&self) -> bool {
+        let special = self.flags.iter().any(|f| matches!(f.as_str(), "pf" | "io" | "mm" | "uw" | "ht"));
+        self.rss == Some(0) && self.swap == Some(0) && !special
+    }
+
+    /// Hugetlb mappings are mapped by PMD or PUD entries, never by PTE tables.
+    pub fn is_hugetlb(&self, page_size: u64) -> bool {
+        self.flags.iter().any(|f| f == "ht") || self.kernel_page_size.is_some_and(|size| size > page_size)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("line {line_no}: unexpected {line:?}")]
+pub struct ParseError {
+    pub line_no: usize,
+    pub line: String,
+}
+
+/// Parse the text of `/proc/PID/smaps` (or `/proc/PID/maps`, which gives
+/// mappings without counters).
+pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, ParseError> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(mapping) = parse_header(line) {
+            mappings.push(mapping);
+            continue;
+        }
+        let error = || ParseError { line_no: index + 1, line: line.to_owned() };
+        let (key, value) = line.split_once(':').ok_or_else(error)?;
+        let current = mappings.last_mut().ok_or_else(error)?;
+        let bytes = || parse_kib(value).map(|kib| kib * 1024);
+        match key {
+            "KernelPageSize" => current.kernel_page_size = bytes(),
+            "Rss" => current.rss = bytes(),
+            "Swap" => current.swap = bytes(),
+            "AnonHugePages" => current.anon_huge = bytes().unwrap_or(0),
+            "ShmemPmdMapped" | "FilePmdMapped" => current.file_pmd_mapped += bytes().unwrap_or(0),
+            "VmFlags" => current.flags = value.split_whitespace().map(str::to_owned).collect(),
+            // Other counters are not needed; new kernels add more.
+            _ => {}
+        }
+    }
+    Ok(mappings)
+}
+
+/// `start-end perms offset dev inode   name`; `None` if the line is not one.
+fn parse_header(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let _device = fields.next()?;
+    let _inode = fields.next()?;
+    // The name is padded to a column with spaces; paths may hold spaces.
+    let name = fields.next().unwrap_or("").trim_start().to_owned();
+    if end < start || perms.len() != 4 {
+        return None;
+    }
+    Some(Mapping { start, end, perms: perms.to_owned(), name, ..Mapping::default() })
+}
+
+fn parse_kib(value: &str) -> Option<u64> {
+    value.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0c6a00000-55d0c6a21000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+KernelPageSize:        4 kB
+Rss:                   8 kB
+Swap:                  0 kB
+AnonHugePages:         0 kB
+VmFlags: rd wr mr mw me ac sd
+7f0000000000-7f0010400000 rw-p 00000000 00:00 0 
+Size:             266240 kB
+KernelPageSize:        4 kB
+Rss:                   0 kB
+Swap:                  0 kB
+AnonHugePages:      4096 kB
+ShmemPmdMapped:        0 kB
+FilePmdMapped:      2048 kB
+VmFlags: rd wr mr mw me nr nh
+7f2000000000-7f2000200000 r--s 00000000 00:10 12 /dev/hugepages/my file (deleted)
+KernelPageSize:     2048 kB
+Rss:                   0 kB
+Swap:                  0 kB
+VmFlags: rd sh mr mw me ms de ht
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+Rss:                   0 kB
+";
+
+    #[test]
+    fn parses_mappings_and_counters() {
+        let maps = parse_smaps(SMAPS).expect("parse");
+        assert_eq!(maps.len(), 4);
+        assert_eq!(maps[0].name, "[heap]");
+        assert_eq!((maps[0].start, maps[0].end), (0x55d0c6a00000, 0x55d0c6a21000));
+        assert_eq!(maps[0].rss, Some(8192));
+        assert!(!maps[0].provably_empty());
+        assert_eq!(maps[1].label(), "[anon]");
+        assert_eq!(maps[1].anon_huge, 4 << 20);
+        assert_eq!(maps[1].file_pmd_mapped, 2 << 20);
+        assert!(maps[1].provably_empty());
+        assert_eq!(maps[2].name, "/dev/hugepages/my file (deleted)");
+        assert!(maps[2].is_hugetlb(4096));
+        assert!(!maps[2].provably_empty(), "hugetlb pages are not in Rss");
+        assert!(!maps[1].is_hugetlb(4096));
+        // No Swap line: not provably empty.
+        assert_eq!(maps[3].swap, None);
+        assert!(!maps[3].provably_empty());
+    }
+
+    #[test]
+    fn maps_without_counters_parse() {
+        let maps =
+            parse_smaps("00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/dbus-daemon\n").expect("parse");
+        assert_eq!(maps[0].name, "/usr/bin/dbus-daemon");
+        assert!(!maps[0].provably_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse_smaps("Rss: 4 kB\n").is_err(), "a counter before any mapping");
+        assert!(parse_smaps("zzzz\n").is_err());
+        assert!(parse_smaps("1000-0 rw-p 0 0:0 0\n").is_err(), "end before start");
+    }
+}

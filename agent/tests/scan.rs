@@ -1,0 +1,223 @@
+//! `ptwatch scan` against real processes, through the real binary: a
+//! workload that DONTNEEDs 256 MiB and keeps the mapping must show its empty
+//! PTE tables on a kernel without PT_RECLAIM (6.1) and about none on one with
+//! it (this host, 6.18). Run here by `cargo xtask test`, and inside a 6.1 VM
+//! with `PTWATCH_EXPECT_PT_RECLAIM=0`.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Output, Stdio},
+};
+
+use ptwatch_workload::Report;
+use serde_json::Value;
+use support::{ptwatch_bin, workload_bin};
+
+/// PT_RECLAIM expected on this kernel: from the VM runner, else detected.
+fn expect_pt_reclaim() -> bool {
+    match std::env::var("PTWATCH_EXPECT_PT_RECLAIM").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => support::pt_reclaim(),
+    }
+}
+
+/// `ptwatch-workload hold MIB`: alive, with its DONTNEEDed mapping, until
+/// dropped (which closes its stdin).
+struct Held {
+    child: Child,
+    report: Report,
+}
+
+impl Held {
+    fn start(mib: u32) -> Self {
+        let mut child = Command::new(workload_bin())
+            .args(["hold", &mib.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read report");
+        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("workload report {line:?}: {e}"));
+        Self { child, report }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn ptwatch(args: &[&str]) -> Output {
+    Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")
+}
+
+/// Run `ptwatch ARGS --json`, which must succeed, and parse its output.
+fn scan_json(args: &[&str]) -> Value {
+    let output = ptwatch(&[args, &["--json"]].concat());
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("scan prints valid JSON")
+}
+
+fn num(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or_else(|| panic!("no number {key:?} in {value}"))
+}
+
+/// Exactly one line of stderr, with `needle` in it, and exit code `code`.
+fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "exit code; stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one error line expected, got:\n{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn dontneed_leaves_empty_tables_only_without_pt_reclaim() {
+    let held = Held::start(256);
+    let pid = held.report.pid.to_string();
+    let scan = scan_json(&["scan", &pid]);
+    eprintln!("workload {:?}\nscan {scan:#}", held.report);
+    assert_eq!(num(&scan, "pid"), u64::from(held.report.pid));
+    assert_eq!(held.report.expected_tables, 128);
+    // Nothing else runs in the workload: VmPTE is what it measured.
+    assert_eq!(num(&scan, "vmpte_kib"), held.report.vmpte_end_kib);
+    assert_eq!(num(&scan, "tables"), held.report.vmpte_end_kib / 4);
+    let (tables, needed, empty) = (num(&scan, "tables"), num(&scan, "needed_tables"), num(&scan, "empty_tables"));
+    assert_eq!(empty, tables.saturating_sub(needed));
+    assert_eq!(num(&scan, "empty_bytes"), empty * 4096);
+    assert_eq!(
+        needed,
+        num(&scan, "needed_pte_tables") + num(&scan, "needed_pmd_tables") + num(&scan, "needed_pud_tables")
+    );
+
+    // The mapping is listed first either way: 128 aligned spans plus what
+    // of its 2 MiB slack is aligned, all empty.
+    let regions = scan["regions"].as_array().expect("regions");
+    let first = &regions[0];
+    assert!(num(first, "empty_spans") >= 128, "{first}");
+    assert_eq!(first["name"], "[anon]");
+    let size = u64::from_str_radix(first["end"].as_str().expect("end"), 16).expect("hex")
+        - u64::from_str_radix(first["start"].as_str().expect("start"), 16).expect("hex");
+    assert_eq!(size, (256 + 4) << 20, "the workload's mapping: 256 MiB and 2 spans of slack");
+
+    if expect_pt_reclaim() {
+        assert!(empty <= 2, "PT_RECLAIM freed the tables; {empty} empty left");
+    } else {
+        assert!(
+            empty >= held.report.expected_tables,
+            "{empty} empty tables, {} left behind",
+            held.report.expected_tables
+        );
+        // Not more than what is left plus an upper-level table or two.
+        assert!(empty <= held.report.expected_tables + 4, "{empty}");
+    }
+
+    // The text report says the same.
+    let text = ptwatch(&["scan", &pid]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with(&format!("pid {pid} (")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("empty") && l.split_whitespace().nth(1) == Some(&empty.to_string())));
+    assert!(text.contains("[anon]"), "{text}");
+}
+
+#[test]
+fn a_fresh_process_has_no_empty_tables() {
+    let mut sleep = Command::new("sleep").arg("60").spawn().expect("spawn sleep");
+    // Let exec finish so that the scan sees sleep, not the forked test.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let scan = scan_json(&["scan", &sleep.id().to_string()]);
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert_eq!(scan["comm"], "sleep");
+    assert!(num(&scan, "tables") > 0);
+    assert_eq!(num(&scan, "empty_tables"), 0, "{scan:#}");
+    assert!(num(&scan, "present_pages") > 0);
+}
+
+#[test]
+fn all_lists_the_workload() {
+    let held = Held::start(256);
+    let report = scan_json(&["scan", "--all", "--top", "100000"]);
+    let processes = report["processes"].as_array().expect("processes");
+    let empties: Vec<u64> = processes.iter().map(|p| num(p, "empty_tables")).collect();
+    assert!(empties.windows(2).all(|w| w[0] >= w[1]), "sorted by empty tables: {empties:?}");
+    assert_eq!(num(&report, "empty_tables"), empties.iter().sum::<u64>());
+    assert_eq!(num(&report, "scanned"), processes.len() as u64);
+    let workload = processes
+        .iter()
+        .find(|p| num(p, "pid") == u64::from(held.report.pid))
+        .unwrap_or_else(|| panic!("workload {} not in --all", held.report.pid));
+    assert!(num(&workload["biggest_region"], "empty_spans") >= 128, "{workload}");
+    if !expect_pt_reclaim() {
+        assert!(num(workload, "empty_tables") >= 128, "{workload}");
+    }
+
+    // --top cuts the list, not the totals; the text table names the workload.
+    let top1 = scan_json(&["scan", "--all", "--top", "1"]);
+    assert_eq!(top1["processes"].as_array().map(Vec::len), Some(1));
+    let text = ptwatch(&["scan", "--all", "--top", "100000"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.split_whitespace().next() == Some(&held.report.pid.to_string())),
+        "workload not in:\n{text}"
+    );
+    assert!(text.lines().last().is_some_and(|l| l.contains("processes scanned")), "{text}");
+}
+
+#[test]
+fn bad_input_is_one_line() {
+    // Beyond pid_max: no such process.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    assert_one_line_error(&ptwatch(&["scan", &(pid_max + 1).to_string()]), 1, "no process with pid");
+    // A process that has exited.
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let gone_pid = gone.id().to_string();
+    gone.wait().expect("wait");
+    assert_one_line_error(&ptwatch(&["scan", &gone_pid, "--json"]), 1, "no process with pid");
+    // Usage errors.
+    assert_one_line_error(&ptwatch(&["scan"]), 2, "<PID|--all>");
+    assert_one_line_error(&ptwatch(&["scan", "--json"]), 2, "<PID|--all>");
+    assert_one_line_error(&ptwatch(&["scan", "1", "--all"]), 2, "cannot be used with");
+    assert_one_line_error(&ptwatch(&["scan", "--all", "--top", "abc"]), 2, "--top");
+    assert_one_line_error(&ptwatch(&["scan", "abc"]), 2, "abc");
+    assert_one_line_error(&ptwatch(&["scan", "0"]), 2, "PID");
+    assert_one_line_error(&ptwatch(&["scan", "-5"]), 2, "-5");
+}
+
+#[test]
+fn kernel_threads_and_other_users_are_one_line() {
+    // kthreadd is pid 2 when the test sees the host's pid namespace.
+    if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+        assert_one_line_error(&ptwatch(&["scan", "2"]), 1, "no user address space");
+    }
+    let held = Held::start(4);
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(ptwatch_bin())
+        .args(["scan", &held.report.pid.to_string()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_one_line_error(&output, 1, "permission denied");
+}
+
+#[test]
+fn help_explains_the_numbers() {
+    let output = ptwatch(&["scan", "--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in ["VmPTE", "pagemap", "2 MiB", "needed", "empty", "upper bound", "Exit code", "--top", "--all"] {
+        assert!(help.contains(needle), "{needle:?} not in scan --help");
+    }
+}
