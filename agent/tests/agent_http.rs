@@ -4,28 +4,9 @@
 
 mod support;
 
-use std::{io::Write as _, process::Command};
+use std::process::Command;
 
-use support::{pt_reclaim, run_workload, AgentProcess};
-
-/// Validate with promtool, the Prometheus project's parser and linter.
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is needed (Debian package prometheus; `cargo xtask setup` installs it)");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool");
-    assert!(
-        output.status.success(),
-        "promtool rejected /metrics:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use support::{promtool_check, pt_reclaim, run_workload, AgentProcess};
 
 fn parse(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text")

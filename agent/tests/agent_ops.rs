@@ -14,8 +14,8 @@ use std::{
 
 use base64::Engine as _;
 use support::{
-    agent_command, assert_one_line_error, free_port, http_get, http_request, https_request, run_workload, AgentProcess,
-    HttpResponse,
+    agent_command, assert_one_line_error, free_port, http_get, http_request, https_request, promtool_check,
+    run_workload, AgentProcess, HttpResponse,
 };
 
 /// Prometheus 2.x's scrape `Accept` header.
@@ -238,19 +238,6 @@ print(json.dumps(families))
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("parser output")
-}
-
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool");
-    assert!(output.status.success(), "promtool: {}\n---\n{text}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

@@ -4,20 +4,10 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::{free_port, ptwatch_bin};
+use support::{assert_one_line_error, free_port, ptwatch_bin};
 
 fn ptwatch(args: &[&str]) -> Output {
     Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")
-}
-
-/// Exactly one line of stderr, with `needle` in it, and exit code `code`.
-fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" WARN ")).collect();
-    assert_eq!(output.status.code(), Some(code), "exit code; stderr:\n{stderr}");
-    assert_eq!(lines.len(), 1, "one error line expected, got:\n{stderr}");
-    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -299,3 +299,23 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// Validate with promtool, the Prometheus project's parser and linter.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package prometheus; `cargo xtask setup` installs it)");
+    use std::io::Write as _;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool rejected /metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
