@@ -73,10 +73,7 @@ impl Host for SystemHost {
 
 /// A `kB` field of `/proc/meminfo`.
 pub fn meminfo_kib(meminfo: &str, field: &str) -> Option<u64> {
-    meminfo.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().trim_end_matches("kB").trim().parse().ok()
-    })
+    procfs::kib_field(meminfo, field)
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@ pub fn process_exists(pid: u32) -> bool {
 /// A `kB` field of `/proc/<pid>/status`, e.g. `VmPTE`.
 pub fn status_kib(pid: u32, field: &str) -> io::Result<Option<u64>> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(parse_status_kib(&status, field))
+    Ok(kib_field(&status, field))
 }
 
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
+/// A `Field:   123 kB` line of `/proc/<pid>/status` or `/proc/meminfo`.
+pub fn kib_field(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.trim().trim_end_matches("kB").trim().parse().ok()
     })
@@ -40,11 +41,11 @@ mod tests {
     #[test]
     fn parses_status_fields() {
         let status = "Name:\tcat\nVmPTE:\t      44 kB\nVmSwap:\t0 kB\n";
-        assert_eq!(parse_status_kib(status, "VmPTE"), Some(44));
-        assert_eq!(parse_status_kib(status, "VmSwap"), Some(0));
-        assert_eq!(parse_status_kib(status, "VmRSS"), None);
+        assert_eq!(kib_field(status, "VmPTE"), Some(44));
+        assert_eq!(kib_field(status, "VmSwap"), Some(0));
+        assert_eq!(kib_field(status, "VmRSS"), None);
         // A prefix of another field's name does not match.
-        assert_eq!(parse_status_kib(status, "Vm"), None);
+        assert_eq!(kib_field(status, "Vm"), None);
     }
 
     #[test]
