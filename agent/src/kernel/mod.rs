@@ -2,5 +2,6 @@
 //! support, and the /proc and /sys readings the agent needs.
 pub mod btf;
 pub mod kallsyms;
+pub mod mapping;
 pub mod procfs;
 pub mod support;

@@ -3,7 +3,10 @@
 
 use std::{fs, io, path::Path};
 
-use crate::kernel::procfs;
+use crate::kernel::{
+    mapping::{AnonMapping, PTE_TABLE_SPAN},
+    procfs,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupportError {
@@ -102,43 +105,18 @@ pub fn pt_reclaim_config() -> ConfigState {
 /// Run it before the probes are attached or from a process they ignore (the
 /// agent's own tgid is filtered in the kernel programs).
 pub fn pt_reclaim_works() -> io::Result<bool> {
-    const SPAN: usize = 2 << 20;
     const TABLES: usize = 8;
-    let len = SPAN * (TABLES + 1);
-    // SAFETY: anonymous private mapping, checked; unmapped before return.
-    unsafe {
-        let base = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let start = (base as usize).next_multiple_of(SPAN) as *mut u8;
-        let result = (|| {
-            // THP would map the spans with PMDs and no PTE table at all.
-            if libc::madvise(base, len, libc::MADV_NOHUGEPAGE) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for offset in (0..SPAN * TABLES).step_by(4096) {
-                start.add(offset).write_volatile(1);
-            }
-            let before = own_vmpte()?;
-            if libc::madvise(start.cast(), SPAN * TABLES, libc::MADV_DONTNEED) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let after = own_vmpte()?;
-            // Other threads of the agent may fault in new tables meanwhile;
-            // half of the expected drop is an unambiguous signal.
-            Ok(before.saturating_sub(after) >= (TABLES as u64 * 4) / 2)
-        })();
-        libc::munmap(base, len);
-        result
+    let mapping = AnonMapping::spans(TABLES)?;
+    mapping.touch(0, TABLES * PTE_TABLE_SPAN);
+    let before = own_vmpte()?;
+    // SAFETY: the range is inside our mapping.
+    if unsafe { libc::madvise(mapping.aligned_start().cast(), TABLES * PTE_TABLE_SPAN, libc::MADV_DONTNEED) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    let after = own_vmpte()?;
+    // Other threads of the agent may fault in new tables meanwhile; half of
+    // the expected drop (4 kB per table) is an unambiguous signal.
+    Ok(before.saturating_sub(after) >= (TABLES as u64 * 4) / 2)
 }
 
 fn own_vmpte() -> io::Result<u64> {

@@ -21,9 +21,10 @@ use aya::{
 use ptwatch_common::{names, request, AgentRequest};
 
 use super::plan::describe_error;
+use crate::kernel::mapping::{AnonMapping, PTE_TABLE_SPAN};
 
 const GIB: u64 = 1 << 30;
-const SPAN: usize = 2 << 20;
+const SPAN: usize = PTE_TABLE_SPAN;
 /// Lowest direct-map base with 4-level paging (`__PAGE_OFFSET_BASE_L4`).
 const DIRECT_MAP_LOWEST_L4: u64 = 0xffff_8880_0000_0000;
 /// Candidates the program checks per request (its `MAX_CANDIDATES`).
@@ -101,39 +102,6 @@ impl Drop for RequestChannel<'_> {
     }
 }
 
-/// An anonymous mapping owned by the agent during calibration.
-struct Mapping {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: anonymous private mapping, checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { base: base.cast(), len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
-}
-
 fn random_u64() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
     File::open("/dev/urandom")?.read_exact_at(&mut bytes, 0).or_else(|_| {
@@ -166,16 +134,16 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
         // Only the 4-level layout is calibrated; a miss below says so.
         tracing::debug!("CPU supports la57");
     }
-    let page = Mapping::new(4096)?;
+    let page = AnonMapping::new(4096)?;
     let magic = [random_u64()?, random_u64()?];
     // SAFETY: writes inside our own page; this also faults it in.
     unsafe {
-        page.base.cast::<u64>().write_volatile(magic[0]);
-        page.base.cast::<u64>().add(1).write_volatile(magic[1]);
+        page.base().cast::<u64>().write_volatile(magic[0]);
+        page.base().cast::<u64>().add(1).write_volatile(magic[1]);
         // Keep the page where it is while the kernel searches for it.
-        libc::mlock(page.base.cast(), 4096);
+        libc::mlock(page.base().cast(), 4096);
     }
-    let physical = physical_address(page.base as usize)?;
+    let physical = physical_address(page.base() as usize)?;
     // The direct map is the lowest randomised kernel region, so it begins in
     // the first present top-level slot at or above its lowest possible base;
     // KASLR aligns it to 1 GiB: at most 512 candidates in that slot. (A
@@ -207,14 +175,10 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
 /// Check the walk against a region whose PTE tables the agent knows: of four
 /// 2 MiB spans, three are touched (one table each) and one is not.
 pub fn self_test(channel: &mut RequestChannel<'_>) -> Result<(), CalibrationError> {
-    let mapping = Mapping::new(5 * SPAN)?;
-    let start = (mapping.base as usize).next_multiple_of(SPAN);
-    // SAFETY: inside our mapping; no THP so each span gets a PTE table.
-    unsafe {
-        libc::madvise(mapping.base.cast(), mapping.len, libc::MADV_NOHUGEPAGE);
-        for span in [0, 1, 3] {
-            (start as *mut u8).add(span * SPAN + 4096).write_volatile(1);
-        }
+    let mapping = AnonMapping::spans(4)?;
+    let start = mapping.aligned_start() as usize;
+    for span in [0, 1, 3] {
+        mapping.touch(span * SPAN, 4096);
     }
     let cases: [(usize, usize, u64); 3] = [
         // Whole region: three tables.

@@ -4,9 +4,10 @@
 //! through the area. With PT_RECLAIM every DONTNEED frees the emptied PTE
 //! table and the next touch allocates one, so each iteration exercises the
 //! whole path ptwatch observes: two syscall tracepoints and a table free.
-use std::{fs, io, ptr, time::Instant};
+use std::{io, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
+use ptwatch_workload::{vmpte_kib, Region};
 use serde::{Deserialize, Serialize};
 
 /// The span one PTE table maps (x86_64 and arm64 with 4 KiB pages).
@@ -25,53 +26,20 @@ pub struct LoopReport {
     pub pt_reclaim: bool,
 }
 
-/// An anonymous mapping whose usable part is 2 MiB-aligned, so that every
-/// chunk is exactly one PTE table.
-struct Area {
-    base: *mut libc::c_void,
-    map_len: usize,
-    start: *mut u8,
-}
+/// The area, 2 MiB-aligned and without THP (see `ptwatch_workload::Region`),
+/// so that every chunk is exactly one PTE table.
+struct Area(Region);
 
 impl Area {
     fn map() -> Result<Self> {
-        // One extra chunk leaves room to align the start.
-        let map_len = AREA + CHUNK;
-        // SAFETY: anonymous private mapping, checked below.
-        let base = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            bail!("mmap of {map_len} bytes failed: {}", io::Error::last_os_error());
-        }
-        let area = Self { base, map_len, start: (base as usize).next_multiple_of(CHUNK) as *mut u8 };
-        // A transparent huge page would map a chunk without any PTE table.
-        // SAFETY: the whole range is our mapping.
-        if unsafe { libc::madvise(base, map_len, libc::MADV_NOHUGEPAGE) } != 0 {
-            bail!("MADV_NOHUGEPAGE failed: {}", io::Error::last_os_error());
-        }
-        Ok(area)
+        Ok(Self(Region::new(AREA, 0)?))
     }
 
     /// Start of chunk `index` (modulo the area).
     fn chunk(&self, index: u64) -> *mut u8 {
         let chunks = (AREA / CHUNK) as u64;
         // SAFETY: the offset stays inside the aligned part of the mapping.
-        unsafe { self.start.add((index % chunks) as usize * CHUNK) }
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping.
-        unsafe { libc::munmap(self.base, self.map_len) };
+        unsafe { self.0.start.add((index % chunks) as usize * CHUNK) }
     }
 }
 
@@ -91,15 +59,6 @@ fn dontneed(chunk: *mut u8) -> Result<()> {
         bail!("madvise(MADV_DONTNEED) failed: {}", io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn vmpte_kib() -> Result<u64> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmPTE:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmPTE in /proc/self/status")
 }
 
 fn page_size() -> Result<usize> {
