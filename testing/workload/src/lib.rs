@@ -59,11 +59,27 @@ pub struct Report {
     pub expected_tables: u64,
 }
 
+/// `VmPTE` of this process, in kB.
+///
+/// Read into a stack buffer: a heap allocation here could grow the heap by
+/// a page that needs a new PTE table, between the two readings around a
+/// call, and the measurement would disturb what it measures.
 pub fn vmpte_kib() -> Result<u64> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmPTE:"))
+    use std::io::Read as _;
+    let mut buffer = [0u8; 8192];
+    let mut file = fs::File::open("/proc/self/status").context("opening /proc/self/status")?;
+    let mut filled = 0;
+    loop {
+        let read = file.read(&mut buffer[filled..]).context("reading /proc/self/status")?;
+        if read == 0 || filled + read == buffer.len() {
+            filled += read;
+            break;
+        }
+        filled += read;
+    }
+    std::str::from_utf8(&buffer[..filled])
+        .ok()
+        .and_then(|status| status.lines().find_map(|line| line.strip_prefix("VmPTE:")))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmPTE in /proc/self/status")
 }
