@@ -9,16 +9,15 @@ mod support;
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use ptwatch::aggregate::{cgroup::CgroupTree, CgroupRecord, Snapshot};
 use ptwatch_workload::Report;
-use support::{pt_reclaim, workload_bin, Attached};
+use support::{pt_reclaim, workload_bin, Attached, Held};
 
 /// A cgroup created for one test, with its parents; removed deepest first
 /// when dropped, also when the test fails.
@@ -171,41 +170,12 @@ fn processes_in_a_kubernetes_container_get_its_labels_and_the_cgroup_sums_them_p
     );
 }
 
-/// A `hold` workload in `cgroup`: it has made its DONTNEED call and keeps
-/// its mapping until its stdin closes.
-struct Held {
-    child: Child,
-    report: Report,
-}
-
-impl Held {
-    fn start(cgroup: &CgroupGuard, mib: &str) -> Self {
-        let mut child = cgroup
-            .command(&["hold", mib])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn hold workload");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read report");
-        let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("report {line:?}: {err}"));
-        Self { child, report }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_live_process_reports_its_vmpte_and_its_cgroup() {
     let (_, container) = pod_and_container();
     let cgroup = CgroupGuard::create(&format!("{}/system.slice/docker-{container}.scope", unique("docker")));
     let mut attached = Attached::new();
-    let held = Held::start(&cgroup, "64");
+    let held = Held::spawn(cgroup.command(&["hold", "64"]));
     let pid = held.report.pid;
     let snapshot = attached.snapshot();
     let vmpte_kib = ptwatch::kernel::procfs::status_kib(pid, "VmPTE").expect("status").expect("VmPTE");

@@ -11,16 +11,7 @@ mod support;
 
 use ptwatch::probes::plan::{Attach, ProbeMode};
 use ptwatch_common::{cause, level};
-use support::{probe_mode, run_workload, Attached};
-
-/// PT_RECLAIM expected on this kernel: from the VM runner, else detected.
-fn expect_pt_reclaim() -> bool {
-    match std::env::var("PTWATCH_EXPECT_PT_RECLAIM").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => support::pt_reclaim(),
-    }
-}
+use support::{expect_pt_reclaim, probe_mode, run_workload, Attached};
 
 fn frees_of(record: &ptwatch::aggregate::ProcessRecord, wanted_cause: u32) -> u64 {
     record.frees.iter().filter(|((c, _), _)| *c == wanted_cause).map(|(_, pages)| pages).sum()
@@ -84,16 +75,26 @@ fn dontneed_reclaim_equals_the_vmpte_drop() {
     }
 }
 
+/// Run a workload and return its record when the plan probes frees. When it
+/// does not, check that nothing was exported for frees and return `None`.
+fn frees_of_workload(
+    attached: &mut Attached,
+    args: &[&str],
+) -> Option<(ptwatch_workload::Report, ptwatch::aggregate::ProcessRecord)> {
+    let report = run_workload(args);
+    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    if attached.probes.plan().pagetable_free.attach.is_none() {
+        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported: {args:?}");
+        return None;
+    }
+    let record = record.unwrap_or_else(|| panic!("the {args:?} workload has free counters"));
+    Some((report, record))
+}
+
 #[test]
 fn munmap_frees_are_counted_as_unmap() {
     let mut attached = Attached::new();
-    let report = run_workload(&["unmap", "64"]);
-    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
-    if attached.probes.plan().pagetable_free.attach.is_none() {
-        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported");
-        return;
-    }
-    let record = record.expect("the unmap workload has free counters");
+    let Some((report, record)) = frees_of_workload(&mut attached, &["unmap", "64"]) else { return };
     assert_eq!(record.frees.get(&(cause::UNMAP, level::PTE)).copied(), Some(report.expected_tables), "{record:?}");
     // Every page-table page the munmap released, at any level, is counted.
     assert_eq!(frees_of(&record, cause::UNMAP) * 4, report.vmpte_drop_kib, "{record:?}");
@@ -103,13 +104,7 @@ fn munmap_frees_are_counted_as_unmap() {
 #[test]
 fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
     let mut attached = Attached::new();
-    let report = run_workload(&["exit", "64"]);
-    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
-    if attached.probes.plan().pagetable_free.attach.is_none() {
-        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported");
-        return;
-    }
-    let record = record.expect("the exiting workload has free counters");
+    let Some((report, record)) = frees_of_workload(&mut attached, &["exit", "64"]) else { return };
     let exit_pte = record.frees.get(&(cause::EXIT, level::PTE)).copied().unwrap_or(0);
     assert!(
         exit_pte >= report.expected_tables,

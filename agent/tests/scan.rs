@@ -6,52 +6,10 @@
 
 mod support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Output, Stdio},
-};
+use std::process::{Command, Output};
 
-use ptwatch_workload::Report;
 use serde_json::Value;
-use support::{ptwatch_bin, workload_bin};
-
-/// PT_RECLAIM expected on this kernel: from the VM runner, else detected.
-fn expect_pt_reclaim() -> bool {
-    match std::env::var("PTWATCH_EXPECT_PT_RECLAIM").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => support::pt_reclaim(),
-    }
-}
-
-/// `ptwatch-workload hold MIB`: alive, with its DONTNEEDed mapping, until
-/// dropped (which closes its stdin).
-struct Held {
-    child: Child,
-    report: Report,
-}
-
-impl Held {
-    fn start(mib: u32) -> Self {
-        let mut child = Command::new(workload_bin())
-            .args(["hold", &mib.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn workload");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("read report");
-        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("workload report {line:?}: {e}"));
-        Self { child, report }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
+use support::{expect_pt_reclaim, ptwatch_bin, Held};
 
 fn ptwatch(args: &[&str]) -> Output {
     Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")

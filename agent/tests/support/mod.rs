@@ -319,3 +319,53 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// PT_RECLAIM expected on this kernel: `PTWATCH_EXPECT_PT_RECLAIM` from the
+/// VM runner (taken from the kernel's config), else detected.
+pub fn expect_pt_reclaim() -> bool {
+    match std::env::var("PTWATCH_EXPECT_PT_RECLAIM").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => pt_reclaim(),
+    }
+}
+
+/// A `ptwatch-workload hold MIB` process: alive, with its DONTNEEDed
+/// mapping, until dropped (which closes its stdin and waits for it).
+pub struct Held {
+    pub child: std::process::Child,
+    pub report: Report,
+}
+
+impl Held {
+    /// `ptwatch-workload hold MIB`.
+    pub fn start(mib: u32) -> Self {
+        let mut command = Command::new(workload_bin());
+        command.args(["hold", &mib.to_string()]);
+        Self::spawn(command)
+    }
+
+    /// `command`, which must end up running `ptwatch-workload hold MIB`
+    /// (e.g. through a wrapper that first joins a cgroup).
+    pub fn spawn(mut command: Command) -> Self {
+        use std::io::BufRead as _;
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the hold workload");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the workload's report");
+        let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"));
+        Self { child, report }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
