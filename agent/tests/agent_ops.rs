@@ -14,7 +14,7 @@ use std::{
 
 use base64::Engine as _;
 use support::{
-    agent_command, assert_one_line_error, free_port, http_get, http_request, https_request, promtool_check,
+    agent_command, assert_one_line_error, free_port, free_ports, http_get, http_request, https_request, promtool_check,
     run_workload, AgentProcess, HttpResponse,
 };
 
@@ -124,7 +124,7 @@ fn config_file_values_are_applied() {
 #[test]
 fn flags_override_environment_which_overrides_the_file() {
     let dir = TempDir::new("precedence");
-    let (file_addr, env_addr, flag_addr) = (free_port(), free_port(), free_port());
+    let [file_addr, env_addr, flag_addr] = free_ports::<3>();
     let config = dir.write(
         "ptwatch.toml",
         &format!("listen = \"{file_addr}\"\nbtf = \"/nonexistent/vmlinux\"\n[log]\nformat = \"json\"\n"),

@@ -162,6 +162,15 @@ impl Drop for AgentProcess {
     }
 }
 
+/// `N` different loopback addresses nobody listens on right now. They are
+/// picked while all are held: picking one at a time can return the same
+/// ephemeral port twice.
+pub fn free_ports<const N: usize>() -> [std::net::SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr"))
+}
+
 /// A loopback address with a port nobody listens on right now.
 pub fn free_port() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
