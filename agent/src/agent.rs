@@ -14,6 +14,7 @@ use crate::{
     config::AgentConfig,
     export::{
         metrics::{AgentInfo, PtwatchCollector},
+        self_metrics::AgentSelf,
         server::{self, Exporter},
     },
     kernel::{btf::KernelBtf, support},
@@ -69,8 +70,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut probes =
         tokio::task::spawn_blocking(move || Probes::load(&btf, mode)).await.context("probe loading task failed")??;
     let maps = probes.take_maps()?;
+    // Loading and attaching were the privileged part: keep only what reading
+    // the maps still needs (docs/install.md#privileges).
+    crate::privileges::drop_after_attach().context("dropping capabilities after attaching the probes")?;
+    // Parsing the kernel's BTF and loading the object left tens of MiB of
+    // freed heap behind (docs/benchmarks.md#3-the-agents-own-footprint).
+    release_free_heap();
     let info = AgentInfo::new(&probes, pt_reclaim_supported);
-    let collector = Arc::new(PtwatchCollector::new(Box::new(Aggregator::new(maps, config.exited_ttl)), info));
+    // Shared with the self-metrics, which read the programs' run statistics
+    // through a weak reference: dropping this detaches the probes.
+    let probes = Arc::new(probes);
+    let collector = Arc::new(
+        PtwatchCollector::new(
+            Box::new(Aggregator::new(maps, config.exited_ttl).with_selection(config.selection)),
+            info,
+        )
+        .with_self_source(Box::new(AgentSelf::new(&probes))),
+    );
     let registry = Arc::new(Registry::new());
     registry.register(Box::new(SharedCollector(Arc::clone(&collector)))).context("registering metrics")?;
     exporter.set_registry(registry);
@@ -112,7 +128,12 @@ async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration,
     loop {
         ticker.tick().await;
         let collector = Arc::clone(&collector);
-        match tokio::task::spawn_blocking(move || collector.refresh()).await {
+        let harvested = tokio::task::spawn_blocking(move || {
+            let ready = collector.refresh();
+            release_free_heap();
+            ready
+        });
+        match harvested.await {
             Ok(true) => exporter.set_ready(),
             Ok(false) => {}
             Err(_) => tracing::warn!("harvest task failed"),
@@ -130,4 +151,36 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     })
+}
+
+/// Heap settings of the agent, set before any thread starts: one malloc arena
+/// (a handful of threads allocate rarely, so arena contention does not
+/// matter, but each extra arena keeps its own freed memory: 25 MiB of a
+/// blocking thread's arena stayed resident after start-up), and a fixed
+/// mmap threshold, so that the large, short-lived buffers of a scrape (the
+/// response body) go back to the kernel when freed instead of raising
+/// glibc's dynamic threshold and staying in the heap.
+pub fn configure_heap() {
+    #[cfg(target_env = "gnu")]
+    {
+        /// glibc's default threshold, made fixed by setting it.
+        const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt only changes allocator parameters; called before
+        // the runtime's threads exist.
+        let set = unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1) == 1 && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        };
+        if !set {
+            tracing::debug!("mallopt refused the agent's heap settings; memory use may be higher");
+        }
+    }
+}
+
+/// Give freed heap pages back to the kernel (glibc keeps them otherwise).
+fn release_free_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

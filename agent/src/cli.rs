@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{kernel::btf::VMLINUX_BTF, probes::plan::ProbeMode};
+use crate::{aggregate::RankBy, kernel::btf::VMLINUX_BTF, probes::plan::ProbeMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +90,59 @@ pub enum Command {
     /// errors. docs/scan.md has the details.
     #[command(verbatim_doc_comment)]
     Scan(ScanArgs),
+    /// Print page-table events as they happen, then a summary.
+    ///
+    /// Loads its own instance of the probes (the same plan `agent` would
+    /// choose, so it works next to a running agent) and detaches them on
+    /// exit: Ctrl-C, SIGTERM or --duration. Columns:
+    ///
+    ///   TIME     local time of the event (microseconds)
+    ///   PID      process the page tables belong to; COMM its name
+    ///   CGROUP   cgroup v2 path of the task that ran (- without cgroup v2)
+    ///   EVENT    dontneed: a MADV_DONTNEED[_LOCKED] call finished (madvise or
+    ///              process_madvise); PAGES = PTE page-table pages it freed
+    ///              by PT_RECLAIM (0 on kernels without it), RANGE = the
+    ///              range advised (- when several iovecs)
+    ///            free: one page-table page freed (fentry/kprobe plans only;
+    ///              the tracepoint plan cannot see frees); PAGES = 1
+    ///   CAUSE    why the pages went: reclaim (PT_RECLAIM inside DONTNEED),
+    ///            unmap (munmap, mremap), exit (exit, execve), collapse, thp,
+    ///            other
+    ///   LEVEL    page-table level: pte, pmd, pud, p4d (unknown on
+    ///            architectures that do not say)
+    ///
+    /// With the fentry/kprobe plans a DONTNEED call that reclaims shows both
+    /// its reclaim frees and, after them, its dontneed event with their sum.
+    /// The summary counts events and pages by event, cause and level, and per
+    /// process. Events that did not fit in the ring buffer are counted as
+    /// lost, shown when the count changes and in the summary.
+    ///
+    /// Exit code 0 after a normal stop, 1 when the probes cannot be loaded,
+    /// 2 on usage errors. docs/trace-top.md has the details.
+    #[command(verbatim_doc_comment)]
+    Trace(TraceArgs),
+    /// A refreshing view of the processes (or cgroups) with the most
+    /// page-table memory, and their PT_RECLAIM and MADV_DONTNEED rates.
+    ///
+    /// Columns:
+    ///
+    ///   PT       page-table memory now: VmPTE of /proc/PID/status for a
+    ///            process, `pagetables` of memory.stat for a cgroup (cgroup
+    ///            v2 with the memory controller; - otherwise)
+    ///   RECL/s   PTE page-table pages freed by PT_RECLAIM per second, over
+    ///            the last interval (from ptwatch's own probes)
+    ///   DN/s     MADV_DONTNEED calls per second; DN-B/s the bytes they
+    ///            advised per second
+    ///
+    /// Rates start counting when top starts. Keys: p, r, d sort by
+    /// page tables, reclaim, DONTNEED; c switches between processes and
+    /// cgroups; q or Ctrl-C quits. With stdout not a terminal it prints one
+    /// plain table per interval instead (--iterations N stops after N).
+    ///
+    /// Exit code 0 after q, Ctrl-C, SIGTERM or --iterations; 1 when the
+    /// probes cannot be loaded; 2 on usage errors.
+    #[command(verbatim_doc_comment)]
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +189,99 @@ pub struct ScanArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+
+    /// Only events of this process (filtered in the kernel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Only processes whose comm is NAME (the kernel keeps 15 characters).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only tasks in this cgroup v2 directory, given relative to the cgroup
+    /// v2 mount (e.g. /system.slice/foo.service) or as a full path
+    /// (filtered in the kernel; sub-cgroups are not included).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Only events with this cause (repeat for several).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::cause::NAMES))]
+    pub cause: Vec<String>,
+
+    /// Only events of at least N page-table pages (e.g. DONTNEED calls that
+    /// reclaimed at least N PTE tables; a free is 1 page).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_pages: u64,
+
+    /// Stop after this long (e.g. 30s, 5m) instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print one JSON object per line: events (`"type":"event"`), lost-event
+    /// counts when they change (`"type":"lost"`) and the summary
+    /// (`"type":"summary"`).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ring buffer size in KiB: a power of two, at least 4.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub buffer_kib: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    /// Page-table memory now.
+    Pagetable,
+    /// PTE pages reclaimed per second.
+    Reclaim,
+    /// DONTNEED bytes per second.
+    Dontneed,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+
+    /// Show cgroups instead of processes (press c to switch live).
+    #[arg(long)]
+    pub cgroups: bool,
+
+    /// Sort by this column, largest first (keys p, r, d switch live).
+    #[arg(long, value_enum, default_value_t = TopSort::Pagetable)]
+    pub sort: TopSort,
+
+    /// Time between refreshes (e.g. 1s, 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub interval: Duration,
+
+    /// Stop after N refreshes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+
+    /// Rows per table [default: as many as fit in a terminal, 20 otherwise].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+}
+
+/// A mistake in what the user asked for, found after parsing (e.g. a cgroup
+/// that does not exist): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text.parse().map_err(|_| format!("invalid size {text:?}: expected a number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!("{kib} KiB: the ring buffer size must be a power of two between 4 and 1048576"));
+    }
+    Ok(kib)
+}
+
 /// The agent's flags. Each is `None` unless given on the command line or
 /// through its `PTWATCH_*` variable, so that `config::AgentConfig::resolve`
 /// can fall back to the config file, then to the defaults (which live in
@@ -170,6 +316,27 @@ pub struct AgentArgs {
     /// Kernel BTF to read struct layouts from [default: /sys/kernel/btf/vmlinux].
     #[arg(long, env = "PTWATCH_BTF")]
     pub btf: Option<PathBuf>,
+
+    /// At most N processes get their own per-process series, ranked by
+    /// --rank-processes-by; the others are summed into series labelled
+    /// pid="other",comm="other". 0: no limit [default: 100].
+    #[arg(long, value_name = "N", env = "PTWATCH_TOP_PROCESSES")]
+    pub top_processes: Option<usize>,
+
+    /// What --top-processes ranks by: page-table memory now, or PTE pages
+    /// reclaimed [default: pagetable-bytes].
+    #[arg(long, value_enum, env = "PTWATCH_RANK_PROCESSES_BY")]
+    pub rank_processes_by: Option<RankBy>,
+
+    /// Own series only for processes with at least this much page-table
+    /// memory, in bytes (or meeting --min-process-reclaimed-pages).
+    #[arg(long, value_name = "BYTES", env = "PTWATCH_MIN_PROCESS_PAGETABLE_BYTES")]
+    pub min_process_pagetable_bytes: Option<u64>,
+
+    /// Own series only for processes that had at least this many PTE pages
+    /// reclaimed (or meeting --min-process-pagetable-bytes).
+    #[arg(long, value_name = "PAGES", env = "PTWATCH_MIN_PROCESS_RECLAIMED_PAGES")]
+    pub min_process_reclaimed_pages: Option<u64>,
 
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, value_name = "PATH", env = "PTWATCH_TLS_CERT")]
@@ -255,6 +422,8 @@ mod tests {
         assert_eq!(parse_duration(&text("harvest_interval")), Ok(defaults.harvest_interval));
         assert_eq!(ProbeMode::from_str(&text("probe_mode"), false).ok(), Some(defaults.probe_mode));
         assert_eq!(PathBuf::from(text("btf")), defaults.btf);
+        assert_eq!(text("top_processes").parse::<usize>().ok(), Some(defaults.top_processes));
+        assert_eq!(RankBy::from_str(&text("rank_processes_by"), false).ok(), Some(defaults.rank_processes_by));
         assert_eq!(LogFormat::from_str(&text("log_format"), false).ok(), Some(log.format));
         assert_eq!(text("log"), log.filter);
     }

@@ -25,6 +25,7 @@ use std::{
 use serde::{de, Deserialize, Deserializer};
 
 use crate::{
+    aggregate::{RankBy, Selection},
     cli::{parse_duration, AgentArgs, LogArgs, LogFormat},
     export::{server::Auth, tls},
     kernel::btf::VMLINUX_BTF,
@@ -87,6 +88,11 @@ pub struct FileConfig {
     #[serde(deserialize_with = "value_enum")]
     pub probe_mode: ProbeMode,
     pub btf: PathBuf,
+    pub top_processes: usize,
+    #[serde(deserialize_with = "value_enum")]
+    pub rank_processes_by: RankBy,
+    pub min_process_pagetable_bytes: Option<u64>,
+    pub min_process_reclaimed_pages: Option<u64>,
     pub log: LogSection,
     pub tls: TlsSection,
     pub auth: AuthSection,
@@ -106,6 +112,12 @@ impl Default for FileConfig {
             // The most precise probes the kernel allows.
             probe_mode: ProbeMode::Auto,
             btf: PathBuf::from(VMLINUX_BTF),
+            // Own series for the processes that matter most, everything
+            // else summed: see `aggregate::selection`.
+            top_processes: Selection::default().top,
+            rank_processes_by: Selection::default().rank_by,
+            min_process_pagetable_bytes: None,
+            min_process_reclaimed_pages: None,
             log: LogSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
@@ -173,6 +185,8 @@ pub struct AgentConfig {
     pub harvest_interval: Duration,
     pub probe_mode: ProbeMode,
     pub btf: PathBuf,
+    /// Which processes get their own series.
+    pub selection: Selection,
     pub log: LogConfig,
     /// Loaded and checked (certificate and key match).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -273,6 +287,12 @@ impl AgentConfig {
             harvest_interval: args.harvest_interval.unwrap_or(file.harvest_interval),
             probe_mode: args.probe_mode.unwrap_or(file.probe_mode),
             btf: args.btf.clone().unwrap_or(file.btf),
+            selection: Selection {
+                top: args.top_processes.unwrap_or(file.top_processes),
+                rank_by: args.rank_processes_by.unwrap_or(file.rank_processes_by),
+                min_pagetable_bytes: args.min_process_pagetable_bytes.or(file.min_process_pagetable_bytes),
+                min_reclaimed_pages: args.min_process_reclaimed_pages.or(file.min_process_reclaimed_pages),
+            },
             log,
             tls,
             auth,
@@ -398,6 +418,10 @@ exited_ttl = "90s"
 harvest_interval = 3
 probe_mode = "tracepoint"
 btf = "/tmp/vmlinux"
+top_processes = 7
+rank_processes_by = "reclaimed"
+min_process_pagetable_bytes = 65536
+min_process_reclaimed_pages = 512
 [log]
 format = "json"
 filter = "debug"
@@ -415,6 +439,10 @@ bearer_token_file = "/t"
         assert_eq!(config.exited_ttl, Duration::from_secs(90));
         assert_eq!(config.harvest_interval, Duration::from_secs(3));
         assert_eq!(config.probe_mode, ProbeMode::Tracepoint);
+        assert_eq!(config.top_processes, 7);
+        assert_eq!(config.rank_processes_by, RankBy::Reclaimed);
+        assert_eq!(config.min_process_pagetable_bytes, Some(65536));
+        assert_eq!(config.min_process_reclaimed_pages, Some(512));
         assert_eq!(config.log, LogSection { format: LogFormat::Json, filter: "debug".into() });
         assert_eq!(config.tls.key, Some(PathBuf::from("/k")));
         assert_eq!(config.auth.basic_user.as_deref(), Some("u"));
@@ -429,6 +457,8 @@ bearer_token_file = "/t"
             ("exited_ttl = \"5x\"", "invalid duration unit", 1),
             ("exited_ttl = 0", "greater than zero", 1),
             ("listen = \"nowhere\"", "invalid socket address", 1),
+            ("rank_processes_by = \"rss\"", "expected one of \"pagetable-bytes\", \"reclaimed\"", 1),
+            ("top_processes = -1", "invalid value", 1),
             ("[tls]\ncrt = \"/c\"", "unknown field `crt`", 2),
         ] {
             let (position, message) = parse(text).unwrap_err();

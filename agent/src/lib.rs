@@ -11,5 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod kernel;
+pub mod privileges;
 pub mod probes;
 pub mod scan;
+pub mod top;
+pub mod trace;

@@ -77,6 +77,10 @@ fn main() -> ExitCode {
     }
     match run(cli.command, agent_config) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<ptwatch::cli::UsageError>().is_some() => {
+            eprintln!("ptwatch: {err:#}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("ptwatch: error: {err:#}");
             ExitCode::FAILURE
@@ -86,6 +90,9 @@ fn main() -> ExitCode {
 
 /// `agent_config` is `Some` for `Command::Agent`, resolved by `main`.
 fn run(command: Command, agent_config: Option<AgentConfig>) -> anyhow::Result<()> {
+    if matches!(command, Command::Agent(_)) {
+        ptwatch::agent::configure_heap();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         Command::Agent(_) => {
@@ -94,5 +101,7 @@ fn run(command: Command, agent_config: Option<AgentConfig>) -> anyhow::Result<()
         }
         Command::Check(args) => ptwatch::check::run(args),
         Command::Scan(args) => ptwatch::scan::run(args),
+        Command::Trace(args) => runtime.block_on(ptwatch::trace::run(args)),
+        Command::Top(args) => ptwatch::top::run(args),
     }
 }

@@ -9,7 +9,10 @@
 
 mod support;
 
-use ptwatch::probes::plan::{Attach, ProbeMode};
+use ptwatch::probes::{
+    plan::{Attach, ProbeMode},
+    ReclaimAccounting,
+};
 use ptwatch_common::{cause, level};
 use support::{expect_pt_reclaim, probe_mode, run_workload, Attached};
 
@@ -115,4 +118,62 @@ fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
     // VmPTE at its peak counted every table of the process; exit frees them all.
     assert!(frees_of(&record, cause::EXIT) * 4 >= report.vmpte_peak_kib - 8, "{record:?} vs {report:?}");
     assert_eq!(record.comm, "ptwatch-workloa");
+}
+
+/// THP-backed anonymous memory: DONTNEED zaps its huge PMDs, and the kernel
+/// frees the PTE table deposited with each THP (VmPTE drops by one table per
+/// THP). That is cause `thp`, never PT_RECLAIM.
+#[test]
+fn thp_deposited_tables_are_counted_as_thp_not_reclaim() {
+    let mut attached = Attached::new();
+    let accounting = attached.probes.accounting().clone();
+    let report = run_workload(&["thp", "16"]);
+    assert_eq!(report.vmpte_drop_kib, report.expected_tables * 4, "one deposited table per THP: {report:?}");
+    let record = attached.process(report.pid);
+    match accounting {
+        ReclaimAccounting::FreeClassification => {
+            assert_eq!(
+                record.frees.get(&(cause::THP, level::PTE)).copied(),
+                Some(report.expected_tables),
+                "{record:?}"
+            );
+            assert_eq!(frees_of(&record, cause::THP) * 4, report.vmpte_drop_kib, "{record:?}");
+            assert_eq!(frees_of(&record, cause::RECLAIM), 0, "{record:?}");
+            assert_eq!(record.pte_pages_reclaimed, 0, "{record:?}");
+        }
+        // The walk reads only PMDs that point to PTE tables: none here.
+        ReclaimAccounting::PageTableWalk => {
+            assert_eq!(record.pte_pages_reclaimed, 0, "{record:?}");
+            assert!(record.frees.is_empty(), "no free probe: {record:?}");
+        }
+        // The fallback sees the VmPTE drop and cannot tell a deposited
+        // table from a reclaimed one: documented as approximate.
+        ReclaimAccounting::PgtablesBytes { .. } => {
+            assert_eq!(record.pte_pages_reclaimed * 4, report.vmpte_drop_kib, "{record:?}");
+        }
+    }
+    assert_eq!(record.dontneed_calls, 1);
+}
+
+/// Small-page shmem collapsed by MADV_COLLAPSE: the PTE tables of the
+/// collapsed spans are retired through `pte_free_defer` (6.5+), cause
+/// `collapse`, attributed to the process whose mm they belonged to.
+#[test]
+fn shmem_collapse_frees_are_counted_as_collapse() {
+    let mut attached = Attached::new();
+    let collapse_hooked = attached.probes.plan().pagetable_free.detail.contains("collapse");
+    let report = run_workload(&["collapse", "16"]);
+    assert!(report.expected_tables > 0, "MADV_COLLAPSE mapped no span by a PMD: {report:?}");
+    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    let collapsed = record.as_ref().map_or(0, |r| frees_of(r, cause::COLLAPSE));
+    if collapse_hooked {
+        assert_eq!(collapsed, report.expected_tables, "{record:?} vs {report:?}");
+        assert_eq!(collapsed * 4, report.vmpte_drop_kib, "{record:?} vs {report:?}");
+    } else {
+        // 6.1 frees them with an inline pte_free: nothing to hook, and the
+        // plan says so (no `collapse` among its causes).
+        assert_eq!(collapsed, 0, "{record:?}");
+    }
+    // Not a DONTNEED: never reclaim.
+    assert_eq!(record.map_or(0, |r| r.pte_pages_reclaimed), 0);
 }

@@ -34,6 +34,10 @@ pub mod names {
     pub const NODE_FREES: &str = "NODE_FREES";
     /// Global (`.rodata`) holding the [`super::KernelConfig`].
     pub const KERNEL_CONFIG: &str = "PTWATCH_KERNEL_CONFIG";
+    /// Ring buffer of [`super::TraceEvent`]s and its per-CPU count of events
+    /// that did not fit (`ptwatch trace`).
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    pub const TRACE_LOST: &str = "TRACE_LOST";
 
     /// The DONTNEED programs, `(with page-table walk, without)`, by
     /// tracepoint.
@@ -105,10 +109,26 @@ pub mod hooks {
         at_return: false,
     };
 
+    pub const PTE_FREE_DEFER: Hook = Hook {
+        function: "pte_free_defer",
+        fentry: "pte_free_defer_fentry",
+        kprobe: "pte_free_defer_kprobe",
+        at_return: false,
+    };
+    pub const ZAP_HUGE_PMD: Hook = Hook {
+        function: "zap_huge_pmd",
+        fentry: "zap_huge_pmd_fentry",
+        kprobe: "zap_huge_pmd_kprobe",
+        at_return: false,
+    };
+
     /// The per-level functions, in [`super::level`] order.
     pub const LEVEL_FUNCTIONS: [Hook; 4] = [PTE_FREE_TLB, PMD_FREE_TLB, PUD_FREE_TLB, P4D_FREE_TLB];
     /// Context hooks every free plan needs, to tell `unmap` from the rest.
     pub const CONTEXT: [Hook; 2] = [FREE_PGTABLES_ENTRY, FREE_PGTABLES_EXIT];
+    /// Page-table frees outside the mmu_gather, each with its own cause,
+    /// hooked when the kernel has the function: `collapse` (6.5+) and `thp`.
+    pub const OUTSIDE_MMU_GATHER: [Hook; 2] = [PTE_FREE_DEFER, ZAP_HUGE_PMD];
 }
 
 /// Kernel facts the programs need but cannot learn by themselves: Rust eBPF
@@ -159,6 +179,19 @@ pub struct KernelConfig {
     /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
     /// address space is torn down (exit, execve).
     pub tlb_fullmm_bit: u64,
+    /// Byte offset of `vm_area_struct::vm_ops` (NULL for anonymous memory,
+    /// whose THPs carry a deposited PTE table).
+    pub vma_vm_ops_offset: u64,
+    /// Non-zero only in `ptwatch trace`'s own instance of the object: send a
+    /// [`TraceEvent`] per DONTNEED call and per page-table free to the
+    /// `TRACE_EVENTS` ring buffer. The agent leaves it 0, and the verifier,
+    /// seeing a constant, drops the emission code from its programs.
+    pub emit_events: u64,
+    /// With `emit_events`: only events of this tgid (0: every process) ...
+    pub trace_tgid: u64,
+    /// ... and of tasks in this cgroup v2 id (0: every cgroup). Filtering
+    /// here keeps unrelated events out of the ring buffer.
+    pub trace_cgroup_id: u64,
 }
 
 /// Where page-table frees are counted.
@@ -187,8 +220,15 @@ pub mod cause {
     pub const EXIT: u32 = 2;
     /// Anything else (exec stack move, ...).
     pub const OTHER: u32 = 3;
-    pub const COUNT: usize = 4;
-    pub const NAMES: [&str; COUNT] = ["reclaim", "unmap", "exit", "other"];
+    /// A PTE table retired by collapsing its range into a PMD-mapped file
+    /// or shmem THP (`pte_free_defer`, 6.5+: khugepaged, `MADV_COLLAPSE`).
+    pub const COLLAPSE: u32 = 4;
+    /// The PTE table deposited with an anonymous THP (kept to split the
+    /// huge PMD later), freed when the huge PMD is zapped: DONTNEED, munmap
+    /// or exit of a THP-backed range (`zap_huge_pmd`).
+    pub const THP: u32 = 5;
+    pub const COUNT: usize = 6;
+    pub const NAMES: [&str; COUNT] = ["reclaim", "unmap", "exit", "other", "collapse", "thp"];
 }
 
 /// Which level of the page-table tree a freed page belonged to.
@@ -201,6 +241,46 @@ pub mod level {
     pub const UNKNOWN: u32 = 4;
     pub const COUNT: usize = 5;
     pub const NAMES: [&str; COUNT] = ["pte", "pmd", "pud", "p4d", "unknown"];
+}
+
+/// What a [`TraceEvent`] reports.
+pub mod event_kind {
+    /// A `MADV_DONTNEED`/`MADV_DONTNEED_LOCKED` call finished (madvise or
+    /// process_madvise): its range, and the PTE tables it reclaimed.
+    pub const DONTNEED: u32 = 0;
+    /// One page-table page freed (fentry and kprobe plans only).
+    pub const FREE: u32 = 1;
+    pub const COUNT: usize = 2;
+    pub const NAMES: [&str; COUNT] = ["dontneed", "free"];
+}
+
+/// One event of `ptwatch trace`, sent through the `TRACE_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    /// Range of a DONTNEED call; `len` 0 when unknown (frees, and
+    /// process_madvise with several iovecs).
+    pub start: u64,
+    pub len: u64,
+    /// Bytes a DONTNEED call advised (0 for frees).
+    pub bytes: u64,
+    /// Page-table pages: reclaimed by the call, or 1 for a free.
+    pub pages: u64,
+    /// cgroup v2 id of the running task (0 without cgroup v2).
+    pub cgroup_id: u64,
+    /// Process the pages belong to (0: a free whose mm has no owner left)
+    /// and the running thread.
+    pub tgid: u32,
+    pub tid: u32,
+    /// [`event_kind`], [`cause`] and [`level`] values.
+    pub kind: u32,
+    pub cause: u32,
+    pub level: u32,
+    pub _pad: u32,
+    /// `comm` of the process (the mm's owner for frees).
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Key of the per-process page-table free counters.
@@ -351,4 +431,5 @@ mod pod {
     unsafe impl aya::Pod for super::FreeKey {}
     unsafe impl aya::Pod for super::FreeCounters {}
     unsafe impl aya::Pod for super::NodeFrees {}
+    unsafe impl aya::Pod for super::TraceEvent {}
 }

@@ -24,6 +24,7 @@ use ptwatch_common::{
 use crate::{
     atomic,
     counters::{record_free_update_failure, record_pte_pages_reclaimed},
+    events,
     kernel::{config, read_kernel, CurrentTask},
     madvise::in_dontneed,
 };
@@ -112,15 +113,21 @@ fn classify(config: &KernelConfig, tlb: u64, tid: u32, level_of_table: u32) -> u
 #[inline(always)]
 fn on_free(tlb: u64, level_of_table: u32) {
     let config = config();
-    let task = CurrentTask::get();
     let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
         return;
     };
-    let owner = owner(&config, mm);
+    let why = classify(&config, tlb, CurrentTask::get().tid, level_of_table);
+    record_free(&config, mm, why, level_of_table);
+}
+
+/// Count one page-table page of `mm` freed for `why`: on the node, and for
+/// the process owning `mm`. Every free, whatever hook saw it, ends here.
+#[inline(always)]
+fn record_free(config: &KernelConfig, mm: u64, why: u32, level_of_table: u32) {
+    let owner = owner(config, mm);
     if owner.as_ref().is_some_and(|o| u64::from(o.tgid) == config.agent_tgid) {
         return;
     }
-    let why = classify(&config, tlb, task.tid, level_of_table);
     if let Some(node) = NODE_FREES.get_ptr_mut(0) {
         let (c, l) = (why as usize, level_of_table as usize);
         if c < cause::COUNT && l < level::COUNT {
@@ -128,6 +135,9 @@ fn on_free(tlb: u64, level_of_table: u32) {
             unsafe { (*node).pages[c][l] += 1 };
         }
     }
+    // `ptwatch trace` only; for the agent a branch on a constant.
+    let (tgid, comm) = owner.as_ref().map_or((0, [0; COMM_LEN]), |o| (o.tgid, o.comm));
+    events::page_table_freed(config, tgid, comm, why, level_of_table);
     let Some(owner) = owner else {
         return;
     };
@@ -186,6 +196,34 @@ fn on_level_function(tlb: u64, level_of_table: u32) {
     }
 }
 
+/// `pte_free_defer(mm, pgtable)`: a PTE table retired after its range was
+/// collapsed into a PMD-mapped THP; freed after an RCU grace period.
+#[inline(always)]
+fn on_pte_free_defer(mm: u64) {
+    record_free(&config(), mm, cause::COLLAPSE, level::PTE);
+}
+
+/// x86 `_PAGE_PSE`: the PMD maps a huge page rather than a PTE table.
+const PMD_HUGE: u64 = 1 << 7;
+
+/// `zap_huge_pmd(tlb, vma, pmd, addr)`. When the PMD maps an anonymous THP
+/// (or the huge zero page), the kernel frees the PTE table deposited with it
+/// (`zap_deposited_table`, an inline `pte_free` with no hook of its own).
+/// File THPs carry no deposited table on x86. A huge PMD that is being
+/// migrated (not present, no PSE bit) is missed: rare and short-lived.
+#[inline(always)]
+fn on_zap_huge_pmd(tlb: u64, vma: u64, pmd: u64) {
+    let config = config();
+    let anonymous = read_kernel::<u64>(vma, config.vma_vm_ops_offset) == Some(0);
+    let huge = read_kernel::<u64>(pmd, 0).is_some_and(|entry| entry & PMD_HUGE != 0);
+    if !(anonymous && huge) {
+        return;
+    }
+    if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) {
+        record_free(&config, mm, cause::THP, level::PTE);
+    }
+}
+
 #[inline(always)]
 fn on_free_pgtables_entry(_tlb: u64) {
     let _ = IN_FREE_PGTABLES.insert(CurrentTask::get().tid, 1, 0);
@@ -196,34 +234,39 @@ fn on_free_pgtables_exit() {
     let _ = IN_FREE_PGTABLES.remove(CurrentTask::get().tid);
 }
 
-/// Defines each entry hook twice, as fentry and as kprobe, from one handler
-/// taking the first argument (the `struct mmu_gather *`). Program names must
-/// match `ptwatch_common::hooks`.
+/// Defines each entry hook twice, as fentry and as kprobe, from one body
+/// using the named arguments (fentry may only read the arguments the
+/// function has, so each hook lists its own). Program names must match
+/// `ptwatch_common::hooks`.
 macro_rules! entry_hooks {
-    ($($function:literal => $fentry:ident, $kprobe:ident, $handler:expr;)*) => {$(
+    ($($function:literal ($($arg:ident = $index:literal),+) => $fentry:ident, $kprobe:ident, $body:expr;)*) => {$(
         #[fentry(function = $function)]
         pub fn $fentry(ctx: FEntryContext) -> u32 {
-            ($handler)(ctx.arg::<u64>(0));
+            $(let $arg: u64 = ctx.arg($index);)+
+            $body;
             0
         }
 
         #[kprobe]
         pub fn $kprobe(ctx: ProbeContext) -> u32 {
-            if let Some(tlb) = ctx.arg::<u64>(0) {
-                ($handler)(tlb);
-            }
+            $(let Some($arg) = ctx.arg::<u64>($index) else {
+                return 0;
+            };)+
+            $body;
             0
         }
     )*};
 }
 
 entry_hooks! {
-    "tlb_remove_table" => tlb_remove_table_fentry, tlb_remove_table_kprobe, on_tlb_remove_table;
-    "___pte_free_tlb" => pte_free_tlb_fentry, pte_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PTE);
-    "___pmd_free_tlb" => pmd_free_tlb_fentry, pmd_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PMD);
-    "___pud_free_tlb" => pud_free_tlb_fentry, pud_free_tlb_kprobe, |tlb| on_level_function(tlb, level::PUD);
-    "___p4d_free_tlb" => p4d_free_tlb_fentry, p4d_free_tlb_kprobe, |tlb| on_level_function(tlb, level::P4D);
-    "free_pgtables" => free_pgtables_fentry, free_pgtables_kprobe, on_free_pgtables_entry;
+    "tlb_remove_table"(tlb = 0) => tlb_remove_table_fentry, tlb_remove_table_kprobe, on_tlb_remove_table(tlb);
+    "___pte_free_tlb"(tlb = 0) => pte_free_tlb_fentry, pte_free_tlb_kprobe, on_level_function(tlb, level::PTE);
+    "___pmd_free_tlb"(tlb = 0) => pmd_free_tlb_fentry, pmd_free_tlb_kprobe, on_level_function(tlb, level::PMD);
+    "___pud_free_tlb"(tlb = 0) => pud_free_tlb_fentry, pud_free_tlb_kprobe, on_level_function(tlb, level::PUD);
+    "___p4d_free_tlb"(tlb = 0) => p4d_free_tlb_fentry, p4d_free_tlb_kprobe, on_level_function(tlb, level::P4D);
+    "free_pgtables"(tlb = 0) => free_pgtables_fentry, free_pgtables_kprobe, on_free_pgtables_entry(tlb);
+    "pte_free_defer"(mm = 0) => pte_free_defer_fentry, pte_free_defer_kprobe, on_pte_free_defer(mm);
+    "zap_huge_pmd"(tlb = 0, vma = 1, pmd = 2) => zap_huge_pmd_fentry, zap_huge_pmd_kprobe, on_zap_huge_pmd(tlb, vma, pmd);
 }
 
 #[fexit(function = "free_pgtables")]

@@ -22,6 +22,10 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     task_tgid_offset: 0,
     task_comm_offset: 0,
     tlb_fullmm_bit: 0,
+    vma_vm_ops_offset: 0,
+    emit_events: 0,
+    trace_tgid: 0,
+    trace_cgroup_id: 0,
 };
 
 #[inline(always)]

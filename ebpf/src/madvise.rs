@@ -19,6 +19,7 @@ use ptwatch_common::{InflightCall, KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LO
 
 use crate::{
     counters::{record_approximate_call, record_dontneed_call, record_inflight_failure, record_pte_pages_reclaimed},
+    events,
     kernel::{config, current_mm, pgtables_bytes, CurrentTask},
     pagetable::count_pte_tables,
 };
@@ -89,6 +90,7 @@ fn on_enter<const WALK: bool>(start: u64, len: u64, walk: bool) {
             }
         }
     }
+    events::dontneed_call_started(&config, task.tid);
     if INFLIGHT.insert(task.tid, call, 0).is_err() {
         record_inflight_failure();
     }
@@ -107,11 +109,13 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
         return;
     };
     let _ = INFLIGHT.remove(task.tid);
+    let mut reclaimed = 0;
     if config.reclaim_from_frees == 0 {
         let Some(mm) = current_mm(&config) else {
             return;
         };
         if let Some(pages) = reclaimed_pages::<WALK>(&config, mm, &call) {
+            reclaimed = pages;
             if pages > 0 {
                 record_pte_pages_reclaimed(task.tgid, pages);
             }
@@ -120,6 +124,7 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     if ret >= 0 {
         let bytes = if bytes_from_ret { ret as u64 } else { call.len };
         record_dontneed_call(task.tgid, bytes);
+        events::dontneed_call_done(&config, task, &call, reclaimed, bytes);
     }
 }
 

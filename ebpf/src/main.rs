@@ -2,7 +2,8 @@
 //!
 //! One object serves every kernel: struct offsets and other kernel facts come
 //! from the agent through [`KernelConfig`] (see `kernel.rs`), set before load.
-//! Programs only aggregate into maps; nothing is sent to userspace per event.
+//! Programs aggregate into maps; per-event records go to userspace only in
+//! `ptwatch trace`'s own instance (`events.rs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic RMW intrinsics (see atomic.rs); eBPF is built with RUSTC_BOOTSTRAP=1.
@@ -15,6 +16,8 @@ mod agent_request;
 mod atomic;
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod events;
 #[cfg(target_arch = "bpf")]
 mod frees;
 #[cfg(target_arch = "bpf")]

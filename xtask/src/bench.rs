@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::{cargo::Built, cmd};
 
 mod agent;
+mod footprint;
 mod stats;
 mod work;
 
@@ -39,6 +40,19 @@ pub struct BenchArgs {
     /// Target length of one run in seconds, when --iterations is not given.
     #[arg(long, default_value_t = 1.5)]
     run_secs: f64,
+    /// Measure only the agent's own footprint (RSS, CPU, /metrics latency),
+    /// not the slowdown of a DONTNEED-heavy process.
+    #[arg(long)]
+    footprint_only: bool,
+    /// Length of each footprint CPU measurement, seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    footprint_secs: u64,
+    /// Tracked processes of the footprint's busy phase.
+    #[arg(long, default_value_t = 1000)]
+    footprint_processes: usize,
+    /// Series in the /metrics answer whose latency is measured.
+    #[arg(long, default_value_t = 10_000)]
+    footprint_series: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,11 +181,31 @@ fn with_run(
 }
 
 pub fn run(built: &Built, args: &BenchArgs) -> Result<()> {
-    ensure!(args.run_secs > 0.0 && args.run_secs <= 10.0, "--run-secs must be in (0, 10]");
     let dir = built.workspace.target.join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = dir.join("agent.log");
     fs::write(&log, "").with_context(|| format!("truncating {}", log.display()))?;
+    if !args.footprint_only {
+        slowdown(built, args, &dir, &log)?;
+    }
+    let options = footprint::Options {
+        window: std::time::Duration::from_secs(args.footprint_secs),
+        processes: args.footprint_processes,
+        series: args.footprint_series,
+    };
+    eprintln!("[bench] footprint: idle, {} tracked processes, ~{} series", options.processes, options.series);
+    let results = footprint::run(&built.ptwatch, &built.workload, &log, &options)?;
+    footprint::print(&results);
+    let path = dir.join("footprint.json");
+    let json = serde_json::to_string_pretty(&results).context("serialising results")?;
+    fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+/// Part 1: a DONTNEED-heavy loop with and without the agent.
+fn slowdown(built: &Built, args: &BenchArgs, dir: &Path, log: &Path) -> Result<()> {
+    ensure!(args.run_secs > 0.0 && args.run_secs <= 10.0, "--run-secs must be in (0, 10]");
 
     // A resident agent would make the "without" runs "with" runs too.
     let already = stats::snapshot(None)?;
@@ -210,7 +244,7 @@ pub fn run(built: &Built, args: &BenchArgs) -> Result<()> {
         for mode in order {
             let report = match mode {
                 Mode::Without => run_loop_child(iterations)?,
-                Mode::With => with_run(&built.ptwatch, &log, iterations, &mut totals)?,
+                Mode::With => with_run(&built.ptwatch, log, iterations, &mut totals)?,
             };
             if mode == Mode::With {
                 with_iterations += report.iterations;

@@ -29,7 +29,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// `prometheus` for promtool (tests check the exposition format with it);
 /// `python3-prometheus-client` for its OpenMetrics parser (tests check
 /// OpenMetrics output with it, through `/usr/bin/python3`);
-/// `bpftool` (bench reads per-program run times with it).
+/// `bpftool` (bench reads per-program run times with it);
+/// `prometheus-node-exporter` (the deploy end-to-end test scrapes it for the
+/// dashboard's RAM-share panels), `systemd-container` (the deploy test boots
+/// systemd with `systemd-nspawn` to run the agent under its unit) and
+/// `python3-venv` (for [`PYTHON_TOOLS`]).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -38,7 +42,19 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "python3-prometheus-client",
     "bpftool",
+    "prometheus-node-exporter",
+    "systemd-container",
+    "python3-venv",
 ];
+
+/// A virtual environment for PyPI tools the tests run, outside the system
+/// Python (Debian marks it externally managed).
+pub const PYTHON_VENV: &str = "/opt/ptwatch-dev/venv";
+/// PyPI packages installed into [`PYTHON_VENV`], pinned:
+/// `kubernetes-validate` checks deploy/kubernetes against the Kubernetes
+/// OpenAPI schemas, `dockerfile` parses deploy/Containerfile with BuildKit's
+/// own parser (both in agent/tests/deploy_static.rs).
+const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0", "dockerfile==3.4.0"];
 
 fn step(what: &str) {
     eprintln!("[setup] {what}");
@@ -48,6 +64,7 @@ pub fn run() -> Result<()> {
     require_root()?;
     toolchain()?;
     packages()?;
+    python_tools()?;
     bpf_linker()?;
     MOUNTS.iter().try_for_each(mount_if_missing)
 }
@@ -148,6 +165,32 @@ fn packages() -> Result<()> {
         bail!("Debian packages still missing after apt-get install: {}; {how}", still.join(" "));
     }
     Ok(())
+}
+
+/// [`PYTHON_TOOLS`] in [`PYTHON_VENV`], through the venv's own pip.
+fn python_tools() -> Result<()> {
+    let venv = Path::new(PYTHON_VENV);
+    let python = venv.join("bin/python3");
+    let installed = |tool: &str| {
+        let (name, version) = tool.split_once("==").unwrap_or((tool, ""));
+        cmd::stdout(Command::new(&python).args(["-m", "pip", "show", name]))
+            .is_ok_and(|info| info.lines().any(|line| line == format!("Version: {version}")))
+    };
+    if python.exists() && PYTHON_TOOLS.iter().all(|tool| installed(tool)) {
+        step(&format!("Python tools {} in {PYTHON_VENV}: present", PYTHON_TOOLS.join(" ")));
+        return Ok(());
+    }
+    step(&format!("Python tools {}: missing, installing into {PYTHON_VENV} with pip", PYTHON_TOOLS.join(" ")));
+    if !python.exists() {
+        cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(venv))
+            .with_context(|| format!("creating the virtual environment {PYTHON_VENV} failed (package python3-venv)"))?;
+    }
+    cmd::run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS),
+    )
+    .with_context(|| format!("pip install {} failed: check network access to PyPI", PYTHON_TOOLS.join(" ")))
 }
 
 /// An executable named `name` in a PATH directory.

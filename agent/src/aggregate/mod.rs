@@ -10,9 +10,15 @@
 //! captured at the first event, see [`cgroup`]), and the per-cgroup totals
 //! sum the records of each cgroup plus those already dropped, so that a
 //! cgroup's counters never fall when its processes exit and expire.
+//!
+//! Only some processes get series of their own ([`selection`]); the others,
+//! and the records that expired, are summed into one `other` record per
+//! harvest, so that per-process cardinality is bounded and sums stay exact.
 
+mod batch;
 pub mod cgroup;
 pub mod host;
+pub mod selection;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -24,6 +30,7 @@ use ptwatch_common::{FreeCounters, FreeKey, NodeCounters, NodeFrees, ProcessCoun
 pub use self::{
     cgroup::CgroupLabels,
     host::{Host, SystemHost},
+    selection::{Counts, Folded, RankBy, Selection},
 };
 use crate::{
     kernel::procfs,
@@ -49,6 +56,28 @@ pub struct ProcessRecord {
     pub cgroup: CgroupLabels,
     /// `VmPTE` in bytes while the process lives; None once it exited.
     pub pagetable_bytes: Option<u64>,
+    /// The last `VmPTE` read (bytes), kept after exit to rank the record.
+    pub last_pagetable_bytes: u64,
+    /// The process has its own series ([`selection`]).
+    pub selected: bool,
+    /// Counters when it was selected: its own series count from there.
+    pub baseline: Counts,
+}
+
+impl ProcessRecord {
+    /// What the process' own series show: its counters since selection.
+    pub fn own_pte_pages_reclaimed(&self) -> u64 {
+        self.pte_pages_reclaimed.saturating_sub(self.baseline.pte_pages_reclaimed)
+    }
+    pub fn own_dontneed_calls(&self) -> u64 {
+        self.dontneed_calls.saturating_sub(self.baseline.dontneed_calls)
+    }
+    pub fn own_dontneed_bytes(&self) -> u64 {
+        self.dontneed_bytes.saturating_sub(self.baseline.dontneed_bytes)
+    }
+    pub fn own_frees(&self, key: (u32, u32), pages: u64) -> u64 {
+        pages.saturating_sub(self.baseline.frees.get(&key).copied().unwrap_or(0))
+    }
 }
 
 impl ProcessRecord {
@@ -64,6 +93,32 @@ impl ProcessRecord {
             cgroup_id: 0,
             cgroup: CgroupLabels::default(),
             pagetable_bytes: None,
+            last_pagetable_bytes: 0,
+            selected: false,
+            baseline: Counts::default(),
+        }
+    }
+}
+
+/// What the kernel maps hold for one pid at a harvest.
+struct Fresh {
+    comm: [u8; ptwatch_common::COMM_LEN],
+    pte_pages_reclaimed: u64,
+    dontneed_calls: u64,
+    dontneed_bytes: u64,
+    cgroup_id: u64,
+    frees: BTreeMap<(u32, u32), u64>,
+}
+
+impl Fresh {
+    fn new(comm: [u8; ptwatch_common::COMM_LEN]) -> Self {
+        Self {
+            comm,
+            pte_pages_reclaimed: 0,
+            dontneed_calls: 0,
+            dontneed_bytes: 0,
+            cgroup_id: 0,
+            frees: BTreeMap::new(),
         }
     }
 }
@@ -101,6 +156,14 @@ struct Retired {
     last_seen: Instant,
 }
 
+/// Entries and capacity of one kernel hash map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
 /// Everything a scrape exports about the kernel side.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -112,6 +175,11 @@ pub struct Snapshot {
     pub cgroups: Vec<CgroupRecord>,
     /// `PageTables` of `/proc/meminfo`, bytes.
     pub node_pagetable_bytes: Option<u64>,
+    /// The maps read at harvest: entries left once exited processes were
+    /// released.
+    pub maps: Vec<MapUsage>,
+    /// Everything not in a selected process' own series.
+    pub folded: Folded,
 }
 
 /// Anything that can tell whether a pid is still running; real code asks
@@ -138,6 +206,16 @@ pub trait CounterSource {
     /// Forget processes in the kernel maps; `free_keys` are their keys in
     /// the free counters.
     fn forget(&mut self, pids: &HashSet<u32>, free_keys: &[FreeKey]);
+    /// Capacity of the process and free maps (fixed when they are created).
+    fn max_entries(&self) -> MapCapacity;
+}
+
+/// Capacity of the maps a [`CounterSource`] reads, as the kernel reports
+/// it (None if it cannot be asked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCapacity {
+    pub processes: Option<u32>,
+    pub frees: Option<u32>,
 }
 
 impl CounterSource for ProbeMaps {
@@ -168,17 +246,11 @@ impl CounterSource for ProbeMaps {
     }
 
     fn processes(&self) -> Result<Vec<(u32, ProcessCounters)>, ProbeError> {
-        self.processes
-            .iter()
-            .map(|entry| entry.map_err(|source| ProbeError::Map { name: "PROCESS_COUNTERS", source }))
-            .collect()
+        batch::entries(&self.processes).map_err(|source| ProbeError::Map { name: "PROCESS_COUNTERS", source })
     }
 
     fn frees(&self) -> Result<Vec<(FreeKey, FreeCounters)>, ProbeError> {
-        self.frees
-            .iter()
-            .map(|entry| entry.map_err(|source| ProbeError::Map { name: "PAGETABLE_FREES", source }))
-            .collect()
+        batch::entries(&self.frees).map_err(|source| ProbeError::Map { name: "PAGETABLE_FREES", source })
     }
 
     fn forget(&mut self, pids: &HashSet<u32>, free_keys: &[FreeKey]) {
@@ -189,6 +261,12 @@ impl CounterSource for ProbeMaps {
         for key in free_keys {
             let _ = self.frees.remove(key);
         }
+    }
+
+    fn max_entries(&self) -> MapCapacity {
+        use aya::maps::IterableMap as _;
+        let max = |map: &aya::maps::MapData| map.info().ok().map(|info| info.max_entries());
+        MapCapacity { processes: max(self.processes.map()), frees: max(self.frees.map()) }
     }
 }
 
@@ -201,6 +279,22 @@ pub struct Aggregator<S, L = ProcLiveness, H = SystemHost> {
     processes: BTreeMap<u32, ProcessRecord>,
     /// Counts of expired records, by cgroup path.
     retired: BTreeMap<String, Retired>,
+    capacity: MapCapacity,
+    selection: Selection,
+    /// Whole counts of records that are gone (expired, or pid recycled).
+    folded_retired: Counts,
+    /// `memory.stat` pagetables by cgroup path, as the last full harvest
+    /// (or, for a cgroup new since, the first harvest that had it) read it.
+    cgroup_pagetable_bytes: BTreeMap<String, Option<u64>>,
+}
+
+/// What a harvest asks the host (`/proc`, cgroupfs) about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostReads {
+    /// Every record and cgroup.
+    All,
+    /// Records seen for the first time, cgroups not read before.
+    NewRecords,
 }
 
 impl<S: CounterSource> Aggregator<S> {
@@ -217,11 +311,31 @@ impl<S: CounterSource, L: Liveness> Aggregator<S, L> {
 
 impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
     pub fn with_host(source: S, liveness: L, host: H, exited_ttl: Duration) -> Self {
-        Self { source, liveness, host, exited_ttl, processes: BTreeMap::new(), retired: BTreeMap::new() }
+        let capacity = source.max_entries();
+        Self {
+            source,
+            liveness,
+            host,
+            exited_ttl,
+            processes: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            capacity,
+            selection: Selection::default(),
+            folded_retired: Counts::default(),
+            cgroup_pagetable_bytes: BTreeMap::new(),
+        }
     }
 
-    /// Keep the counts of a record that is going away in its cgroup's total.
+    /// Which processes get their own series (default: [`Selection::default`]).
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
+    }
+
+    /// Keep the counts of a record that is going away in `other` and in its
+    /// cgroup's total.
     fn retire(&mut self, record: &ProcessRecord, now: Instant) {
+        self.folded_retired.add_record(record);
         if !record.cgroup.is_known() {
             return;
         }
@@ -233,47 +347,76 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         retired.last_seen = now;
     }
 
-    /// Read the kernel maps and bring the records up to date.
+    /// Read the kernel maps and bring the records up to date, asking the
+    /// host about every record: liveness, `VmPTE`, cgroup `memory.stat`.
     pub fn harvest(&mut self, now: Instant) -> Result<Snapshot, ProbeError> {
+        self.harvest_with(now, HostReads::All)
+    }
+
+    /// Read the kernel maps and bring the counters up to date, asking the
+    /// host only about records seen for the first time. What the host says
+    /// about known records (liveness, `VmPTE`, `memory.stat`) stays as the
+    /// last [`Self::harvest`] found it: a scrape reads only the kernel maps,
+    /// whose cost is one lookup per process, while the `/proc` reads, which
+    /// cost an order of magnitude more, stay on the periodic harvest.
+    /// Counters (and so every sum with `other`) are as exact as with
+    /// [`Self::harvest`]; an exit is noticed at the next full harvest.
+    pub fn harvest_counters(&mut self, now: Instant) -> Result<Snapshot, ProbeError> {
+        self.harvest_with(now, HostReads::NewRecords)
+    }
+
+    fn harvest_with(&mut self, now: Instant, reads: HostReads) -> Result<Snapshot, ProbeError> {
+        let full = reads == HostReads::All;
         let node = self.source.node()?;
         let node_frees = self.source.node_frees()?;
         let counters = self.source.processes()?;
         let frees = self.source.frees()?;
 
-        // Everything the kernel knows now, per pid.
-        let mut current: BTreeMap<u32, ProcessRecord> = BTreeMap::new();
+        // Everything the kernel knows now, per pid. A record is built only
+        // for a pid seen for the first time: a scrape of thousands of known
+        // processes then allocates nothing per process.
+        let mut current: BTreeMap<u32, Fresh> = BTreeMap::new();
         for (pid, c) in &counters {
-            let record = current.entry(*pid).or_insert_with(|| ProcessRecord::new(*pid, &c.comm));
-            record.pte_pages_reclaimed = c.pte_pages_reclaimed;
-            record.dontneed_calls = c.dontneed_calls;
-            record.dontneed_bytes = c.dontneed_bytes;
-            record.cgroup_id = c.cgroup_id;
+            let fresh = current.entry(*pid).or_insert_with(|| Fresh::new(c.comm));
+            fresh.pte_pages_reclaimed = c.pte_pages_reclaimed;
+            fresh.dontneed_calls = c.dontneed_calls;
+            fresh.dontneed_bytes = c.dontneed_bytes;
+            fresh.cgroup_id = c.cgroup_id;
         }
         for (key, value) in &frees {
-            let record = current.entry(key.tgid).or_insert_with(|| ProcessRecord::new(key.tgid, &value.comm));
-            record.frees.insert((key.cause, key.level), value.pages);
+            let fresh = current.entry(key.tgid).or_insert_with(|| Fresh::new(value.comm));
+            fresh.frees.insert((key.cause, key.level), value.pages);
         }
 
         let mut gone = HashSet::new();
+        let mut released_free_keys = 0;
+        let mut new = HashSet::new();
         for (pid, fresh) in current {
-            let alive = self.liveness.is_alive(pid);
-            if alive {
+            // A known live record is still alive until a full harvest says
+            // otherwise; new and exited ones are always checked, since a
+            // recycled pid must not add to the old process' record.
+            let known_alive = self.processes.get(&pid).is_some_and(|r| r.exited_at.is_none());
+            let alive = (known_alive && !full) || self.liveness.is_alive(pid);
+            if self.processes.get(&pid).is_some_and(|old| old.exited_at.is_some()) {
+                // The old process' kernel entries were released when its
+                // exit was noticed, so these counts are a new process' on
+                // a recycled pid (alive or already gone too); the old
+                // one's counts stay in `other` and its cgroup's total.
                 if let Some(old) = self.processes.remove(&pid) {
-                    if old.exited_at.is_some() {
-                        // The pid was recycled after we saw the old process
-                        // exit: this is a new process; the old one's counts
-                        // stay in its cgroup's total.
-                        self.retire(&old, now);
-                    } else {
-                        self.processes.insert(pid, old);
-                    }
+                    self.retire(&old, now);
                 }
             }
-            let record = self.processes.entry(pid).or_insert_with(|| fresh.clone());
-            let exited_at = record.exited_at;
-            // comm and cgroup are what the process had when first seen.
-            let cgroup = std::mem::take(&mut record.cgroup);
-            *record = ProcessRecord { exited_at, comm: std::mem::take(&mut record.comm), cgroup, ..fresh };
+            let record = self.processes.entry(pid).or_insert_with(|| {
+                new.insert(pid);
+                ProcessRecord::new(pid, &fresh.comm)
+            });
+            // comm and cgroup are what the process had when first seen; the
+            // counters are the kernel's now, the rest is the aggregator's own.
+            record.pte_pages_reclaimed = fresh.pte_pages_reclaimed;
+            record.dontneed_calls = fresh.dontneed_calls;
+            record.dontneed_bytes = fresh.dontneed_bytes;
+            record.cgroup_id = fresh.cgroup_id;
+            record.frees = fresh.frees;
             if !alive {
                 record.exited_at.get_or_insert(now);
                 gone.insert(pid);
@@ -281,18 +424,22 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         }
         if !gone.is_empty() {
             let keys: Vec<FreeKey> = frees.iter().map(|(k, _)| *k).filter(|k| gone.contains(&k.tgid)).collect();
+            released_free_keys = keys.len();
             self.source.forget(&gone, &keys);
         }
         // Records whose kernel entries are gone (released at an earlier
         // harvest, or evicted): check they are still alive.
         let in_kernel: HashSet<u32> =
             counters.iter().map(|(pid, _)| *pid).chain(frees.iter().map(|(k, _)| k.tgid)).collect();
-        for record in self.processes.values_mut() {
-            if record.exited_at.is_none() && !in_kernel.contains(&record.pid) && !self.liveness.is_alive(record.pid) {
-                record.exited_at = Some(now);
+        if full {
+            for record in self.processes.values_mut() {
+                if record.exited_at.is_none() && !in_kernel.contains(&record.pid) && !self.liveness.is_alive(record.pid)
+                {
+                    record.exited_at = Some(now);
+                }
             }
         }
-        self.attribute(now);
+        self.attribute(now, if full { None } else { Some(&new) });
         let ttl = self.exited_ttl;
         let expired: Vec<u32> = self
             .processes
@@ -305,20 +452,37 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 self.retire(&record, now);
             }
         }
-        let cgroups = self.cgroup_totals(now);
+        self.selection.apply(&mut self.processes, &new);
+        let folded = selection::folded(&self.folded_retired, self.processes.values());
+        let cgroups = self.cgroup_totals(now, full);
+        let process_entries = counters.iter().filter(|(pid, _)| !gone.contains(pid)).count();
+        let maps = [
+            (ptwatch_common::names::PROCESS_COUNTERS, process_entries, self.capacity.processes),
+            (ptwatch_common::names::PAGETABLE_FREES, frees.len() - released_free_keys, self.capacity.frees),
+        ]
+        .into_iter()
+        .filter_map(|(name, entries, max)| {
+            Some(MapUsage { name, entries: entries as u64, max_entries: u64::from(max?) })
+        })
+        .collect();
         Ok(Snapshot {
             node,
             node_frees,
             processes: self.processes.values().cloned().collect(),
             cgroups,
             node_pagetable_bytes: self.host.node_pagetable_bytes(),
+            maps,
+            folded,
         })
     }
 
     /// Resolve the cgroup of records that have none yet, and read the
-    /// page-table memory of the live ones.
-    fn attribute(&mut self, now: Instant) {
+    /// page-table memory of the live ones (of those in `only`, if given).
+    fn attribute(&mut self, now: Instant, only: Option<&HashSet<u32>>) {
         for record in self.processes.values_mut() {
+            if only.is_some_and(|only| !only.contains(&record.pid)) {
+                continue;
+            }
             let alive = record.exited_at.is_none();
             if !record.cgroup.is_known() {
                 // The id captured in the kernel is right even after the
@@ -339,36 +503,56 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 }
             }
             record.pagetable_bytes = if alive { self.host.process_pagetable_bytes(record.pid) } else { None };
+            if let Some(bytes) = record.pagetable_bytes {
+                record.last_pagetable_bytes = bytes;
+            }
         }
     }
 
     /// Per-cgroup totals: expired records plus current ones. Totals of a
     /// cgroup with no records left stay while its directory exists, and for
-    /// the TTL after it was removed.
-    fn cgroup_totals(&mut self, now: Instant) -> Vec<CgroupRecord> {
-        let mut totals: BTreeMap<String, CgroupRecord> = BTreeMap::new();
+    /// the TTL after it was removed. With `full` false, `memory.stat` is
+    /// read only for cgroups new since the last full harvest, and removed
+    /// cgroups are expired only by full harvests.
+    fn cgroup_totals(&mut self, now: Instant, full: bool) -> Vec<CgroupRecord> {
+        // Keyed by borrowed paths: labels are cloned once per cgroup, not
+        // once per process.
+        let mut totals: BTreeMap<&str, CgroupRecord> = BTreeMap::new();
         for record in self.processes.values().filter(|r| r.cgroup.is_known()) {
             totals
-                .entry(record.cgroup.path.clone())
+                .entry(record.cgroup.path.as_str())
                 .or_insert_with(|| CgroupRecord { labels: record.cgroup.clone(), ..CgroupRecord::default() })
                 .add(record);
         }
         // memory.stat only for cgroups with tracked processes: a removed
         // cgroup has none, and reading every old one would cost a file each.
-        for total in totals.values_mut() {
-            total.pagetable_bytes = self.host.cgroup_pagetable_bytes(&total.labels.path);
+        if full {
+            self.cgroup_pagetable_bytes.clear();
         }
-        let ttl = self.exited_ttl;
-        let host = &self.host;
-        self.retired.retain(|path, retired| {
-            if totals.contains_key(path) || host.cgroup_exists(path) {
-                retired.last_seen = now;
-            }
-            now.saturating_duration_since(retired.last_seen) < ttl
-        });
+        for total in totals.values_mut() {
+            let path = &total.labels.path;
+            total.pagetable_bytes = match self.cgroup_pagetable_bytes.get(path) {
+                Some(bytes) => *bytes,
+                None => {
+                    let bytes = self.host.cgroup_pagetable_bytes(path);
+                    self.cgroup_pagetable_bytes.insert(path.clone(), bytes);
+                    bytes
+                }
+            };
+        }
+        if full {
+            let ttl = self.exited_ttl;
+            let host = &self.host;
+            self.retired.retain(|path, retired| {
+                if totals.contains_key(path.as_str()) || host.cgroup_exists(path) {
+                    retired.last_seen = now;
+                }
+                now.saturating_duration_since(retired.last_seen) < ttl
+            });
+        }
         for (path, retired) in &self.retired {
             let total = totals
-                .entry(path.clone())
+                .entry(path.as_str())
                 .or_insert_with(|| CgroupRecord { labels: retired.totals.labels.clone(), ..CgroupRecord::default() });
             total.pte_pages_reclaimed += retired.totals.pte_pages_reclaimed;
             total.dontneed_calls += retired.totals.dontneed_calls;
@@ -431,6 +615,9 @@ mod tests {
             for key in free_keys {
                 script.frees.remove(&(key.tgid, key.cause, key.level));
             }
+        }
+        fn max_entries(&self) -> MapCapacity {
+            MapCapacity { processes: Some(16384), frees: Some(65536) }
         }
     }
 
@@ -717,5 +904,193 @@ mod tests {
         assert_eq!(snap.processes[0].pte_pages_reclaimed, 1);
         assert_eq!(snap.processes[0].cgroup.path, "/a");
         assert_eq!(snap.cgroups[0].pte_pages_reclaimed, 11);
+    }
+
+    // ---- per-process series selection (`selection`) ----
+
+    fn selected_with(
+        source: Shared,
+        alive: Alive,
+        host: FakeHost,
+        ttl: Duration,
+        selection: Selection,
+    ) -> Aggregator<Shared, Alive, FakeHost> {
+        Aggregator::with_host(source, alive, host, ttl).with_selection(selection)
+    }
+
+    fn top(top: usize, rank_by: RankBy) -> Selection {
+        Selection { top, rank_by, ..Selection::default() }
+    }
+
+    /// Own series of the selected records plus `other`, for each counter.
+    fn exported_sum(snap: &Snapshot) -> Counts {
+        let mut sum = snap.folded.counts.clone();
+        for record in snap.processes.iter().filter(|r| r.selected) {
+            sum.pte_pages_reclaimed += record.own_pte_pages_reclaimed();
+            sum.dontneed_calls += record.own_dontneed_calls();
+            sum.dontneed_bytes += record.own_dontneed_bytes();
+            for (key, pages) in &record.frees {
+                *sum.frees.entry(*key).or_default() += record.own_frees(*key, *pages);
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn top_one_keeps_the_biggest_and_folds_the_rest() {
+        let (source, alive, host) = (Shared::default(), Alive::default(), FakeHost::default());
+        alive.0.borrow_mut().extend([1, 2]);
+        source.0.borrow_mut().processes.insert(1, counters(512, b"big"));
+        source.0.borrow_mut().processes.insert(2, counters(8, b"small"));
+        let mut agg = selected_with(source.clone(), alive, host, Duration::from_secs(60), top(1, RankBy::Reclaimed));
+        let snap = agg.harvest(Instant::now()).unwrap();
+        let big = snap.processes.iter().find(|r| r.pid == 1).unwrap();
+        assert!(big.selected);
+        // Selected at the harvest that first saw it: all its counts are its own.
+        assert_eq!(big.own_pte_pages_reclaimed(), 512);
+        assert!(!snap.processes.iter().find(|r| r.pid == 2).unwrap().selected);
+        assert_eq!(snap.folded.counts.pte_pages_reclaimed, 8);
+        assert_eq!(snap.folded.processes, 1);
+        assert_eq!(exported_sum(&snap).pte_pages_reclaimed, 520);
+        assert_eq!(exported_sum(&snap).dontneed_calls, 2);
+    }
+
+    #[test]
+    fn a_process_selected_later_counts_from_its_selection() {
+        let (source, alive, host) = (Shared::default(), Alive::default(), FakeHost::default());
+        alive.0.borrow_mut().insert(5);
+        source.0.borrow_mut().processes.insert(5, counters(4, b"late"));
+        let selection = Selection { min_reclaimed_pages: Some(10), ..Selection::default() };
+        let mut agg = selected_with(source.clone(), alive, host, Duration::from_secs(60), selection);
+        let t0 = Instant::now();
+        let snap = agg.harvest(t0).unwrap();
+        assert!(!snap.processes[0].selected, "below the threshold");
+        assert_eq!(snap.folded.counts.pte_pages_reclaimed, 4);
+        source.0.borrow_mut().processes.get_mut(&5).unwrap().pte_pages_reclaimed = 12;
+        let snap = agg.harvest(t0 + Duration::from_secs(1)).unwrap();
+        let record = &snap.processes[0];
+        assert!(record.selected);
+        // The 12 it had were exported in `other` (4) or are now (8): its own
+        // series starts at 0 and `other` keeps them.
+        assert_eq!(record.own_pte_pages_reclaimed(), 0);
+        assert_eq!(snap.folded.counts.pte_pages_reclaimed, 12);
+        source.0.borrow_mut().processes.get_mut(&5).unwrap().pte_pages_reclaimed = 20;
+        let snap = agg.harvest(t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(snap.processes[0].own_pte_pages_reclaimed(), 8);
+        assert_eq!(snap.folded.counts.pte_pages_reclaimed, 12);
+    }
+
+    #[test]
+    fn a_challenger_must_beat_the_weakest_by_a_quarter() {
+        let (source, alive, host) = (Shared::default(), Alive::default(), FakeHost::default());
+        alive.0.borrow_mut().extend([1, 2]);
+        host.0.borrow_mut().vmpte.insert(1, 100 << 10);
+        source.0.borrow_mut().processes.insert(1, counters(0, b"a"));
+        let mut agg =
+            selected_with(source.clone(), alive, host.clone(), Duration::from_secs(60), top(1, RankBy::PagetableBytes));
+        let t0 = Instant::now();
+        agg.harvest(t0).unwrap();
+        let selected =
+            |snap: &Snapshot| snap.processes.iter().filter(|r| r.selected).map(|r| r.pid).collect::<Vec<_>>();
+        // 120 KiB does not beat 100 KiB by more than a quarter.
+        host.0.borrow_mut().vmpte.insert(2, 120 << 10);
+        source.0.borrow_mut().processes.insert(2, counters(0, b"b"));
+        assert_eq!(selected(&agg.harvest(t0 + Duration::from_secs(1)).unwrap()), vec![1]);
+        // 130 KiB does.
+        host.0.borrow_mut().vmpte.insert(2, 130 << 10);
+        assert_eq!(selected(&agg.harvest(t0 + Duration::from_secs(2)).unwrap()), vec![2]);
+        // And the first needs more than 162.5 KiB to come back.
+        host.0.borrow_mut().vmpte.insert(1, 150 << 10);
+        assert_eq!(selected(&agg.harvest(t0 + Duration::from_secs(3)).unwrap()), vec![2]);
+        host.0.borrow_mut().vmpte.insert(1, 170 << 10);
+        let snap = agg.harvest(t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(selected(&snap), vec![1]);
+        // Gauges fold by plain sum: the live unselected process' VmPTE.
+        assert_eq!(snap.folded.pagetable_bytes, 130 << 10);
+    }
+
+    /// Many harvests of processes that start, grow, exit, expire and have
+    /// their pids reused: every `other` counter and every own series (while
+    /// it lasts) only grows, at most `top` processes have series, and own +
+    /// `other` equals what the kernel counted in total at every harvest.
+    #[test]
+    fn sums_stay_exact_and_counters_monotonic_through_churn() {
+        let (source, alive, host) = (Shared::default(), Alive::default(), FakeHost::default());
+        for rank_by in [RankBy::PagetableBytes, RankBy::Reclaimed] {
+            let selection = top(5, rank_by);
+            let mut agg =
+                selected_with(source.clone(), alive.clone(), host.clone(), Duration::from_secs(20), selection);
+            source.0.borrow_mut().processes.clear();
+            source.0.borrow_mut().frees.clear();
+            alive.0.borrow_mut().clear();
+            // Everything the kernel counted, also for processes already gone.
+            let mut truth = Counts::default();
+            let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let t0 = Instant::now();
+            let mut last_other = Counts::default();
+            let mut last_own: BTreeMap<u32, u64> = BTreeMap::new();
+            for step in 0..400u64 {
+                // A few pids from a small range, so they get reused.
+                for _ in 0..next(3) {
+                    let pid = 100 + next(40) as u32;
+                    if !alive.0.borrow().contains(&pid) && !source.0.borrow().processes.contains_key(&pid) {
+                        alive.0.borrow_mut().insert(pid);
+                        // A new process on a reused pid starts a new series.
+                        last_own.remove(&pid);
+                        source.0.borrow_mut().processes.insert(pid, counters(0, b"churn"));
+                        source.0.borrow_mut().processes.get_mut(&pid).unwrap().dontneed_calls = 0;
+                        source.0.borrow_mut().processes.get_mut(&pid).unwrap().dontneed_bytes = 0;
+                    }
+                }
+                let live: Vec<u32> = alive.0.borrow().iter().copied().collect();
+                for pid in live {
+                    let (pages, calls) = (next(64), next(3));
+                    let freed = next(4);
+                    if let Some(c) = source.0.borrow_mut().processes.get_mut(&pid) {
+                        c.pte_pages_reclaimed += pages;
+                        c.dontneed_calls += calls;
+                        c.dontneed_bytes += calls * 4096;
+                        truth.pte_pages_reclaimed += pages;
+                        truth.dontneed_calls += calls;
+                        truth.dontneed_bytes += calls * 4096;
+                    }
+                    *source.0.borrow_mut().frees.entry((pid, 2, 0)).or_default() += freed;
+                    *truth.frees.entry((2, 0)).or_default() += freed;
+                    host.0.borrow_mut().vmpte.insert(pid, next(1 << 20));
+                    if next(10) == 0 {
+                        alive.0.borrow_mut().remove(&pid);
+                    }
+                }
+                truth.frees.retain(|_, pages| *pages > 0);
+                let snap = agg.harvest(t0 + Duration::from_secs(step)).unwrap();
+                let mut sum = exported_sum(&snap);
+                sum.frees.retain(|_, pages| *pages > 0);
+                assert_eq!(sum, truth, "step {step} ({rank_by:?})");
+                let other = &snap.folded.counts;
+                assert!(other.pte_pages_reclaimed >= last_other.pte_pages_reclaimed, "step {step}");
+                assert!(other.dontneed_calls >= last_other.dontneed_calls, "step {step}");
+                assert!(other.dontneed_bytes >= last_other.dontneed_bytes, "step {step}");
+                for (key, pages) in &last_other.frees {
+                    assert!(other.frees.get(key).copied().unwrap_or(0) >= *pages, "step {step}");
+                }
+                last_other = other.clone();
+                let selected: Vec<&ProcessRecord> = snap.processes.iter().filter(|r| r.selected).collect();
+                assert!(selected.len() <= 5, "step {step}: {} selected", selected.len());
+                let own: BTreeMap<u32, u64> = selected.iter().map(|r| (r.pid, r.own_pte_pages_reclaimed())).collect();
+                for (pid, value) in &own {
+                    if let Some(before) = last_own.get(pid) {
+                        assert!(value >= before, "step {step}: own series of {pid} fell from {before} to {value}");
+                    }
+                }
+                last_own = own;
+                assert_eq!(snap.folded.processes as usize, snap.processes.len() - selected.len());
+            }
+        }
     }
 }

@@ -12,7 +12,8 @@ use prometheus::{
     Encoder as _, Registry, TextEncoder,
 };
 
-use crate::aggregate::{CgroupRecord, ProcessRecord, Snapshot};
+use super::self_metrics::{SelfReading, SelfSource};
+use crate::aggregate::{CgroupRecord, MapUsage, ProcessRecord, Snapshot};
 
 /// Facts about the agent fixed at start-up.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct AgentInfo {
     pub probes: Vec<(String, String)>,
     /// Page-table frees are probed (fentry or kprobe plan).
     pub frees_observed: bool,
+    /// The DONTNEED tracepoint programs are attached.
+    pub dontneed_attached: bool,
 }
 
 impl AgentInfo {
@@ -46,6 +49,9 @@ impl AgentInfo {
                 (plan.pt_reclaim.event.to_owned(), attach(&plan.pt_reclaim)),
             ],
             frees_observed: plan.pagetable_free.attach.is_some(),
+            dontneed_attached: ptwatch_common::names::MADVISE_PROGRAMS
+                .iter()
+                .all(|(_, walk, plain)| probes.attached().iter().any(|(name, _)| name == walk || name == plain)),
         }
     }
 }
@@ -61,7 +67,10 @@ pub fn exported_families(frees_observed: bool) -> Vec<&'static str> {
 
 /// Something that yields a fresh snapshot of the kernel counters.
 pub trait SnapshotSource: Send {
-    fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
+    /// `full`: also ask the host about every process and cgroup (the
+    /// periodic harvest); otherwise only about new ones (a scrape), see
+    /// [`crate::aggregate::Aggregator::harvest_counters`].
+    fn snapshot(&mut self, full: bool) -> anyhow::Result<Snapshot>;
 }
 
 impl<S, L, H> SnapshotSource for crate::aggregate::Aggregator<S, L, H>
@@ -70,8 +79,9 @@ where
     L: crate::aggregate::Liveness + Send,
     H: crate::aggregate::Host + Send,
 {
-    fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
-        Ok(self.harvest(Instant::now())?)
+    fn snapshot(&mut self, full: bool) -> anyhow::Result<Snapshot> {
+        let now = Instant::now();
+        Ok(if full { self.harvest(now)? } else { self.harvest_counters(now)? })
     }
 }
 
@@ -192,7 +202,13 @@ const MAP_UPDATE_FAILURES: Family = Family {
 };
 const TRACKED_PROCESSES: Family = Family {
     name: "ptwatch_tracked_processes",
-    help: "Processes with per-process series, including exited ones kept for --exited-ttl.",
+    help: "Processes with their own per-process series, including exited ones kept for --exited-ttl.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const FOLDED_PROCESSES: Family = Family {
+    name: "ptwatch_folded_processes",
+    help: "Processes counted by the agent (live, or exited within --exited-ttl) without their own series: their counts are in the pid=\"other\" series.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -227,6 +243,67 @@ const SCRAPE_ERRORS: Family = Family {
     labels: &[],
 };
 
+const MAP_ENTRIES: Family = Family {
+    name: "ptwatch_map_entries",
+    help: "Entries in each kernel hash map of the agent now (process and free counters: after the last harvest released exited processes).",
+    kind: MetricType::GAUGE,
+    labels: &["map"],
+};
+const MAP_MAX_ENTRIES: Family = Family {
+    name: "ptwatch_map_max_entries",
+    help: "Capacity of each kernel hash map of the agent (LRU maps evict their oldest entry when full).",
+    kind: MetricType::GAUGE,
+    labels: &["map"],
+};
+const PROBE_ATTACHED: Family = Family {
+    name: "ptwatch_probe_attached",
+    help: "1 when the event (pagetable_free, pt_reclaim, dontneed) has a working probe, else 0.",
+    kind: MetricType::GAUGE,
+    labels: &["event"],
+};
+const BPF_STATS_ENABLED: Family = Family {
+    name: "ptwatch_bpf_stats_enabled",
+    help: "1 while kernel.bpf_stats_enabled is set, so that the kernel counts eBPF program runs and their time.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const BPF_PROGRAM_RUNS: Family = Family {
+    name: "ptwatch_bpf_program_runs_total",
+    help: "Runs of each attached eBPF program counted by the kernel (run_cnt) while kernel.bpf_stats_enabled=1; exported only then.",
+    kind: MetricType::COUNTER,
+    labels: &["program"],
+};
+const BPF_PROGRAM_RUN_SECONDS: Family = Family {
+    name: "ptwatch_bpf_program_run_seconds_total",
+    help: "Time spent in each attached eBPF program counted by the kernel (run_time_ns) while kernel.bpf_stats_enabled=1; exported only then.",
+    kind: MetricType::COUNTER,
+    labels: &["program"],
+};
+const PROCESS_CPU_SECONDS: Family = Family {
+    name: "process_cpu_seconds_total",
+    help: "Total user and system CPU time spent by the agent in seconds.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+const PROCESS_RESIDENT_MEMORY: Family = Family {
+    name: "process_resident_memory_bytes",
+    help: "Resident memory size of the agent in bytes.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const PROCESS_START_TIME: Family = Family {
+    name: "process_start_time_seconds",
+    help: "Start time of the agent since unix epoch in seconds.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+const PROCESS_OPEN_FDS: Family = Family {
+    name: "process_open_fds",
+    help: "Number of open file descriptors of the agent.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+
 const ALL_FAMILIES: &[&Family] = &[
     &PTE_PAGES_RECLAIMED,
     &PAGETABLE_PAGES_FREED,
@@ -246,11 +323,22 @@ const ALL_FAMILIES: &[&Family] = &[
     &NODE_DONTNEED_BYTES,
     &MAP_UPDATE_FAILURES,
     &TRACKED_PROCESSES,
+    &FOLDED_PROCESSES,
     &BUILD_INFO,
     &PT_RECLAIM_SUPPORTED,
     &RECLAIM_ACCOUNTING,
     &APPROXIMATE_CALLS,
     &SCRAPE_ERRORS,
+    &MAP_ENTRIES,
+    &MAP_MAX_ENTRIES,
+    &PROBE_ATTACHED,
+    &BPF_STATS_ENABLED,
+    &BPF_PROGRAM_RUNS,
+    &BPF_PROGRAM_RUN_SECONDS,
+    &PROCESS_CPU_SECONDS,
+    &PROCESS_RESIDENT_MEMORY,
+    &PROCESS_START_TIME,
+    &PROCESS_OPEN_FDS,
 ];
 
 impl Family {
@@ -301,15 +389,22 @@ impl Family {
         family
     }
 
-    /// One sample per process; `value` None leaves the process out.
-    fn per_process(&self, processes: &[ProcessRecord], value: impl Fn(&ProcessRecord) -> Option<u64>) -> MetricFamily {
+    /// One sample per selected process (`value` None leaves it out), and
+    /// the `other` sample with everything else.
+    fn per_process(
+        &self,
+        processes: &[ProcessRecord],
+        other: u64,
+        value: impl Fn(&ProcessRecord) -> Option<u64>,
+    ) -> MetricFamily {
         let mut family = self.empty();
-        for process in processes {
+        for process in processes.iter().filter(|p| p.selected) {
             if let Some(value) = value(process) {
                 let pid = process.pid.to_string();
                 family.mut_metric().push(self.sample(&process_labels(process, &pid), value as f64));
             }
         }
+        family.mut_metric().push(self.sample(&OTHER_PROCESS_LABELS, other as f64));
         family
     }
 
@@ -325,6 +420,9 @@ impl Family {
     }
 }
 
+/// The labels of the series that carry the processes without their own.
+const OTHER_PROCESS_LABELS: [&str; 5] = ["other", "other", "", "", ""];
+
 fn process_labels<'a>(process: &'a ProcessRecord, pid: &'a str) -> [&'a str; 5] {
     let cgroup = &process.cgroup;
     [pid, &process.comm, &cgroup.path, &cgroup.container_id, &cgroup.pod_uid]
@@ -335,9 +433,44 @@ fn cgroup_labels(cgroup: &CgroupRecord) -> [&str; 3] {
     [&labels.path, &labels.container_id, &labels.pod_uid]
 }
 
+/// The agent's own families: probes, kernel maps, eBPF run statistics and
+/// the standard `process_*` metrics.
+pub fn self_families(snapshot: &Snapshot, info: &AgentInfo, reading: &SelfReading) -> Vec<MetricFamily> {
+    let mut attached = PROBE_ATTACHED.empty();
+    for (event, attach) in &info.probes {
+        attached.mut_metric().push(PROBE_ATTACHED.sample(&[event], if attach == "none" { 0.0 } else { 1.0 }));
+    }
+    attached.mut_metric().push(PROBE_ATTACHED.sample(&["dontneed"], if info.dontneed_attached { 1.0 } else { 0.0 }));
+    let (mut entries, mut max_entries) = (MAP_ENTRIES.empty(), MAP_MAX_ENTRIES.empty());
+    let maps: Vec<&MapUsage> = snapshot.maps.iter().chain(&reading.maps).collect();
+    for map in maps {
+        entries.mut_metric().push(MAP_ENTRIES.sample(&[map.name], map.entries as f64));
+        max_entries.mut_metric().push(MAP_MAX_ENTRIES.sample(&[map.name], map.max_entries as f64));
+    }
+    let (mut runs, mut run_seconds) = (BPF_PROGRAM_RUNS.empty(), BPF_PROGRAM_RUN_SECONDS.empty());
+    for program in &reading.programs {
+        runs.mut_metric().push(BPF_PROGRAM_RUNS.sample(&[&program.name], program.runs as f64));
+        run_seconds.mut_metric().push(BPF_PROGRAM_RUN_SECONDS.sample(&[&program.name], program.run_seconds));
+    }
+    let mut families = vec![attached, entries, max_entries, runs, run_seconds];
+    if let Some(enabled) = reading.bpf_stats_enabled {
+        families.push(BPF_STATS_ENABLED.single(&[], if enabled { 1.0 } else { 0.0 }));
+    }
+    if let Some(process) = &reading.process {
+        families.extend([
+            PROCESS_CPU_SECONDS.single(&[], process.cpu_seconds),
+            PROCESS_RESIDENT_MEMORY.single(&[], process.resident_bytes as f64),
+            PROCESS_START_TIME.single(&[], process.start_time_seconds),
+            PROCESS_OPEN_FDS.single(&[], process.open_fds as f64),
+        ]);
+    }
+    families
+}
+
 /// The metric families for one snapshot.
 pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Vec<MetricFamily> {
     let processes = &snapshot.processes;
+    let folded = &snapshot.folded;
     let node = &snapshot.node;
     let mut map_failures = MAP_UPDATE_FAILURES.empty();
     for (map, value) in [
@@ -351,13 +484,19 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
     let mut cgroup_frees = CGROUP_PAGETABLE_PAGES_FREED.empty();
     let mut node_frees = NODE_PAGETABLE_PAGES_FREED.empty();
     if info.frees_observed {
-        for process in processes {
+        for process in processes.iter().filter(|p| p.selected) {
             let pid = process.pid.to_string();
             let [pid, comm, cgroup, container_id, pod_uid] = process_labels(process, &pid);
             for (&(cause, level), &pages) in &process.frees {
                 let labels = [pid, comm, cgroup, container_id, pod_uid, cause_name(cause), level_name(level)];
-                frees.mut_metric().push(PAGETABLE_PAGES_FREED.sample(&labels, pages as f64));
+                let own = process.own_frees((cause, level), pages);
+                frees.mut_metric().push(PAGETABLE_PAGES_FREED.sample(&labels, own as f64));
             }
+        }
+        let [pid, comm, cgroup, container_id, pod_uid] = OTHER_PROCESS_LABELS;
+        for (&(cause, level), &pages) in &snapshot.folded.counts.frees {
+            let labels = [pid, comm, cgroup, container_id, pod_uid, cause_name(cause), level_name(level)];
+            frees.mut_metric().push(PAGETABLE_PAGES_FREED.sample(&labels, pages as f64));
         }
         for cgroup in &snapshot.cgroups {
             let [path, container_id, pod_uid] = cgroup_labels(cgroup);
@@ -383,13 +522,14 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
         node_pagetable_bytes.mut_metric().push(NODE_PAGETABLE_BYTES.sample(&[], bytes as f64));
     }
     vec![
-        PTE_PAGES_RECLAIMED.per_process(processes, |p| Some(p.pte_pages_reclaimed)),
+        PTE_PAGES_RECLAIMED
+            .per_process(processes, folded.counts.pte_pages_reclaimed, |p| Some(p.own_pte_pages_reclaimed())),
         frees,
         node_frees,
         probes,
-        DONTNEED_CALLS.per_process(processes, |p| Some(p.dontneed_calls)),
-        DONTNEED_BYTES.per_process(processes, |p| Some(p.dontneed_bytes)),
-        PROCESS_PAGETABLE_BYTES.per_process(processes, |p| p.pagetable_bytes),
+        DONTNEED_CALLS.per_process(processes, folded.counts.dontneed_calls, |p| Some(p.own_dontneed_calls())),
+        DONTNEED_BYTES.per_process(processes, folded.counts.dontneed_bytes, |p| Some(p.own_dontneed_bytes())),
+        PROCESS_PAGETABLE_BYTES.per_process(processes, folded.pagetable_bytes, |p| p.pagetable_bytes),
         CGROUP_PTE_PAGES_RECLAIMED.per_cgroup(cgroups, |c| Some(c.pte_pages_reclaimed)),
         CGROUP_DONTNEED_CALLS.per_cgroup(cgroups, |c| Some(c.dontneed_calls)),
         CGROUP_DONTNEED_BYTES.per_cgroup(cgroups, |c| Some(c.dontneed_bytes)),
@@ -400,7 +540,8 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
         NODE_DONTNEED_CALLS.single(&[], node.dontneed_calls as f64),
         NODE_DONTNEED_BYTES.single(&[], node.dontneed_bytes as f64),
         map_failures,
-        TRACKED_PROCESSES.single(&[], processes.len() as f64),
+        TRACKED_PROCESSES.single(&[], processes.iter().filter(|p| p.selected).count() as f64),
+        FOLDED_PROCESSES.single(&[], folded.processes as f64),
         BUILD_INFO.single(&[&info.version, &info.kernel, &info.probe_mode], 1.0),
         PT_RECLAIM_SUPPORTED.single(&[], if info.pt_reclaim_supported { 1.0 } else { 0.0 }),
         RECLAIM_ACCOUNTING.single(&[&info.reclaim_accounting], 1.0),
@@ -426,6 +567,8 @@ pub struct PtwatchCollector {
     state: Mutex<CollectorState>,
     info: AgentInfo,
     descs: Vec<Desc>,
+    /// The agent's own metrics; None in unit tests of the other families.
+    self_source: Option<Box<dyn SelfSource>>,
 }
 
 struct CollectorState {
@@ -448,18 +591,34 @@ impl PtwatchCollector {
                 .ok()
             })
             .collect();
-        Self { state: Mutex::new(CollectorState { source, last: Snapshot::default(), scrape_errors: 0 }), info, descs }
+        Self {
+            state: Mutex::new(CollectorState { source, last: Snapshot::default(), scrape_errors: 0 }),
+            info,
+            descs,
+            self_source: None,
+        }
+    }
+
+    /// Also export the agent's own metrics, read from `source` at each scrape.
+    pub fn with_self_source(mut self, source: Box<dyn SelfSource>) -> Self {
+        self.self_source = Some(source);
+        self
     }
 
     /// Harvest now (also used between scrapes, so that exits are noticed and
     /// kernel entries released even when nobody scrapes). Returns whether
     /// the kernel maps could be read (readiness waits for the first success).
     pub fn refresh(&self) -> bool {
+        self.update(true)
+    }
+
+    /// Harvest; `full` as in [`SnapshotSource::snapshot`].
+    fn update(&self, full: bool) -> bool {
         let mut state = match self.state.lock() {
             Ok(state) => state,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match state.source.snapshot() {
+        match state.source.snapshot(full) {
             Ok(snapshot) => {
                 state.last = snapshot;
                 true
@@ -479,12 +638,19 @@ impl Collector for PtwatchCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.refresh();
+        // The kernel maps are read at every scrape; what /proc and cgroupfs
+        // say comes from the periodic harvest (--harvest-interval).
+        self.update(false);
+        let reading = self.self_source.as_ref().map(|source| source.read()).unwrap_or_default();
         let state = match self.state.lock() {
             Ok(state) => state,
             Err(poisoned) => poisoned.into_inner(),
         };
-        families(&state.last, &self.info, state.scrape_errors)
+        let mut families = families(&state.last, &self.info, state.scrape_errors);
+        families.extend(self_families(&state.last, &self.info, &reading));
+        // Families without samples are left out, as client libraries do.
+        families.retain(|family| !family.get_metric().is_empty());
+        families
     }
 }
 
@@ -512,12 +678,13 @@ mod tests {
             pt_reclaim_supported: true,
             probes: vec![("pt_reclaim".into(), "fentry".into()), ("pagetable_free".into(), "fentry".into())],
             frees_observed: true,
+            dontneed_attached: true,
         }
     }
 
     struct Fixed(Snapshot);
     impl SnapshotSource for Fixed {
-        fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        fn snapshot(&mut self, _full: bool) -> anyhow::Result<Snapshot> {
             Ok(self.0.clone())
         }
     }
@@ -530,6 +697,7 @@ mod tests {
             dontneed_calls: 2,
             dontneed_bytes: 8192,
             frees: [((2, 0), 7), ((0, 0), reclaimed)].into_iter().collect(),
+            selected: true,
             ..ProcessRecord::new(pid, comm.as_bytes())
         }
     }
@@ -566,8 +734,10 @@ mod tests {
         assert!(text.contains(r#"ptwatch_build_info{version="0.1.0",kernel="6.18.0",probe_mode="tracepoint"} 1"#));
         assert!(text.contains("ptwatch_pt_reclaim_supported 1"));
         assert!(text.contains("# TYPE ptwatch_node_pte_pages_reclaimed_total counter"));
-        // No per-process samples: the family is omitted, not empty.
-        assert!(!text.contains("ptwatch_pte_pages_reclaimed_total{"));
+        // No process: only the `other` series, at zero.
+        assert!(text.contains(r#"ptwatch_pte_pages_reclaimed_total{pid="other",comm="other"} 0"#), "{text}");
+        assert_eq!(text.matches("ptwatch_pte_pages_reclaimed_total{").count(), 1, "{text}");
+        assert!(text.contains("ptwatch_folded_processes 0"), "{text}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use axum::{
     Router,
 };
 use base64::Engine as _;
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::{Encoder as _, Histogram, HistogramOpts, Registry, TextEncoder};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 
@@ -109,16 +109,38 @@ impl Auth {
 }
 
 /// What the handlers share with the agent: the registry once the probes are
-/// attached, and whether the first harvest has succeeded.
-#[derive(Default)]
+/// attached, whether the first harvest has succeeded, and how long building
+/// each response takes.
 pub struct Exporter {
     registry: OnceLock<Arc<Registry>>,
     ready: AtomicBool,
+    scrape_duration: Histogram,
+}
+
+/// Buckets of `ptwatch_scrape_duration_seconds`: 0.5 ms to 2.5 s, finest
+/// around the 10 ms goal of a 10,000-series scrape (docs/benchmarks.md).
+const SCRAPE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+impl Default for Exporter {
+    fn default() -> Self {
+        let opts = HistogramOpts::new(
+            "ptwatch_scrape_duration_seconds",
+            "Time to build each /metrics response (read the kernel maps, harvest, encode), seconds.",
+        )
+        .buckets(SCRAPE_BUCKETS.to_vec());
+        // Fails only on an invalid name or unsorted buckets, both constants.
+        let scrape_duration = Histogram::with_opts(opts).expect("valid histogram options");
+        Self { registry: OnceLock::new(), ready: AtomicBool::new(false), scrape_duration }
+    }
 }
 
 impl Exporter {
-    /// Start serving metrics from `registry` (once; later calls are ignored).
+    /// Start serving metrics from `registry` (once; later calls are ignored),
+    /// with the scrape duration histogram added to it.
     pub fn set_registry(&self, registry: Arc<Registry>) {
+        if let Err(err) = registry.register(Box::new(self.scrape_duration.clone())) {
+            tracing::warn!(error = %err, "cannot export ptwatch_scrape_duration_seconds");
+        }
         let _ = self.registry.set(registry);
     }
 
@@ -212,8 +234,14 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
     };
     let openmetrics =
         headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok()).any(openmetrics::preferred);
+    let scrape_duration = exporter.scrape_duration.clone();
     // Reading kernel maps is a series of syscalls: keep it off the reactor.
-    let encoded = tokio::task::spawn_blocking(move || encode(&registry, openmetrics)).await;
+    // The time is that of this work; it shows in the next scrape.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let _timer = scrape_duration.start_timer();
+        encode(&registry, openmetrics)
+    })
+    .await;
     match encoded {
         Ok(Ok((body, content_type))) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Ok(Err(err)) => {

@@ -3,60 +3,93 @@
 
 use std::{fs, io, path::Path};
 
-use crate::kernel::{
-    mapping::{AnonMapping, PTE_TABLE_SPAN},
-    procfs,
+use crate::{
+    kernel::{
+        mapping::{AnonMapping, PTE_TABLE_SPAN},
+        procfs,
+    },
+    privileges::{self, CapabilitySet, PrivilegeError, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupportError {
-    #[error("ptwatch must run as root (or with CAP_BPF and CAP_PERFMON) to load eBPF programs")]
-    NotPrivileged,
-    #[error("tracefs is not mounted and mounting it at {path} failed: {source}")]
+    #[error("missing capability {missing}: loading and attaching eBPF tracing programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root or grant them (docs/install.md#privileges)")]
+    MissingCapabilities { missing: CapabilitySet },
+    #[error(transparent)]
+    Capabilities(#[from] PrivilegeError),
+    #[error("tracefs is not mounted and mounting it at {path} failed (needs CAP_SYS_ADMIN; or mount it first: mount -t tracefs nodev {path}): {source}")]
     Tracefs {
         path: &'static str,
         #[source]
         source: io::Error,
     },
+    #[error("cannot read tracefs at {path} ({source}): tracefs is root-only; a non-root agent needs CAP_DAC_READ_SEARCH (docs/install.md#privileges)")]
+    TracefsUnreadable {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Effective capabilities of this process, from `/proc/self/status`.
-fn effective_capabilities() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Fail early, with one line, when the process cannot load and attach
-/// tracing programs: that needs CAP_BPF plus CAP_PERFMON (or CAP_SYS_ADMIN,
-/// which implies both).
+/// Fail early, with one line naming what is missing, when the process
+/// cannot load and attach tracing programs: that needs CAP_BPF plus
+/// CAP_PERFMON in the effective set (CAP_SYS_ADMIN implies both, and is the
+/// only way on kernels before 5.8).
 pub fn require_privileges() -> Result<(), SupportError> {
-    let caps = effective_capabilities();
-    let has = |cap: u32| caps & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let effective = privileges::current()?.effective;
+    if effective.has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing = CapabilitySet::of(&[CAP_BPF, CAP_PERFMON]).without(effective);
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(SupportError::NotPrivileged)
+        Err(SupportError::MissingCapabilities { missing })
     }
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where aya looks for tracefs, in its order.
+const TRACEFS_PLACES: [&str; 2] = [TRACEFS, "/sys/kernel/debug/tracing"];
+/// A tracepoint every plan attaches, read to prove tracefs is usable.
+const PROBE_EVENT_ID: &str = "events/syscalls/sys_enter_madvise/id";
 
-/// Tracepoints are found through tracefs; many hosts boot without it mounted.
+/// Tracepoints are found through tracefs: mount it when no place has it
+/// (many hosts boot without it; mounting needs CAP_SYS_ADMIN), and check
+/// that this process can read it (it is root-only: mode 0700).
 pub fn ensure_tracefs() -> Result<(), SupportError> {
-    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
-        return Ok(());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = TRACEFS_PLACES.into_iter().find(|place| tracefs_mounted_at(&mountinfo, place));
+    let place = match mounted {
+        Some(place) => place,
+        None => {
+            mount_tracefs()?;
+            TRACEFS
+        }
+    };
+    let id = Path::new(place).join(PROBE_EVENT_ID);
+    match fs::read_to_string(&id) {
+        Ok(_) => Ok(()),
+        Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+            Err(SupportError::TracefsUnreadable { path: place.to_owned(), source })
+        }
+        // A kernel without syscall tracepoints fails later with the name of
+        // the missing event; this check is about permission.
+        Err(_) => Ok(()),
     }
+}
+
+/// Whether `/proc/self/mountinfo` has a tracefs mount at `place` (field 5
+/// is the mount point, the field after ` - ` the type).
+fn tracefs_mounted_at(mountinfo: &str, place: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let mount_point = line.split_whitespace().nth(4);
+        let fstype = line.split_once(" - ").and_then(|(_, rest)| rest.split_whitespace().next());
+        mount_point == Some(place) && fstype == Some("tracefs")
+    })
+}
+
+fn mount_tracefs() -> Result<(), SupportError> {
     let source = c"nodev";
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
@@ -126,6 +159,16 @@ fn own_vmpte() -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_tracefs_mounts() {
+        let mountinfo = "25 18 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
+                         40 21 0:12 / /sys/kernel/tracing rw,relatime - tracefs nodev rw\n\
+                         41 22 0:13 / /sys/kernel/debug rw,relatime - debugfs debugfs rw\n";
+        assert!(tracefs_mounted_at(mountinfo, TRACEFS));
+        assert!(!tracefs_mounted_at(mountinfo, "/sys/kernel/debug/tracing"));
+        assert!(!tracefs_mounted_at(mountinfo, "/sys/kernel/debug"), "debugfs is not tracefs");
+    }
 
     #[test]
     fn behavioural_check_runs() {

@@ -27,6 +27,11 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
         task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
+        vma_vm_ops_offset: btf.member_offset("vm_area_struct", "vm_ops")?,
+        // Set only by `ptwatch trace` (see `LoadOptions`).
+        emit_events: 0,
+        trace_tgid: 0,
+        trace_cgroup_id: 0,
     })
 }
 

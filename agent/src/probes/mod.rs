@@ -12,7 +12,7 @@ mod object;
 pub mod plan;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -88,6 +88,47 @@ pub struct ProbeMaps {
     pub node_frees: PerCpuArray<MapData, NodeFrees>,
 }
 
+/// What a caller needs from the object besides the aggregation every plan
+/// does. The default is the agent's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Send a [`ptwatch_common::TraceEvent`] per DONTNEED call and per
+    /// page-table free (`ptwatch trace`).
+    pub events: Option<EventOptions>,
+}
+
+/// Kernel-side event filters and the ring buffer size of `ptwatch trace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventOptions {
+    /// Only this process (0: every process).
+    pub tgid: u32,
+    /// Only tasks in this cgroup v2 id (0: every cgroup).
+    pub cgroup_id: u64,
+    /// Ring buffer size: a power of two, at least one page.
+    pub ring_bytes: u32,
+}
+
+impl LoadOptions {
+    fn apply(&self, base: KernelConfig) -> KernelConfig {
+        match self.events {
+            Some(events) => KernelConfig {
+                emit_events: 1,
+                trace_tgid: u64::from(events.tgid),
+                trace_cgroup_id: events.cgroup_id,
+                ..base
+            },
+            None => base,
+        }
+    }
+}
+
+/// The event stream of an object loaded with [`LoadOptions::events`].
+pub struct EventMaps {
+    pub events: RingBuf<MapData>,
+    /// Events that did not fit in the ring buffer, per CPU.
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
 /// The loaded, attached programs. Dropping this detaches them.
 pub struct Probes {
     ebpf: Ebpf,
@@ -100,7 +141,12 @@ pub struct Probes {
 impl Probes {
     /// Choose and attach a plan for `mode` on this kernel.
     pub fn load(btf: &KernelBtf, mode: ProbeMode) -> Result<Self, ProbeError> {
-        let base = kernel_config(btf)?;
+        Self::load_with(btf, mode, LoadOptions::default())
+    }
+
+    /// [`Probes::load`] with options: the same plans, in the same order.
+    pub fn load_with(btf: &KernelBtf, mode: ProbeMode, options: LoadOptions) -> Result<Self, ProbeError> {
+        let base = options.apply(kernel_config(btf)?);
         let kallsyms = Kallsyms::load()
             .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: kprobe plans unavailable"))
             .ok();
@@ -108,8 +154,8 @@ impl Probes {
         for &attach in mode.alternatives() {
             let attempt = match attach {
                 Attach::Fentry | Attach::Kprobe => hook_set(attach, btf, kallsyms.as_ref())
-                    .and_then(|set| Self::try_hooks(base, attach, &set).map_err(|e| describe_error(&e))),
-                Attach::Tracepoint => return Self::tracepoint_plan(base, rejected),
+                    .and_then(|set| Self::try_hooks(base, attach, &set, &options).map_err(|e| describe_error(&e))),
+                Attach::Tracepoint => return Self::tracepoint_plan(base, rejected, &options),
             };
             match attempt {
                 Ok(mut probes) => {
@@ -134,9 +180,9 @@ impl Probes {
     }
 
     /// Load the object for a fentry or kprobe plan and attach every hook.
-    fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet) -> Result<Self, ProbeError> {
+    fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet, options: &LoadOptions) -> Result<Self, ProbeError> {
         let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source, ..base };
-        let mut ebpf = load_object(&config)?;
+        let mut ebpf = load_object(&config, options)?;
         let mut attached = attach_madvise(&mut ebpf, false)?;
         let kernel_btf = match attach {
             Attach::Fentry => Some(Btf::from_sys_fs().map_err(|e| ProbeError::Load(aya::EbpfError::BtfError(e)))?),
@@ -196,8 +242,8 @@ impl Probes {
 
     /// The tracepoint method: reclaim by page-table walk (or the
     /// `pgtables_bytes` fallback); page-table frees are not observable.
-    fn tracepoint_plan(base: KernelConfig, rejected: Vec<Rejected>) -> Result<Self, ProbeError> {
-        let (ebpf, accounting, attached) = load_calibrated(base)?;
+    fn tracepoint_plan(base: KernelConfig, rejected: Vec<Rejected>, options: &LoadOptions) -> Result<Self, ProbeError> {
+        let (ebpf, accounting, attached) = load_calibrated(base, options)?;
         match &accounting {
             ReclaimAccounting::PgtablesBytes { why } => tracing::warn!(
                 reason = %why,
@@ -248,6 +294,12 @@ impl Probes {
         &self.attached
     }
 
+    /// The loaded object, for the kernel's statistics of its programs and
+    /// maps (self-metrics, `export::self_metrics`).
+    pub fn object(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// Hand the aggregation maps over to their reader. Call once.
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
@@ -256,6 +308,12 @@ impl Probes {
             frees: self.take(names::PAGETABLE_FREES)?,
             node_frees: self.take(names::NODE_FREES)?,
         })
+    }
+
+    /// Hand the event stream over to its reader (objects loaded with
+    /// [`LoadOptions::events`]). Call once.
+    pub fn take_events(&mut self) -> Result<EventMaps, ProbeError> {
+        Ok(EventMaps { events: self.take(names::TRACE_EVENTS)?, lost: self.take(names::TRACE_LOST)? })
     }
 
     fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
@@ -293,39 +351,49 @@ fn attach_madvise(ebpf: &mut Ebpf, walk: bool) -> Result<AttachedPrograms, Probe
     Ok(attached)
 }
 
-fn load_object(config: &KernelConfig) -> Result<Ebpf, ProbeError> {
+fn load_object(config: &KernelConfig, options: &LoadOptions) -> Result<Ebpf, ProbeError> {
     let object = object::bytes();
     if object.is_empty() {
         return Err(ProbeError::NoObject);
     }
     tracing::debug!(?config, "kernel configuration for the programs");
-    EbpfLoader::new().override_global(names::KERNEL_CONFIG, config, true).load(object).map_err(ProbeError::Load)
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::KERNEL_CONFIG, config, true);
+    // The object's ring buffer is one page (what the agent, which sends no
+    // events, keeps); `trace` asks for its own size.
+    if let Some(events) = options.events {
+        loader.map_max_entries(names::TRACE_EVENTS, events.ring_bytes);
+    }
+    loader.load(object).map_err(ProbeError::Load)
 }
 
 /// Load the object and attach the DONTNEED programs with the page-table
 /// walk if calibration, the self-test and the kernel's verifier all accept
 /// it; else without it. The configuration is a frozen global, so each
 /// attempt is a fresh load of the object.
-fn load_calibrated(mut config: KernelConfig) -> Result<(Ebpf, ReclaimAccounting, AttachedPrograms), ProbeError> {
-    let why = match try_walk(&mut config) {
+fn load_calibrated(
+    mut config: KernelConfig,
+    options: &LoadOptions,
+) -> Result<(Ebpf, ReclaimAccounting, AttachedPrograms), ProbeError> {
+    let why = match try_walk(&mut config, options) {
         Ok((ebpf, attached)) => return Ok((ebpf, ReclaimAccounting::PageTableWalk, attached)),
         Err(why) => why,
     };
     config.direct_map_base = 0;
-    let mut ebpf = load_object(&config)?;
+    let mut ebpf = load_object(&config, options)?;
     let attached = attach_madvise(&mut ebpf, false)?;
     Ok((ebpf, ReclaimAccounting::PgtablesBytes { why }, attached))
 }
 
-fn try_walk(config: &mut KernelConfig) -> Result<(Ebpf, AttachedPrograms), String> {
-    let mut probe = load_object(config).map_err(|e| describe_error(&e))?;
+fn try_walk(config: &mut KernelConfig, options: &LoadOptions) -> Result<(Ebpf, AttachedPrograms), String> {
+    let mut probe = load_object(config, options).map_err(|e| describe_error(&e))?;
     let (base, levels) = calibrate::RequestChannel::open(&mut probe, names::PROG_AGENT_REQUEST)
         .and_then(|mut channel| calibrate::find_direct_map(&mut channel))
         .map_err(|e| e.to_string())?;
     drop(probe);
     config.direct_map_base = base;
     config.pgtable_levels = levels;
-    let mut ebpf = load_object(config).map_err(|e| describe_error(&e))?;
+    let mut ebpf = load_object(config, options).map_err(|e| describe_error(&e))?;
     calibrate::RequestChannel::open(&mut ebpf, names::PROG_WALK_SELF_TEST)
         .and_then(|mut channel| calibrate::self_test(&mut channel))
         .map_err(|e| e.to_string())?;

@@ -68,7 +68,7 @@ impl HookSet {
         };
         let mut functions: Vec<&str> = self.hooks.iter().map(|h| h.function).collect();
         functions.dedup();
-        format!("{counted_at}; hooks {}", functions.join(", "))
+        format!("{counted_at}; causes {}; hooks {}", self.causes().join(", "), functions.join(", "))
     }
 }
 
@@ -139,7 +139,9 @@ pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) ->
             return Err(format!("{} is not in {where_} (needed to tell unmap from other frees)", hook.function));
         }
     }
-    let context = hooks::CONTEXT.iter();
+    // Frees outside the mmu_gather add their own causes where the kernel has
+    // the function (pte_free_defer: 6.5+); without them the plan still works.
+    let context = hooks::CONTEXT.iter().chain(hooks::OUTSIDE_MMU_GATHER.iter().filter(|h| has(h.function)));
     // Count where the level is known when the PTE function can be hooked:
     // on 6.1 x86 native, tables never reach tlb_remove_table at all.
     let levels: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS.iter().filter(|h| has(h.function)).collect();
@@ -153,6 +155,23 @@ pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) ->
     // hook: the PMD/PUD/P4D ones name the other levels.
     let source = if levels.is_empty() { free_source::TLB_REMOVE_TABLE_NO_LEVEL } else { free_source::TLB_REMOVE_TABLE };
     Ok(HookSet { source, hooks: context.chain([&hooks::TLB_REMOVE_TABLE]).chain(levels).collect() })
+}
+
+impl HookSet {
+    /// The causes this set can tell apart, in [`ptwatch_common::cause`]
+    /// order: the mmu_gather ones always, `collapse` and `thp` with their hooks.
+    pub fn causes(&self) -> Vec<&'static str> {
+        let hooked = |hook: &Hook| self.hooks.iter().any(|h| h.function == hook.function);
+        ptwatch_common::cause::NAMES
+            .iter()
+            .copied()
+            .filter(|&name| match name {
+                "collapse" => hooked(&hooks::PTE_FREE_DEFER),
+                "thp" => hooked(&hooks::ZAP_HUGE_PMD),
+                _ => true,
+            })
+            .collect()
+    }
 }
 
 /// Which alternative an event uses and why the others were not used.
@@ -215,6 +234,9 @@ mod tests {
             }
             other => assert_eq!(other, free_source::TLB_REMOVE_TABLE_NO_LEVEL),
         }
+        // This kernel (6.18) has both functions outside the mmu_gather.
+        assert!(functions.contains(&"pte_free_defer") && functions.contains(&"zap_huge_pmd"), "{functions:?}");
+        assert_eq!(set.causes(), ptwatch_common::cause::NAMES);
         // Every hook has a program of each flavour in the object's naming.
         for hook in &set.hooks {
             assert!(hook.fentry.ends_with("_fentry") || hook.fentry.ends_with("_fexit"));

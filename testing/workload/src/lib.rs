@@ -14,6 +14,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
+pub mod huge;
+pub mod phases;
+
 pub const MIB: usize = 1 << 20;
 /// Span of one PTE table on x86_64 and arm64 with 4 KiB pages.
 pub const PTE_TABLE_SPAN: usize = 2 * MIB;

@@ -6,11 +6,15 @@
 //! ptwatch-workload unmap MIB     # touch, then munmap
 //! ptwatch-workload exit MIB      # touch, then exit with the mapping
 //! ptwatch-workload hold MIB      # touch, DONTNEED, print, keep the mapping until stdin closes
+//! ptwatch-workload fleet CHILDREN SPANS CONCURRENCY  # fork CHILDREN short-lived processes, each reclaiming SPANS tables
+//! ptwatch-workload phases MIB    # per stdin line: touch, DONTNEED, print the phase's report; EOF ends
+//! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
+//! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, hold_dontneeded, threads, unmap, Advice};
+use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -28,6 +32,8 @@ fn run() -> Result<()> {
         )?,
         Some("unmap") => unmap(arg(&args, 1, "MIB")?)?,
         Some("exit") => exit_with_tables(arg(&args, 1, "MIB")?)?,
+        Some("thp") => huge::thp_dontneed(arg(&args, 1, "MIB")?)?,
+        Some("collapse") => huge::collapse_shmem(arg(&args, 1, "MIB")?)?,
         Some("hold") => {
             let (report, region) = hold_dontneeded(arg(&args, 1, "MIB")?)?;
             hold(&report)?;
@@ -35,9 +41,15 @@ fn run() -> Result<()> {
             // Already printed: the report must be out before the wait.
             return Ok(());
         }
+        Some("phases") => return phases::phases(arg(&args, 1, "MIB")?),
+        Some("fleet") => {
+            let report = fleet::fleet(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?, arg(&args, 3, "CONCURRENCY")?)?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

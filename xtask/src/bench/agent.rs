@@ -28,6 +28,11 @@ impl Agent {
     /// Start `ptwatch agent` on a free local port, logging to `log`, and
     /// return once /metrics answers (the probes are attached by then).
     pub fn start(binary: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(binary, log, &[])
+    }
+
+    /// [`Agent::start`] with extra `ptwatch agent` arguments.
+    pub fn start_with(binary: &Path, log: &Path, args: &[&str]) -> Result<Self> {
         let addr = free_port()?;
         let out = File::options()
             .create(true)
@@ -39,6 +44,7 @@ impl Agent {
             .arg("agent")
             .arg("--listen")
             .arg(addr.to_string())
+            .args(args)
             // The log goes to a file: no terminal colour codes in it.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -53,6 +59,26 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `GET /metrics`: the whole body (the response ends when the agent
+    /// closes the connection).
+    pub fn scrape(&self) -> Result<String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).context("connecting")?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).context("setting a timeout")?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        stream.write_all(request.as_bytes()).context("sending the request")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).context("reading /metrics")?;
+        let response = String::from_utf8(response).context("/metrics is not UTF-8")?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("/metrics answered {}", head.lines().next().unwrap_or_default());
+        }
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            return Ok(dechunk(body));
+        }
+        Ok(body.to_owned())
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -135,4 +161,18 @@ fn metrics_answer(addr: SocketAddr) -> bool {
     };
     let head = String::from_utf8_lossy(&head[..n]);
     head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
