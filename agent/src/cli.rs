@@ -302,8 +302,11 @@ pub struct AgentArgs {
     #[arg(long, value_parser = parse_duration, env = "PTWATCH_EXITED_TTL")]
     pub exited_ttl: Option<Duration>,
 
-    /// How often kernel maps are harvested between scrapes, to notice exits
-    /// and release their kernel entries [default: 10s].
+    /// How often the full harvest runs: it reads /proc and cgroup files of
+    /// known processes (their page-table bytes, liveness), notices exits and
+    /// releases their kernel entries. A scrape reads only the kernel maps,
+    /// so counters are always current while the page-table byte gauges of
+    /// known processes and cgroups are at most this old [default: 10s].
     #[arg(long, value_parser = parse_duration, env = "PTWATCH_HARVEST_INTERVAL")]
     pub harvest_interval: Option<Duration>,
 

@@ -47,17 +47,18 @@ fn port_in_use_is_one_line() {
 #[test]
 fn sigterm_detaches_every_program() {
     let agent = support::AgentProcess::start(&[]);
-    let pid = agent.child.id();
+    let agent = agent
+        .wait_until("become ready", |a| support::http_get(a.addr, "/readyz").is_some_and(|(status, _)| status == 200));
+    let programs = support::bpf_ids_held(agent.child.id(), "prog_id");
+    assert!(programs.len() >= 2, "the ready agent holds its programs: {programs:?}");
+    assert_eq!(support::programs_still_loaded(&programs).len(), programs.len(), "loaded while it runs");
     let (status, stderr) = agent.stop();
     assert!(status.success(), "{status:?}: {stderr}");
-    // No program of that agent is left in the kernel.
-    let listing = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
-    let programs: serde_json::Value = serde_json::from_slice(&listing.stdout).expect("bpftool json");
-    let leftovers: Vec<_> = programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["pids"].as_array().into_iter().flatten().any(|o| o["pid"] == pid))
-        .collect();
-    assert!(leftovers.is_empty(), "programs left behind: {leftovers:?}");
+    // No program of that agent is left in the kernel (the kernel frees a
+    // program after its last descriptor closes, possibly an RCU period later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !support::programs_still_loaded(&programs).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(support::programs_still_loaded(&programs), Vec::<u64>::new(), "programs left behind");
 }

@@ -57,16 +57,10 @@ fn kernel_process_map(agent_pid: u32) -> (u64, u64) {
     };
     // bpftool does not list a map's holders here: take the map ids from
     // the agent's own descriptors.
-    let agent_maps: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{agent_pid}/fdinfo"))
-        .expect("agent fdinfo")
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok()))
-        .collect();
-    let maps = json(&["map", "show", "--json"]);
+    let agent_maps = support::bpf_ids_held(agent_pid, "map_id");
+    let maps = support::bpftool_objects("map");
     let map = maps
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .find(|m| {
             // Kernel object names are cut at 15 characters.
             m["name"] == "PROCESS_COUNTER" && m["id"].as_u64().is_some_and(|id| agent_maps.contains(&id))
@@ -295,23 +289,6 @@ fn harvested(agent: &AgentProcess, family: &str, pid: u32) -> f64 {
     }
 }
 
-/// Ids of the eBPF programs `pid` holds, from its descriptors' fdinfo
-/// (this bpftool does not list a program's holders).
-fn program_ids_of(pid: u32) -> std::collections::HashSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("agent fdinfo")
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
-        .collect()
-}
-
-/// Which of `ids` are still loaded in the kernel.
-fn still_loaded(ids: &std::collections::HashSet<u64>) -> Vec<u64> {
-    let listing = std::process::Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
-    let programs: serde_json::Value = serde_json::from_slice(&listing.stdout).expect("bpftool json");
-    programs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
-}
-
 /// Agent A sees phase 1 and is stopped by `signal`; phase 2 runs with no
 /// agent; agent B starts and sees phase 3. Each agent counts exactly the
 /// phase it saw: nothing from before its start, nothing twice.
@@ -321,7 +298,7 @@ fn restart_mid_workload(signal: libc::c_int) {
     let args = ["--harvest-interval", "250ms"];
 
     let agent_a = wait_ready(AgentProcess::start(&args));
-    let a_programs = program_ids_of(agent_a.child.id());
+    let a_programs = support::bpf_ids_held(agent_a.child.id(), "prog_id");
     assert!(!a_programs.is_empty(), "agent A holds its programs");
     let phase1 = workload.phase();
     assert_eq!(phase1.vmpte_drop_kib / 4, phase1.expected_tables, "{phase1:?}");
@@ -340,10 +317,10 @@ fn restart_mid_workload(signal: libc::c_int) {
     }
     // Killed or stopped, the kernel unloads what A held.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !still_loaded(&a_programs).is_empty() && Instant::now() < deadline {
+    while !support::programs_still_loaded(&a_programs).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(still_loaded(&a_programs), Vec::<u64>::new(), "programs of agent A left behind");
+    assert_eq!(support::programs_still_loaded(&a_programs), Vec::<u64>::new(), "programs of agent A left behind");
 
     let unobserved = workload.phase();
     assert!(unobserved.vmpte_drop_kib > 0);

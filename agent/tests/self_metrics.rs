@@ -8,7 +8,6 @@ mod support;
 use std::{
     collections::HashMap,
     fs,
-    process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -82,18 +81,9 @@ impl Drop for BpfStats {
 /// `(name, max_entries)` of the maps held by process `pid`: their ids from
 /// the descriptors' `/proc/<pid>/fdinfo`, names and capacities from bpftool.
 fn maps_of(pid: u32) -> HashMap<String, u64> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("list fdinfo") {
-        let Ok(info) = fs::read_to_string(entry.expect("fdinfo entry").path()) else { continue };
-        ids.extend(info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|id| id.trim().parse::<u64>().ok()));
-    }
+    let ids = support::bpf_ids_held(pid, "map_id");
     assert!(!ids.is_empty(), "the agent holds no eBPF map descriptors");
-    let output = Command::new("bpftool")
-        .args(["map", "show", "--json"])
-        .output()
-        .expect("bpftool is needed (Debian package bpftool; `cargo xtask setup` installs it)");
-    assert!(output.status.success(), "bpftool map show: {}", String::from_utf8_lossy(&output.stderr));
-    let maps: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let maps = support::bpftool_objects("map");
     maps.iter()
         .filter(|m| m["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter_map(|m| Some((m["name"].as_str()?.to_owned(), m["max_entries"].as_u64()?)))

@@ -382,3 +382,31 @@ impl Drop for Held {
         let _ = self.child.wait();
     }
 }
+
+/// Ids of the eBPF objects process `pid` holds descriptors of, from its
+/// `/proc/<pid>/fdinfo`: `kind` is `"prog_id"` or `"map_id"`. (This
+/// bpftool does not list an object's holding processes.)
+pub fn bpf_ids_held(pid: u32, kind: &str) -> std::collections::HashSet<u64> {
+    let prefix = format!("{kind}:");
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap_or_else(|err| panic!("reading /proc/{pid}/fdinfo: {err}"))
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok()))
+        .collect()
+}
+
+/// `bpftool <kind> show --json` (`kind`: `prog` or `map`): every such
+/// object loaded in the kernel.
+pub fn bpftool_objects(kind: &str) -> Vec<serde_json::Value> {
+    let output = Command::new("bpftool")
+        .args([kind, "show", "--json"])
+        .output()
+        .expect("bpftool is needed (Debian package bpftool; `cargo xtask setup` installs it)");
+    assert!(output.status.success(), "bpftool {kind} show: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("bpftool JSON")
+}
+
+/// Which of the program `ids` are still loaded in the kernel.
+pub fn programs_still_loaded(ids: &std::collections::HashSet<u64>) -> Vec<u64> {
+    bpftool_objects("prog").iter().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
+}
