@@ -133,6 +133,8 @@ fn guest_script(built: &Built, tests: &BTreeMap<String, PathBuf>, out: &Path, pt
              sysctl -qw kernel.bpf_stats_enabled=1\n\
              {workload} cuts 128 0 2048 4 dontneed > /dev/null\n\
              {workload} unmap 128 > /dev/null\n\
+             {workload} thp 16 > /dev/null\n\
+             {workload} collapse 16 > /dev/null\n\
              bpftool prog show --json > {out}/cost-{mode}.json\n\
              sysctl -qw kernel.bpf_stats_enabled=0\n\
              kill -TERM $agent; wait $agent; echo \"agent {mode} exit $?\"\n"

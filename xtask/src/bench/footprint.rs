@@ -252,17 +252,22 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
     agent.scrape()?;
     phases.push(phase(&agent, "tracking", fleet.len(), options.window)?);
 
-    // Series per tracked process, measured, to size the fleet for the target.
-    let text = agent.scrape()?;
-    let per_process = text.lines().filter(|l| l.contains("pid=\"") && !l.contains("pid=\"other\"")).count() as f64
-        / fleet.len().max(1) as f64;
-    let wanted = ((options.series as f64 - count_series(&text) as f64) / per_process.max(1.0)).ceil().max(0.0);
-    let target = fleet.len() + wanted as usize;
-    eprintln!(
-        "[bench] {per_process:.1} series per process: growing to {target} processes for ~{} series",
-        options.series
-    );
-    fleet.grow(workload, target)?;
+    // Series per tracked process, measured, to size the fleet for the
+    // target; other processes of the node skew the estimate, so grow again
+    // until the target is reached (a few rounds at most).
+    for _ in 0..4 {
+        let text = agent.scrape()?;
+        let series = count_series(&text);
+        if series >= options.series {
+            break;
+        }
+        let per_process = text.lines().filter(|l| l.contains("pid=\"") && !l.contains("pid=\"other\"")).count() as f64
+            / fleet.len().max(1) as f64;
+        let wanted = ((options.series - series) as f64 / per_process.max(1.0)).ceil().max(1.0);
+        let target = fleet.len() + wanted as usize;
+        eprintln!("[bench] {series} series, {per_process:.1} per process: growing to {target} processes");
+        fleet.grow(workload, target)?;
+    }
     let latency = latency(&agent, 50)?;
     eprintln!(
         "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
