@@ -147,7 +147,9 @@ fn costs(out: &Path, mode: &str) -> Result<BTreeMap<String, (u64, f64)>> {
     let path = out.join(format!("cost-{mode}.json"));
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let progs: Vec<BpftoolProg> = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let ours = ["madvise", "free_tlb", "tlb_remove_table", "free_pgtables", "agent_request"];
+    // Program names as bpftool shows them (cut at 15 characters).
+    let ours =
+        ["madvise", "free_tlb", "tlb_remove_table", "free_pgtables", "pte_free_defer", "zap_huge_pmd", "agent_request"];
     Ok(progs
         .into_iter()
         .filter_map(|p| {
