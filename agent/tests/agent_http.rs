@@ -8,45 +8,30 @@ use std::process::Command;
 
 use support::{promtool_check, pt_reclaim, run_workload, AgentProcess};
 
-fn parse(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text")
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
-        |s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        },
-    )
-}
-
 #[test]
 fn metrics_are_valid_prometheus_text_and_match_the_kernel() {
     assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let agent = AgentProcess::start(&[]);
     let report = run_workload(&["cuts", "64", "0", "2048", "1", "dontneed"]);
-    let text = agent.scrape();
-    promtool_check(&text);
-    let scrape = parse(&text);
+    let metrics = agent.metrics();
+    promtool_check(&metrics.text);
     let pid = report.pid.to_string();
     let labels = [("pid", pid.as_str()), ("comm", "ptwatch-workloa")];
     assert_eq!(
-        value(&scrape, "ptwatch_pte_pages_reclaimed_total", &labels),
+        metrics.get("ptwatch_pte_pages_reclaimed_total", &labels),
         Some((report.vmpte_drop_kib / 4) as f64),
-        "{text}"
+        "{}",
+        metrics.text
     );
-    assert_eq!(value(&scrape, "ptwatch_madvise_dontneed_calls_total", &labels), Some(report.calls as f64));
-    assert_eq!(value(&scrape, "ptwatch_madvise_dontneed_bytes_total", &labels), Some(report.bytes as f64));
-    assert!(value(&scrape, "ptwatch_node_pte_pages_reclaimed_total", &[]).is_some_and(|v| v >= 32.0));
-    assert_eq!(value(&scrape, "ptwatch_pt_reclaim_supported", &[]), Some(1.0));
+    assert_eq!(metrics.get("ptwatch_madvise_dontneed_calls_total", &labels), Some(report.calls as f64));
+    assert_eq!(metrics.get("ptwatch_madvise_dontneed_bytes_total", &labels), Some(report.bytes as f64));
+    assert!(metrics.get("ptwatch_node_pte_pages_reclaimed_total", &[]).is_some_and(|v| v >= 32.0));
+    assert_eq!(metrics.get("ptwatch_pt_reclaim_supported", &[]), Some(1.0));
     assert_eq!(
-        value(&scrape, "ptwatch_build_info", &[("probe_mode", "tracepoint"), ("version", env!("CARGO_PKG_VERSION"))]),
+        metrics.get("ptwatch_build_info", &[("probe_mode", "tracepoint"), ("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
     );
-    assert_eq!(value(&scrape, "ptwatch_reclaim_accounting_info", &[("method", "page_table_walk")]), Some(1.0));
+    assert_eq!(metrics.get("ptwatch_reclaim_accounting_info", &[("method", "page_table_walk")]), Some(1.0));
     let (status, stderr) = agent.stop();
     assert!(status.success(), "SIGTERM must exit 0: {status:?}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -80,8 +65,8 @@ fn exited_processes_stay_for_the_ttl_then_go() {
     let series = format!(r#"ptwatch_madvise_dontneed_calls_total{{pid="{}""#, report.pid);
     assert!(agent.scrape().contains(&series), "series present right after exit");
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let text = agent.scrape();
-    assert!(!text.contains(&series), "series gone after the TTL:\n{text}");
+    let metrics = agent.metrics();
+    assert!(!metrics.text.contains(&series), "series gone after the TTL:\n{}", metrics.text);
     // The node total still counts it.
-    assert!(parse(&text).samples.iter().any(|s| s.metric == "ptwatch_node_madvise_dontneed_calls_total"));
+    assert!(metrics.get("ptwatch_node_madvise_dontneed_calls_total", &[]).is_some());
 }

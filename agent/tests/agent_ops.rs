@@ -404,8 +404,7 @@ fn basic_auth_guards_metrics_but_not_health() {
     command
         .args(["--listen", &addr.to_string(), "--basic-auth-password-file", arg(&password)])
         .env("PTWATCH_BASIC_AUTH_USER", "prometheus");
-    let agent =
-        AgentProcess::spawn(command, addr).wait_until("become ready", |a| status_of(a.addr, "/readyz") == Some(200));
+    let agent = AgentProcess::spawn(command, addr).wait_ready();
     assert_eq!(status_of(addr, "/healthz"), Some(200), "health endpoints need no credentials");
 
     let denied = http_request(addr, "/metrics", &[]).expect("answer");

@@ -4,34 +4,15 @@
 
 mod support;
 
-use support::{promtool_check, pt_reclaim, AgentProcess, Held};
-
-fn parse(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text")
-}
+use support::{promtool_check, pt_reclaim, AgentProcess, Held, Metrics};
 
 /// `(pid label, value)` of every sample of `name`.
-fn samples(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<(String, f64)> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            };
-            (s.labels.get("pid").unwrap_or_default().to_owned(), value)
-        })
+fn by_pid(metrics: &Metrics, name: &str) -> Vec<(String, f64)> {
+    metrics
+        .samples(name, &[])
+        .into_iter()
+        .map(|(labels, v)| (labels.get("pid").cloned().unwrap_or_default(), v))
         .collect()
-}
-
-fn single(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    let found = samples(scrape, name);
-    assert_eq!(found.len(), 1, "{name}: {found:?}");
-    found[0].1
 }
 
 /// Per-process families and the node total each must add up to.
@@ -57,13 +38,12 @@ fn top_one_gives_one_own_series_and_other_and_sums_equal_the_node_totals() {
     // quiet moment; each is checked in full.
     let mut mismatch = String::new();
     for _ in 0..20 {
-        let text = agent.scrape();
-        promtool_check(&text);
-        let scrape = parse(&text);
-        assert_eq!(single(&scrape, "ptwatch_tracked_processes"), 1.0, "{text}");
-        assert!(single(&scrape, "ptwatch_folded_processes") >= 1.0, "the small workload is folded: {text}");
+        let metrics = agent.metrics();
+        promtool_check(&metrics.text);
+        assert_eq!(metrics.value("ptwatch_tracked_processes", &[]), 1.0);
+        assert!(metrics.value("ptwatch_folded_processes", &[]) >= 1.0, "the small workload is folded");
         for (family, _) in FAMILIES {
-            let series = samples(&scrape, family);
+            let series = by_pid(&metrics, family);
             assert_eq!(series.len(), 2, "one own series and other in {family}: {series:?}");
             assert!(series.iter().any(|(pid, _)| pid == "other"), "{series:?}");
             assert!(!series.iter().any(|(pid, _)| *pid == small_pid), "small workload folded: {series:?}");
@@ -71,17 +51,17 @@ fn top_one_gives_one_own_series_and_other_and_sums_equal_the_node_totals() {
         // The biggest reclaimer on the node has the series: the big workload,
         // with everything it did (it was selected when first seen, or took
         // the place from the small one then).
-        let reclaimed = samples(&scrape, "ptwatch_pte_pages_reclaimed_total");
+        let reclaimed = by_pid(&metrics, "ptwatch_pte_pages_reclaimed_total");
         let own = reclaimed.iter().find(|(pid, _)| *pid != "other").expect("own series");
         assert_eq!(own.0, big_pid, "the biggest reclaimer has the series: {reclaimed:?}");
         assert_eq!(own.1, (big.report.vmpte_drop_kib / 4) as f64, "{reclaimed:?}");
-        let gauge = samples(&scrape, "ptwatch_process_pagetable_bytes");
+        let gauge = by_pid(&metrics, "ptwatch_process_pagetable_bytes");
         assert_eq!(gauge.len(), 2, "{gauge:?}");
 
         mismatch.clear();
         for (family, node) in FAMILIES {
-            let sum: f64 = samples(&scrape, family).iter().map(|(_, v)| v).sum();
-            let total = single(&scrape, node);
+            let sum: f64 = metrics.sum(family, &[]);
+            let total = metrics.value(node, &[]);
             if sum != total {
                 mismatch += &format!("{family}: own + other = {sum}, {node} = {total}; ");
             }

@@ -46,9 +46,7 @@ fn port_in_use_is_one_line() {
 
 #[test]
 fn sigterm_detaches_every_program() {
-    let agent = support::AgentProcess::start(&[]);
-    let agent = agent
-        .wait_until("become ready", |a| support::http_get(a.addr, "/readyz").is_some_and(|(status, _)| status == 200));
+    let agent = support::AgentProcess::start(&[]).wait_ready();
     let programs = support::bpf_ids_held(agent.child.id(), "prog_id");
     assert!(programs.len() >= 2, "the ready agent holds its programs: {programs:?}");
     assert_eq!(support::programs_still_loaded(&programs).len(), programs.len(), "loaded while it runs");

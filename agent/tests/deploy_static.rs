@@ -14,7 +14,7 @@ use std::{
     process::{Command, Output},
 };
 
-use support::{agent_command, free_port, http_get, ptwatch_bin, AgentProcess};
+use support::{agent_command, free_port, ptwatch_bin, AgentProcess};
 
 /// Highest `systemd-analyze security` exposure accepted for the unit (0 is
 /// best, 10 worst; "OK" ends at 4.9). The unit scores 2.2 with systemd 252:
@@ -159,8 +159,7 @@ fn example_config_files_are_accepted_by_the_agent() {
         let addr = free_port();
         let mut command = agent_command();
         command.arg("--config").arg(&path).args(["--listen", &addr.to_string()]);
-        let agent = AgentProcess::spawn(command, addr)
-            .wait_until(&format!("start with {file}"), |a| http_get(a.addr, "/readyz").is_some_and(|(s, _)| s == 200));
+        let agent = AgentProcess::spawn(command, addr).wait_ready();
         let (status, stderr) = agent.stop();
         assert!(status.success(), "{file}: {status:?}\n{stderr}");
         assert!(stderr.contains(&path.display().to_string()), "the agent names its config file:\n{stderr}");

@@ -17,30 +17,7 @@ use std::{
 };
 
 use ptwatch_workload::fleet::FleetReport;
-use support::{expect_pt_reclaim, http_get, workload_bin, AgentProcess};
-
-/// Every sample of `family` in an exposition: (labels text, value).
-fn samples<'a>(body: &'a str, family: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    body.lines().filter_map(move |line| {
-        let rest = line.strip_prefix(family)?;
-        let (labels, value) = match rest.strip_prefix('{') {
-            Some(labelled) => labelled.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        Some((labels, value.trim().parse().ok()?))
-    })
-}
-
-fn single(body: &str, family: &str) -> f64 {
-    samples(body, family).map(|(_, v)| v).next().unwrap_or_else(|| panic!("no {family} in:\n{body}"))
-}
-
-fn labelled(body: &str, family: &str, label: &str) -> f64 {
-    samples(body, family)
-        .find(|(labels, _)| labels.contains(label))
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no {family}{{{label}}} in:\n{body}"))
-}
+use support::{expect_pt_reclaim, http_get, workload_bin, AgentProcess, Metrics};
 
 /// `VmRSS` of `pid` in kB.
 fn rss_kib(pid: u32) -> u64 {
@@ -71,10 +48,6 @@ fn kernel_process_map(agent_pid: u32) -> (u64, u64) {
     (entries, map["max_entries"].as_u64().expect("max_entries"))
 }
 
-fn wait_ready(agent: AgentProcess) -> AgentProcess {
-    agent.wait_until("become ready", |a| http_get(a.addr, "/readyz").is_some_and(|(status, _)| status == 200))
-}
-
 /// Peaks seen while the agent works.
 #[derive(Debug, Default)]
 struct Peaks {
@@ -92,13 +65,12 @@ const TTL: Duration = Duration::from_secs(10);
 /// scrape, then dropped. (The absolute footprint is `cargo xtask bench`'s.)
 const RSS_GROWTH_LIMIT_KIB: u64 = 32 * 1024;
 
-/// Reclaim per cgroup label (`cgroup="…"` text) of every cgroup series.
-fn reclaim_by_cgroup(body: &str) -> std::collections::HashMap<String, f64> {
-    samples(body, "ptwatch_cgroup_pte_pages_reclaimed_total")
-        .filter_map(|(labels, value)| {
-            let cgroup = labels.split(',').find(|part| part.starts_with("cgroup="))?;
-            Some((cgroup.to_owned(), value))
-        })
+/// Reclaim per `cgroup` label of every cgroup series.
+fn reclaim_by_cgroup(metrics: &Metrics) -> std::collections::HashMap<String, f64> {
+    metrics
+        .samples("ptwatch_cgroup_pte_pages_reclaimed_total", &[])
+        .into_iter()
+        .filter_map(|(mut labels, value)| Some((labels.remove("cgroup")?, value)))
         .collect()
 }
 
@@ -114,7 +86,7 @@ impl OwnCgroup {
         let name = format!("ptwatch-lifecycle-{}", std::process::id());
         let dir = tree.root().join(&name);
         std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
-        Self { dir, label: format!("cgroup=\"/{name}\"") }
+        Self { dir, label: format!("/{name}") }
     }
 }
 
@@ -130,12 +102,12 @@ impl Drop for OwnCgroup {
 #[test]
 fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exact() {
     assert!(expect_pt_reclaim(), "this test needs PT_RECLAIM (6.14+) to have reclaims to count");
-    let agent = wait_ready(AgentProcess::start(&["--exited-ttl", "10s", "--harvest-interval", "250ms"]));
+    let agent = AgentProcess::start(&["--exited-ttl", "10s", "--harvest-interval", "250ms"]).wait_ready();
     let agent_pid = agent.child.id();
     std::thread::sleep(HARVEST * 2);
     let idle_rss_kib = rss_kib(agent_pid);
-    let before = agent.scrape();
-    let node_before = single(&before, "ptwatch_node_pte_pages_reclaimed_total");
+    let before = agent.metrics();
+    let node_before = before.value("ptwatch_node_pte_pages_reclaimed_total", &[]);
 
     // Sample the agent's memory, map and series while the fleet runs.
     let running = Arc::new(AtomicBool::new(true));
@@ -154,13 +126,16 @@ fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exa
                     continue;
                 }
                 if let Some((200, body)) = http_get(addr, "/metrics") {
-                    let entries = labelled(&body, "ptwatch_map_entries", "map=\"PROCESS_COUNTERS\"");
-                    let max = labelled(&body, "ptwatch_map_max_entries", "map=\"PROCESS_COUNTERS\"");
+                    let metrics = Metrics::parse(body);
+                    let entries = metrics.value("ptwatch_map_entries", &[("map", "PROCESS_COUNTERS")]);
+                    let max = metrics.value("ptwatch_map_max_entries", &[("map", "PROCESS_COUNTERS")]);
                     assert!(entries <= max, "process map over capacity: {entries} > {max}");
                     peaks.process_map_entries = peaks.process_map_entries.max(entries);
                     peaks.process_series = peaks.process_series.max(
-                        samples(&body, "ptwatch_madvise_dontneed_calls_total")
-                            .filter(|(l, _)| l.contains("pid="))
+                        metrics
+                            .samples("ptwatch_madvise_dontneed_calls_total", &[])
+                            .iter()
+                            .filter(|(labels, _)| labels.contains_key("pid"))
                             .count(),
                     );
                     peaks.samples += 1;
@@ -190,7 +165,7 @@ fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exa
     // Two harvests later everything the children did is in; nothing that
     // reclaimed since `before` has expired yet (the TTL is longer).
     std::thread::sleep(HARVEST * 3);
-    let totals = agent.scrape();
+    let totals = agent.metrics();
     let (by_cgroup_before, by_cgroup) = (reclaim_by_cgroup(&before), reclaim_by_cgroup(&totals));
     let fleet_tables = (fleet.vmpte_drop_kib / 4) as f64;
     assert_eq!(
@@ -200,18 +175,18 @@ fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exa
     );
     let cgroups_delta: f64 =
         by_cgroup.iter().map(|(label, now)| now - by_cgroup_before.get(label).copied().unwrap_or(0.0)).sum();
-    let node_delta = single(&totals, "ptwatch_node_pte_pages_reclaimed_total") - node_before;
+    let node_delta = totals.value("ptwatch_node_pte_pages_reclaimed_total", &[]) - node_before;
     assert_eq!(node_delta, cgroups_delta, "node reclaim delta vs the sum of every cgroup's: {by_cgroup:?}");
     assert!(node_delta >= fleet_tables);
-    let calls_delta = single(&totals, "ptwatch_node_madvise_dontneed_calls_total")
-        - single(&before, "ptwatch_node_madvise_dontneed_calls_total");
+    let calls_delta = totals.value("ptwatch_node_madvise_dontneed_calls_total", &[])
+        - before.value("ptwatch_node_madvise_dontneed_calls_total", &[]);
     assert!(calls_delta >= CHILDREN as f64, "every child's DONTNEED is counted: {calls_delta}");
 
     // Past the TTL and a few harvests, every exited child has expired.
     std::thread::sleep(TTL + HARVEST * 4);
     running.store(false, Ordering::SeqCst);
     let peaks = sampler.join().expect("sampler");
-    let after = agent.scrape();
+    let after = agent.metrics();
     eprintln!(
         "fleet of {CHILDREN} in {fleet_time:?}; agent idle RSS {idle_rss_kib} kB, peaks {peaks:?}, RSS now {} kB; node reclaim {node_delta} for the fleet's {fleet_tables}",
         rss_kib(agent_pid)
@@ -227,13 +202,13 @@ fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exa
     );
     let (entries, max) = kernel_process_map(agent_pid);
     assert!(entries < 100, "exited processes must leave the kernel map: {entries} of {max} entries left");
-    assert!(labelled(&after, "ptwatch_map_entries", "map=\"PROCESS_COUNTERS\"") < 100.0);
+    assert!(after.value("ptwatch_map_entries", &[("map", "PROCESS_COUNTERS")]) < 100.0);
     let children: std::collections::HashSet<String> = fleet.pids.iter().map(|p| format!("pid=\"{p}\"")).collect();
     let lingering: Vec<&str> =
-        after.lines().filter(|l| l.split(['{', ',']).any(|part| children.contains(part))).take(5).collect();
+        after.text.lines().filter(|l| l.split(['{', ',']).any(|part| children.contains(part))).take(5).collect();
     assert!(lingering.is_empty(), "series of exited children must expire after the TTL: {lingering:?}");
-    assert!(single(&after, "ptwatch_tracked_processes") < 100.0);
-    assert_eq!(samples(&after, "ptwatch_map_update_failures_total").map(|(_, v)| v).sum::<f64>(), 0.0);
+    assert!(after.value("ptwatch_tracked_processes", &[]) < 100.0);
+    assert_eq!(after.sum("ptwatch_map_update_failures_total", &[]), 0.0);
 
     let (status, stderr) = agent.stop();
     assert!(status.success(), "{stderr}");
@@ -277,14 +252,14 @@ impl Drop for Phased {
 
 /// The agent's `family{pid=…}` value once it has harvested it.
 fn harvested(agent: &AgentProcess, family: &str, pid: u32) -> f64 {
-    let label = format!("pid=\"{pid}\"");
+    let pid = pid.to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let body = agent.scrape();
-        if let Some((_, value)) = samples(&body, family).find(|(labels, _)| labels.split(',').any(|l| l == label)) {
+        let metrics = agent.metrics();
+        if let Some(value) = metrics.get(family, &[("pid", &pid)]) {
             return value;
         }
-        assert!(Instant::now() < deadline, "no {family}{{{label}}} within 5 s:\n{body}");
+        assert!(Instant::now() < deadline, "no {family}{{pid={pid}}} within 5 s:\n{}", metrics.text);
         std::thread::sleep(HARVEST);
     }
 }
@@ -297,7 +272,7 @@ fn restart_mid_workload(signal: libc::c_int) {
     let mut workload = Phased::start(64);
     let args = ["--harvest-interval", "250ms"];
 
-    let agent_a = wait_ready(AgentProcess::start(&args));
+    let agent_a = AgentProcess::start(&args).wait_ready();
     let a_programs = support::bpf_ids_held(agent_a.child.id(), "prog_id");
     assert!(!a_programs.is_empty(), "agent A holds its programs");
     let phase1 = workload.phase();
@@ -325,7 +300,7 @@ fn restart_mid_workload(signal: libc::c_int) {
     let unobserved = workload.phase();
     assert!(unobserved.vmpte_drop_kib > 0);
 
-    let agent_b = wait_ready(AgentProcess::start(&args));
+    let agent_b = AgentProcess::start(&args).wait_ready();
     let phase3 = workload.phase();
     assert_eq!(phase3.pid, pid);
     assert_eq!(

@@ -13,7 +13,7 @@ use std::{
 
 use ptwatch::privileges::{CapabilitySet, ThreadCredentials, CAP_BPF};
 use support::{
-    assert_one_line_error, free_port, http_get, ptwatch_bin, run_workload, AgentProcess, Held, AGENT_VARIABLES,
+    assert_one_line_error, free_port, ptwatch_bin, run_workload, AgentProcess, Held, Metrics, AGENT_VARIABLES,
 };
 
 /// The capabilities docs/install.md says the agent keeps after attaching:
@@ -45,16 +45,9 @@ fn thread_credentials(pid: u32) -> Vec<(String, ThreadCredentials)> {
         .collect()
 }
 
-/// The value of `family{pid="PID",…}` in an exposition, if present.
-fn per_process_value(body: &str, family: &str, pid: u32) -> Option<f64> {
-    let needle = format!("pid=\"{pid}\"");
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&needle))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn wait_ready(agent: AgentProcess) -> AgentProcess {
-    agent.wait_until("become ready", |a| http_get(a.addr, "/readyz").is_some_and(|(status, _)| status == 200))
+/// The value of `family{pid="PID",…}`, if present.
+fn per_process_value(metrics: &Metrics, family: &str, pid: u32) -> Option<f64> {
+    metrics.get(family, &[("pid", &pid.to_string())])
 }
 
 /// A copy of the agent binary that any user may run (the build directory
@@ -108,7 +101,7 @@ fn agent_as_nobody(binary: &Path, caps: &str, addr: std::net::SocketAddr) -> Com
 
 #[test]
 fn root_agent_keeps_only_the_documented_capabilities_and_still_counts() {
-    let agent = wait_ready(AgentProcess::start(&[]));
+    let agent = AgentProcess::start(&[]).wait_ready();
     let kept = documented_kept_set();
     let threads = thread_credentials(agent.child.id());
     assert!(threads.len() > 1, "the agent is multi-threaded: every thread must be checked");
@@ -124,14 +117,17 @@ fn root_agent_keeps_only_the_documented_capabilities_and_still_counts() {
     // A workload started after the drop is still counted exactly.
     let report = run_workload(&["cuts", "16", "0", "2048", "1", "dontneed"]);
     assert!(report.vmpte_drop_kib >= 16 / 2 * 4, "PT_RECLAIM should reclaim here: {report:?}");
-    let body = agent.scrape();
+    let metrics = agent.metrics();
     assert_eq!(
-        per_process_value(&body, "ptwatch_pte_pages_reclaimed_total", report.pid),
+        per_process_value(&metrics, "ptwatch_pte_pages_reclaimed_total", report.pid),
         Some((report.vmpte_drop_kib / 4) as f64),
         "reclaim of pid {} after the drop",
         report.pid
     );
-    assert_eq!(per_process_value(&body, "ptwatch_madvise_dontneed_calls_total", report.pid), Some(report.calls as f64));
+    assert_eq!(
+        per_process_value(&metrics, "ptwatch_madvise_dontneed_calls_total", report.pid),
+        Some(report.calls as f64)
+    );
 
     let (status, stderr) = agent.stop();
     assert!(status.success(), "a capability-less agent still detaches and exits cleanly: {status:?}\n{stderr}");
@@ -150,7 +146,7 @@ fn unprivileged_user_with_the_documented_capabilities_counts_reclaim() {
         ("bpf,perfmon,dac_read_search,sys_admin", "page_table_walk"),
     ] {
         let addr = free_port();
-        let agent = wait_ready(AgentProcess::spawn(agent_as_nobody(&binary.0, caps, addr), addr));
+        let agent = AgentProcess::spawn(agent_as_nobody(&binary.0, caps, addr), addr).wait_ready();
         let granted = CapabilitySet::parse_names(caps).expect("capability names");
         let kept = documented_kept_set().intersection(granted);
         for (tid, creds) in thread_credentials(agent.child.id()) {
@@ -162,21 +158,23 @@ fn unprivileged_user_with_the_documented_capabilities_counts_reclaim() {
         // A root-owned process that keeps its DONTNEEDed mapping: the agent,
         // user nobody, reads its /proc files too.
         let held = Held::start(16);
-        let body = agent.scrape();
-        assert!(
-            body.contains(&format!("ptwatch_reclaim_accounting_info{{method=\"{accounting}\"}} 1")),
-            "{caps}: accounting {accounting} expected:\n{body}"
+        let metrics = agent.metrics();
+        assert_eq!(
+            metrics.get("ptwatch_reclaim_accounting_info", &[("method", accounting)]),
+            Some(1.0),
+            "{caps}: accounting {accounting} expected:\n{}",
+            metrics.text
         );
         assert!(held.report.vmpte_drop_kib > 0, "{:?}", held.report);
         assert_eq!(
-            per_process_value(&body, "ptwatch_pte_pages_reclaimed_total", held.report.pid),
+            per_process_value(&metrics, "ptwatch_pte_pages_reclaimed_total", held.report.pid),
             Some((held.report.vmpte_drop_kib / 4) as f64),
             "{caps}: reclaim of pid {} equals its VmPTE drop",
             held.report.pid
         );
         let vmpte_kib = ptwatch::kernel::procfs::status_kib(held.report.pid, "VmPTE").expect("status").expect("VmPTE");
         assert_eq!(
-            per_process_value(&body, "ptwatch_process_pagetable_bytes", held.report.pid),
+            per_process_value(&metrics, "ptwatch_process_pagetable_bytes", held.report.pid),
             Some((vmpte_kib * 1024) as f64),
             "{caps}: page-table bytes of another user's process"
         );

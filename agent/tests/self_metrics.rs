@@ -11,48 +11,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use support::{promtool_check, run_workload, AgentProcess};
+use support::{promtool_check, run_workload, AgentProcess, Metrics};
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-fn parse(text: &str) -> prometheus_parse::Scrape {
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text")
-}
-
-/// Samples of `name` whose labels include `labels`.
-fn values(
-    scrape: &prometheus_parse::Scrape,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Vec<(HashMap<String, String>, f64)> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            };
-            (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), value)
-        })
-        .collect()
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found = values(scrape, name, labels);
-    assert_eq!(found.len(), 1, "exactly one sample of {name}{labels:?} expected, got {found:?}");
-    found[0].1
-}
-
 /// Scrape and validate with promtool.
-fn scrape(agent: &AgentProcess) -> (String, prometheus_parse::Scrape) {
-    let text = agent.scrape();
-    promtool_check(&text);
-    let parsed = parse(&text);
-    (text, parsed)
+fn checked_metrics(agent: &AgentProcess) -> Metrics {
+    let metrics = agent.metrics();
+    promtool_check(&metrics.text);
+    metrics
 }
 
 /// `kernel.bpf_stats_enabled` set for the life of the value; the previous
@@ -102,21 +69,22 @@ fn process_metrics_match_proc() {
     let spawned_at = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64();
     let agent = AgentProcess::start(&[]);
     let pid = agent.child.id();
-    let (_, first) = scrape(&agent);
-    let (text, scrape) = scrape(&agent);
+    let first = checked_metrics(&agent);
+    let scrape = checked_metrics(&agent);
+    let text = &scrape.text;
 
-    let start = value(&scrape, "process_start_time_seconds", &[]);
+    let start = scrape.value("process_start_time_seconds", &[]);
     // /proc's start time has a resolution of one clock tick, and btime of a second.
     assert!((spawned_at - 2.0..spawned_at + 30.0).contains(&start), "started {start}, spawned {spawned_at}");
-    let rss = value(&scrape, "process_resident_memory_bytes", &[]);
+    let rss = scrape.value("process_resident_memory_bytes", &[]);
     let vm_rss = (status_kib(pid, "VmRSS") * 1024) as f64;
     assert!((rss / vm_rss - 1.0).abs() < 0.2, "process_resident_memory_bytes {rss} vs VmRSS {vm_rss}");
-    let fds = value(&scrape, "process_open_fds", &[]);
+    let fds = scrape.value("process_open_fds", &[]);
     let listed = fs::read_dir(format!("/proc/{pid}/fd")).expect("list the agent's fds").count() as f64;
     // The scrape's own connection is closed by now, or about to be.
     assert!((fds - listed).abs() <= 2.0, "process_open_fds {fds} vs {listed} in /proc/{pid}/fd");
-    let cpu = value(&scrape, "process_cpu_seconds_total", &[]);
-    assert!(cpu > 0.0 && cpu >= value(&first, "process_cpu_seconds_total", &[]), "{cpu}");
+    let cpu = scrape.value("process_cpu_seconds_total", &[]);
+    assert!(cpu > 0.0 && cpu >= first.value("process_cpu_seconds_total", &[]), "{cpu}");
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read the agent's stat");
     let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
     // SAFETY: sysconf has no preconditions.
@@ -132,40 +100,41 @@ fn scrape_duration_probe_status_and_kernel_maps() {
     let agent = AgentProcess::start(&[]);
     // The workload is alive while scraped: it has its PROCESS_COUNTERS entry.
     let held = support::Held::start(8);
-    let (_, first) = scrape(&agent);
-    let (text, scrape) = scrape(&agent);
+    let first = checked_metrics(&agent);
+    let scrape = checked_metrics(&agent);
+    let text = &scrape.text;
 
     // Each response's build time is observed after it is sent: the second
     // scrape shows at least the first (and the readiness probe's).
-    let count = value(&scrape, "ptwatch_scrape_duration_seconds_count", &[]);
-    assert!(count >= value(&first, "ptwatch_scrape_duration_seconds_count", &[]) + 1.0, "{text}");
-    assert!(value(&scrape, "ptwatch_scrape_duration_seconds_sum", &[]) > 0.0);
+    let count = scrape.value("ptwatch_scrape_duration_seconds_count", &[]);
+    assert!(count >= first.value("ptwatch_scrape_duration_seconds_count", &[]) + 1.0, "{text}");
+    assert!(scrape.value("ptwatch_scrape_duration_seconds_sum", &[]) > 0.0);
     assert!(text.contains(&format!("ptwatch_scrape_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n")), "{text}");
     assert!(text.contains("# TYPE ptwatch_scrape_duration_seconds histogram"), "{text}");
 
     // Attach status agrees with probe_info; DONTNEED is always probed.
-    assert_eq!(value(&scrape, "ptwatch_probe_attached", &[("event", "dontneed")]), 1.0);
-    for (labels, _) in values(&scrape, "ptwatch_probe_info", &[]) {
+    assert_eq!(scrape.value("ptwatch_probe_attached", &[("event", "dontneed")]), 1.0);
+    for (labels, _) in scrape.samples("ptwatch_probe_info", &[]) {
         let event = labels["event"].as_str();
         let expected = if labels["attach"] == "none" { 0.0 } else { 1.0 };
-        assert_eq!(value(&scrape, "ptwatch_probe_attached", &[("event", event)]), expected, "{event}");
+        assert_eq!(scrape.value("ptwatch_probe_attached", &[("event", event)]), expected, "{event}");
     }
-    assert_eq!(values(&scrape, "ptwatch_probe_attached", &[]).len(), 3, "{text}");
+    assert_eq!(scrape.samples("ptwatch_probe_attached", &[]).len(), 3, "{text}");
 
     // Capacities are the kernel's, as bpftool shows them for this agent.
     let kernel = maps_of(agent.child.id());
     for map in ["PROCESS_COUNTERS", "PAGETABLE_FREES", "INFLIGHT", "IN_FREE_PGTABLES"] {
-        let max = value(&scrape, "ptwatch_map_max_entries", &[("map", map)]);
+        let max = scrape.value("ptwatch_map_max_entries", &[("map", map)]);
         // The kernel keeps 15 characters of a map name.
         let short = &map[..map.len().min(15)];
         assert_eq!(Some(max as u64), kernel.get(short).copied(), "{map}: bpftool shows {kernel:?}");
-        let entries = value(&scrape, "ptwatch_map_entries", &[("map", map)]);
+        let entries = scrape.value("ptwatch_map_entries", &[("map", map)]);
         assert!(entries <= max, "{map}: {entries} > {max}");
     }
     // The held workload has its entry; its DONTNEED call is over, so its
     // in-flight entry is gone (other processes' calls may be in flight).
-    assert!(value(&scrape, "ptwatch_map_entries", &[("map", "PROCESS_COUNTERS")]) >= 1.0);
-    assert!(value(&scrape, "ptwatch_map_entries", &[("map", "INFLIGHT")]) < 64.0);
+    assert!(scrape.value("ptwatch_map_entries", &[("map", "PROCESS_COUNTERS")]) >= 1.0);
+    assert!(scrape.value("ptwatch_map_entries", &[("map", "INFLIGHT")]) < 64.0);
     let series = format!(r#"ptwatch_madvise_dontneed_calls_total{{pid="{}""#, held.report.pid);
     assert!(text.contains(&series), "{text}");
 }
@@ -174,13 +143,15 @@ fn scrape_duration_probe_status_and_kernel_maps() {
 fn bpf_run_counts_grow_while_bpf_stats_is_enabled() {
     let agent = AgentProcess::start(&[]);
     let stats = BpfStats::set("1");
-    let (_, before) = scrape(&agent);
-    assert_eq!(value(&before, "ptwatch_bpf_stats_enabled", &[]), 1.0);
+    let before = checked_metrics(&agent);
+    assert_eq!(before.value("ptwatch_bpf_stats_enabled", &[]), 1.0);
     let report = run_workload(&["cuts", "16", "0", "2048", "1", "dontneed"]);
     assert!(report.calls >= 8, "{report:?}");
-    let (text, after) = scrape(&agent);
-    let runs = |scrape: &prometheus_parse::Scrape, prefix: &str| -> f64 {
-        values(scrape, "ptwatch_bpf_program_runs_total", &[])
+    let after = checked_metrics(&agent);
+    let text = &after.text;
+    let runs = |scrape: &Metrics, prefix: &str| -> f64 {
+        scrape
+            .samples("ptwatch_bpf_program_runs_total", &[])
             .iter()
             .filter(|(labels, _)| labels["program"].starts_with(prefix))
             .map(|(_, v)| v)
@@ -196,14 +167,13 @@ fn bpf_run_counts_grow_while_bpf_stats_is_enabled() {
             report.calls
         );
     }
-    let seconds: f64 = values(&after, "ptwatch_bpf_program_run_seconds_total", &[]).iter().map(|(_, v)| v).sum();
-    let seconds_before: f64 =
-        values(&before, "ptwatch_bpf_program_run_seconds_total", &[]).iter().map(|(_, v)| v).sum();
+    let seconds: f64 = after.samples("ptwatch_bpf_program_run_seconds_total", &[]).iter().map(|(_, v)| v).sum();
+    let seconds_before: f64 = before.samples("ptwatch_bpf_program_run_seconds_total", &[]).iter().map(|(_, v)| v).sum();
     assert!(seconds > seconds_before, "run time must grow: {seconds_before} -> {seconds}");
     // Every attached program has its pair of series.
     assert_eq!(
-        values(&after, "ptwatch_bpf_program_runs_total", &[]).len(),
-        values(&after, "ptwatch_bpf_program_run_seconds_total", &[]).len()
+        after.samples("ptwatch_bpf_program_runs_total", &[]).len(),
+        after.samples("ptwatch_bpf_program_run_seconds_total", &[]).len()
     );
 
     // Off: the gauge says so and the run series go (the kernel stops counting).
@@ -211,9 +181,10 @@ fn bpf_run_counts_grow_while_bpf_stats_is_enabled() {
     drop(stats);
     let off = BpfStats::set("0");
     std::thread::sleep(Duration::from_millis(10));
-    let (text, scrape) = scrape(&agent);
-    assert_eq!(value(&scrape, "ptwatch_bpf_stats_enabled", &[]), 0.0, "{text}");
-    assert!(values(&scrape, "ptwatch_bpf_program_runs_total", &[]).is_empty(), "{text}");
+    let scrape = checked_metrics(&agent);
+    let text = &scrape.text;
+    assert_eq!(scrape.value("ptwatch_bpf_stats_enabled", &[]), 0.0, "{text}");
+    assert!(scrape.samples("ptwatch_bpf_program_runs_total", &[]).is_empty(), "{text}");
     drop(off);
     assert_eq!(fs::read_to_string(BPF_STATS).expect("read").trim(), previous, "restored");
 }

@@ -416,24 +416,17 @@ fn trace_runs_next_to_an_agent_and_both_count() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     let run = parse_json(&stdout);
     assert_cuts_events(&of_pid(&run.events, report.pid), &report, 2048);
-    let metrics = agent.scrape();
-    let sample = |family: &str| -> u64 {
-        let prefix = format!("{family}{{pid=\"{}\"", report.pid);
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-    };
-    assert_eq!(sample("ptwatch_madvise_dontneed_calls_total"), report.calls);
-    assert_eq!(sample("ptwatch_pte_pages_reclaimed_total") * 4, report.vmpte_drop_kib);
+    let metrics = agent.metrics();
+    let pid = report.pid.to_string();
+    let sample =
+        |family: &str| metrics.get(family, &[("pid", &pid)]).unwrap_or_else(|| panic!("no {family}{{pid={pid}}}"));
+    assert_eq!(sample("ptwatch_madvise_dontneed_calls_total"), report.calls as f64);
+    assert_eq!(sample("ptwatch_pte_pages_reclaimed_total") * 4.0, report.vmpte_drop_kib as f64);
     // The agent keeps counting after trace detached its own programs.
     let after = run_workload(&["cuts", "16", "0", "2048", "1", "dontneed"]);
     std::thread::sleep(Duration::from_millis(1500));
-    let metrics = agent.scrape();
-    let prefix = format!("ptwatch_madvise_dontneed_calls_total{{pid=\"{}\"", after.pid);
-    assert!(metrics.lines().any(|l| l.starts_with(&prefix) && l.ends_with(&format!(" {}", after.calls))), "{prefix}");
+    let calls = agent.metrics().get("ptwatch_madvise_dontneed_calls_total", &[("pid", &after.pid.to_string())]);
+    assert_eq!(calls, Some(after.calls as f64), "calls of pid {} after trace detached", after.pid);
     let (status, _) = agent.stop();
     assert!(status.success());
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
@@ -113,6 +114,12 @@ impl AgentProcess {
         Self { child, addr }
     }
 
+    /// Wait until `/readyz` answers 200: probes attached, privileges
+    /// dropped, first harvest done.
+    pub fn wait_ready(self) -> Self {
+        self.wait_until("become ready", |a| http_get(a.addr, "/readyz").is_some_and(|(status, _)| status == 200))
+    }
+
     /// Wait up to 30 s for `ready`; panic with the agent's stderr if it
     /// exits or never gets there.
     pub fn wait_until(mut self, what: &str, ready: impl Fn(&Self) -> bool) -> Self {
@@ -138,6 +145,11 @@ impl AgentProcess {
         let (status, body) = http_get(self.addr, "/metrics").expect("scrape");
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// Scrape and parse `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(self.scrape())
     }
 
     /// SIGTERM and wait; returns the exit status and what it wrote to stderr.
@@ -409,4 +421,55 @@ pub fn bpftool_objects(kind: &str) -> Vec<serde_json::Value> {
 /// Which of the program `ids` are still loaded in the kernel.
 pub fn programs_still_loaded(ids: &std::collections::HashSet<u64>) -> Vec<u64> {
     bpftool_objects("prog").iter().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
+}
+
+/// A `/metrics` response read back with a Prometheus text-format parser:
+/// the one way tests look up sample values.
+pub struct Metrics {
+    pub text: String,
+    scrape: prometheus_parse::Scrape,
+}
+
+impl Metrics {
+    pub fn parse(text: String) -> Self {
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse exposition text");
+        Self { text, scrape }
+    }
+
+    /// Every sample of `name` whose labels include `labels`, with all its
+    /// labels.
+    pub fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(HashMap<String, String>, f64)> {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| {
+                let value = match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                };
+                (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), value)
+            })
+            .collect()
+    }
+
+    /// The value of the sample of `name` with `labels`, if there is one.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name, labels).first().map(|(_, value)| *value)
+    }
+
+    /// The value of the only sample of `name` with `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.samples(name, labels);
+        assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}\n{}", self.text);
+        found[0].1
+    }
+
+    /// Sum of every sample of `name` with `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name, labels).iter().map(|(_, value)| value).sum()
+    }
 }
