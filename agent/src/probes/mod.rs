@@ -16,7 +16,10 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use ptwatch_common::{names, FreeCounters, FreeKey, KernelConfig, NodeCounters, NodeFrees, ProcessCounters};
+use ptwatch_common::{
+    names, overflow_capacity, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext,
+    DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
+};
 
 pub use config::kernel_config;
 use plan::{describe_error, hook_set, Attach, EventChoice, HookSet, PlanReport, ProbeMode, Rejected};
@@ -80,21 +83,39 @@ pub enum ProbeError {
 /// `(program, attach point)` of each attached program.
 pub type AttachedPrograms = Vec<(&'static str, String)>;
 
-/// The maps the aggregation layer reads.
+/// The maps the aggregation layer reads (see `ptwatch_common::counters`
+/// for what each holds and why every count is in exactly one of
+/// `processes` and `overflow`, and always in `node`).
 pub struct ProbeMaps {
-    pub processes: HashMap<MapData, u32, ProcessCounters>,
+    /// Per process: never evicted; the agent removes an entry once it has
+    /// seen the process exit and kept its counts.
+    pub processes: HashMap<MapData, ProcessKey, ProcessCounters>,
+    /// Per cgroup id: what processes could not count in `processes` (full),
+    /// and under [`UNATTRIBUTED_CGROUP`] frees of address spaces with no
+    /// owner left. Entries are never removed.
+    pub overflow: HashMap<MapData, u64, ProcessCounters>,
     pub node: PerCpuArray<MapData, NodeCounters>,
-    pub frees: HashMap<MapData, FreeKey, FreeCounters>,
-    pub node_frees: PerCpuArray<MapData, NodeFrees>,
+    /// Per thread inside a hooked call; entries of threads that exited
+    /// after a missed exit hook are removed by the agent.
+    pub threads: HashMap<MapData, u32, ThreadContext>,
 }
 
 /// What a caller needs from the object besides the aggregation every plan
 /// does. The default is the agent's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Send a [`ptwatch_common::TraceEvent`] per DONTNEED call and per
     /// page-table free (`ptwatch trace`).
     pub events: Option<EventOptions>,
+    /// Entries of `PROCESS_COUNTERS` (`--max-tracked-processes`); the
+    /// cgroup overflow map is sized from it.
+    pub max_tracked_processes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { events: None, max_tracked_processes: DEFAULT_MAX_TRACKED_PROCESSES }
+    }
 }
 
 /// Kernel-side event filters and the ring buffer size of `ptwatch trace`.
@@ -304,9 +325,9 @@ impl Probes {
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
             processes: self.take(names::PROCESS_COUNTERS)?,
+            overflow: self.take(names::OVERFLOW_COUNTERS)?,
             node: self.take(names::NODE_COUNTERS)?,
-            frees: self.take(names::PAGETABLE_FREES)?,
-            node_frees: self.take(names::NODE_FREES)?,
+            threads: self.take(names::THREAD_CONTEXT)?,
         })
     }
 
@@ -364,7 +385,23 @@ fn load_object(config: &KernelConfig, options: &LoadOptions) -> Result<Ebpf, Pro
     if let Some(events) = options.events {
         loader.map_max_entries(names::TRACE_EVENTS, events.ring_bytes);
     }
-    loader.load(object).map_err(ProbeError::Load)
+    loader.map_max_entries(names::PROCESS_COUNTERS, options.max_tracked_processes);
+    loader.map_max_entries(names::OVERFLOW_COUNTERS, overflow_capacity(options.max_tracked_processes));
+    let mut ebpf = loader.load(object).map_err(ProbeError::Load)?;
+    create_unattributed_slot(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// Create the overflow slot that must always exist (see
+/// `ptwatch_common::UNATTRIBUTED_CGROUP`) before any program can run.
+fn create_unattributed_slot(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let name = names::OVERFLOW_COUNTERS;
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut overflow: HashMap<&mut MapData, u64, ProcessCounters> =
+        HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    overflow
+        .insert(UNATTRIBUTED_CGROUP, ProcessCounters::default(), 0)
+        .map_err(|source| ProbeError::Map { name, source })
 }
 
 /// Load the object and attach the DONTNEED programs with the page-table

@@ -1,0 +1,83 @@
+//! Kernel facts the programs cannot learn by themselves, written by the agent
+//! into a frozen global before load.
+
+/// Kernel facts the programs need but cannot learn by themselves: Rust eBPF
+/// has no CO-RE field relocations, so the agent resolves struct member
+/// offsets from the running kernel's BTF at start-up and writes them into a
+/// read-only global before the programs are loaded. A frozen global is a
+/// plain load for the programs (no map lookup per event), and the verifier
+/// sees the values as constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Byte offset of `task_struct::mm`.
+    pub task_mm_offset: u64,
+    /// Byte offset of `mm_struct::pgtables_bytes` (an `atomic_long_t`).
+    pub mm_pgtables_bytes_offset: u64,
+    /// Byte offset of `mm_struct::pgd`.
+    pub mm_pgd_offset: u64,
+    /// Page size in bytes (a PTE table occupies one page).
+    pub page_size: u64,
+    /// tgid of the agent itself: its own activity is never counted.
+    pub agent_tgid: u64,
+    /// Kernel virtual address of physical address 0 in the direct map
+    /// (x86_64 `page_offset_base`, randomised at boot). 0 disables the
+    /// page-table walk: reclaim is then measured through `pgtables_bytes`.
+    pub direct_map_base: u64,
+    /// Levels of the page-table tree: 4 or 5 (x86_64 LA57).
+    pub pgtable_levels: u64,
+    /// Non-zero when page-table frees are probed (fentry or kprobe plans):
+    /// reclaim is then counted from the frees classified as `reclaim`, and
+    /// the madvise programs only keep the DONTNEED context and call counts.
+    pub reclaim_from_frees: u64,
+    /// How frees are counted: a [`FreeSource`] value.
+    pub free_source: u64,
+    /// Byte offset of `mm_struct::owner` (CONFIG_MEMCG), or `u64::MAX` when
+    /// the kernel has none: frees are then attributed to the running task.
+    pub mm_owner_offset: u64,
+    /// Byte offset of `mmu_gather::mm`.
+    pub tlb_mm_offset: u64,
+    /// Byte offset of `task_struct::active_mm`: an exiting task keeps its
+    /// mm there after `exit_mm()` cleared `mm` and the mm's owner.
+    pub task_active_mm_offset: u64,
+    /// Bit offset of the `task_struct::in_execve` bitfield (`u64::MAX` if
+    /// absent): a task replacing its mm in execve owns the old one.
+    pub task_in_execve_bit: u64,
+    /// Byte offsets of `task_struct::tgid` and `task_struct::comm`.
+    pub task_tgid_offset: u64,
+    pub task_comm_offset: u64,
+    /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
+    /// address space is torn down (exit, execve).
+    pub tlb_fullmm_bit: u64,
+    /// Byte offset of `vm_area_struct::vm_ops` (NULL for anonymous memory,
+    /// whose THPs carry a deposited PTE table).
+    pub vma_vm_ops_offset: u64,
+    /// Non-zero only in `ptwatch trace`'s own instance of the object: send a
+    /// [`crate::TraceEvent`] per DONTNEED call and per page-table free to the
+    /// `TRACE_EVENTS` ring buffer. The agent leaves it 0, and the verifier,
+    /// seeing a constant, drops the emission code from its programs.
+    pub emit_events: u64,
+    /// With `emit_events`: only events of this tgid (0: every process) ...
+    pub trace_tgid: u64,
+    /// ... and of tasks in this cgroup v2 id (0: every cgroup). Filtering
+    /// here keeps unrelated events out of the ring buffer.
+    pub trace_cgroup_id: u64,
+}
+
+/// Where page-table frees are counted ([`KernelConfig::free_source`]).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeSource {
+    /// Not probed (tracepoint plan).
+    None = 0,
+    /// At the per-level x86 functions `___pte_free_tlb` .. `___p4d_free_tlb`
+    /// that can be hooked (every kernel version; on 6.1 native x86 the tables
+    /// do not go through `tlb_remove_table`).
+    LevelFunctions = 1,
+    /// At `tlb_remove_table` (x86 6.15+, and the generic path of the other
+    /// architectures); the PMD/PUD/P4D functions, when hooked, only name the
+    /// level, and a table freed without them is a PTE table.
+    TlbRemoveTable = 2,
+    /// Like `TlbRemoveTable`, without level hooks: level `unknown`.
+    TlbRemoveTableNoLevel = 3,
+}

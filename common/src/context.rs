@@ -1,0 +1,41 @@
+//! Per-thread context: what a thread is doing while it is inside a hooked
+//! kernel call, so that a page-table free it makes can be classified.
+//!
+//! One map (`THREAD_CONTEXT`, a plain hash map keyed by thread id: an entry
+//! is never evicted while its call runs) holds every kind of context. An
+//! entry hook that finds its thread still marked as inside an earlier call
+//! knows that call's exit was missed: it counts the miss and starts afresh,
+//! so a stale mark can never classify a later free. Entries left by missed
+//! exits of threads that have since exited are removed by the agent.
+
+/// Nothing in progress in this slot.
+pub const NONE: u64 = 0;
+
+/// Value of `THREAD_CONTEXT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadContext {
+    /// Thread-group id of the thread (lets the agent find entries of
+    /// threads that are gone).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Address space of the DONTNEED request in progress ([`NONE`]: none).
+    pub dontneed_mm: u64,
+    /// Its range.
+    pub start: u64,
+    pub len: u64,
+    /// Tracepoint plan: PTE tables under the range at entry (valid when
+    /// `walked` is 1) and `mm->pgtables_bytes` at entry, for the fallback.
+    pub tables_at_entry: u64,
+    pub walked: u64,
+    pub pgtables_bytes_at_entry: u64,
+    /// PTE tables classified `reclaim` during this request (`ptwatch trace`
+    /// reports them with the request).
+    pub call_reclaimed: u64,
+    /// The `mmu_gather` of the `free_pgtables` call in progress ([`NONE`]:
+    /// none): frees through it are `unmap`.
+    pub free_pgtables_tlb: u64,
+    /// The level a `___p?d_free_tlb` call named, plus one, for the
+    /// `tlb_remove_table` call it makes next on this thread ([`NONE`]: none).
+    pub pending_level: u64,
+}
