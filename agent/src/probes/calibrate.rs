@@ -18,7 +18,7 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use ptwatch_common::{names, request, AgentRequest};
+use ptwatch_common::{names, request::op as request, AgentRequest};
 
 use super::plan::describe_error;
 use crate::kernel::mapping::{AnonMapping, PTE_TABLE_SPAN};

@@ -1,6 +1,6 @@
 //! The programs' [`KernelConfig`], resolved from the running kernel.
 
-use ptwatch_common::{free_source, KernelConfig};
+use ptwatch_common::{FreeSource, KernelConfig};
 
 use crate::kernel::btf::{BtfError, KernelBtf};
 
@@ -17,7 +17,7 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
         direct_map_base: 0,
         pgtable_levels: 4,
         reclaim_from_frees: 0,
-        free_source: free_source::NONE,
+        free_source: FreeSource::None as u64,
         // Without CONFIG_MEMCG an mm has no owner: frees are then attributed
         // to the running task.
         mm_owner_offset: btf.optional_member_offset("mm_struct", "owner")?.unwrap_or(u64::MAX),

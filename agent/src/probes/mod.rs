@@ -202,7 +202,7 @@ impl Probes {
 
     /// Load the object for a fentry or kprobe plan and attach every hook.
     fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet, options: &LoadOptions) -> Result<Self, ProbeError> {
-        let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source, ..base };
+        let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source as u64, ..base };
         let mut ebpf = load_object(&config, options)?;
         let mut attached = attach_madvise(&mut ebpf, false)?;
         let kernel_btf = match attach {

@@ -4,7 +4,7 @@
 //! load or attach falls through to the next, and the reason is kept for
 //! `ptwatch check`, the logs and `ptwatch_probe_info`.
 
-use ptwatch_common::{free_source, hooks, hooks::Hook};
+use ptwatch_common::{hooks, hooks::Hook, Cause, FreeSource};
 
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
 
@@ -54,7 +54,7 @@ impl ProbeMode {
 /// The functions a fentry or kprobe plan hooks, and how frees are counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookSet {
-    pub source: u64,
+    pub source: FreeSource,
     pub hooks: Vec<&'static Hook>,
 }
 
@@ -62,8 +62,8 @@ impl HookSet {
     /// One line for humans.
     pub fn describe(&self) -> String {
         let counted_at = match self.source {
-            free_source::LEVEL_FUNCTIONS => "frees counted at ___p?d_free_tlb (level known)",
-            free_source::TLB_REMOVE_TABLE => "frees counted at tlb_remove_table, level from ___p?d_free_tlb",
+            FreeSource::LevelFunctions => "frees counted at ___p?d_free_tlb (level known)",
+            FreeSource::TlbRemoveTable => "frees counted at tlb_remove_table, level from ___p?d_free_tlb",
             _ => "frees counted at tlb_remove_table, level unknown",
         };
         let mut functions: Vec<&str> = self.hooks.iter().map(|h| h.function).collect();
@@ -146,14 +146,14 @@ pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) ->
     // on 6.1 x86 native, tables never reach tlb_remove_table at all.
     let levels: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS.iter().filter(|h| has(h.function)).collect();
     if has(hooks::PTE_FREE_TLB.function) {
-        return Ok(HookSet { source: free_source::LEVEL_FUNCTIONS, hooks: context.chain(levels).collect() });
+        return Ok(HookSet { source: FreeSource::LevelFunctions, hooks: context.chain(levels).collect() });
     }
     if !has(hooks::TLB_REMOVE_TABLE.function) {
         return Err(format!("neither ___pte_free_tlb nor tlb_remove_table is in {where_}"));
     }
     // PTE tables go through tlb_remove_table without a level function we can
     // hook: the PMD/PUD/P4D ones name the other levels.
-    let source = if levels.is_empty() { free_source::TLB_REMOVE_TABLE_NO_LEVEL } else { free_source::TLB_REMOVE_TABLE };
+    let source = if levels.is_empty() { FreeSource::TlbRemoveTableNoLevel } else { FreeSource::TlbRemoveTable };
     Ok(HookSet { source, hooks: context.chain([&hooks::TLB_REMOVE_TABLE]).chain(levels).collect() })
 }
 
@@ -162,9 +162,9 @@ impl HookSet {
     /// order: the mmu_gather ones always, `collapse` and `thp` with their hooks.
     pub fn causes(&self) -> Vec<&'static str> {
         let hooked = |hook: &Hook| self.hooks.iter().any(|h| h.function == hook.function);
-        ptwatch_common::cause::NAMES
+        Cause::ALL
             .iter()
-            .copied()
+            .map(|cause| cause.name())
             .filter(|&name| match name {
                 "collapse" => hooked(&hooks::PTE_FREE_DEFER),
                 "thp" => hooked(&hooks::ZAP_HUGE_PMD),
@@ -223,20 +223,20 @@ mod tests {
         let functions: Vec<&str> = set.hooks.iter().map(|h| h.function).collect();
         assert!(functions.contains(&"free_pgtables"), "{functions:?}");
         match set.source {
-            free_source::LEVEL_FUNCTIONS => {
+            FreeSource::LevelFunctions => {
                 assert!(functions.contains(&"___pte_free_tlb"));
                 assert!(!functions.contains(&"tlb_remove_table"), "counted once, at the level functions");
             }
-            free_source::TLB_REMOVE_TABLE => {
+            FreeSource::TlbRemoveTable => {
                 assert!(functions.contains(&"tlb_remove_table"));
                 assert!(!functions.contains(&"___pte_free_tlb"));
                 assert!(functions.contains(&"___pmd_free_tlb"));
             }
-            other => assert_eq!(other, free_source::TLB_REMOVE_TABLE_NO_LEVEL),
+            other => assert_eq!(other, FreeSource::TlbRemoveTableNoLevel),
         }
         // This kernel (6.18) has both functions outside the mmu_gather.
         assert!(functions.contains(&"pte_free_defer") && functions.contains(&"zap_huge_pmd"), "{functions:?}");
-        assert_eq!(set.causes(), ptwatch_common::cause::NAMES);
+        assert_eq!(set.causes(), Cause::ALL.map(Cause::name));
         // Every hook has a program of each flavour in the object's naming.
         for hook in &set.hooks {
             assert!(hook.fentry.ends_with("_fentry") || hook.fentry.ends_with("_fexit"));
