@@ -1,54 +1,48 @@
 //! `ptwatch agent`: attach the probes and serve metrics until SIGINT/SIGTERM.
+//!
+//! Start-up runs on the main thread, in this order, before the async runtime
+//! (and so any other thread) exists:
+//! 1. bind the listener: a busy port, the most common start-up failure,
+//!    must not leave probes behind (connections made from here on wait in
+//!    the kernel's backlog until the server runs);
+//! 2. test PT_RECLAIM, load and attach the probes;
+//! 3. drop the capabilities reading the maps does not need: one thread, one
+//!    drop, and every thread created later inherits it;
+//! 4. start the runtime: serve, harvest periodically, stop on a signal.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use prometheus::Registry;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::watch,
 };
 
 use crate::{
-    aggregate::Aggregator,
+    aggregate::{Aggregator, KernelMaps},
     config::AgentConfig,
     export::{
-        metrics::{AgentInfo, PtwatchCollector},
+        metrics::{AgentInfo, Metrics},
         self_metrics::AgentSelf,
         server::{self, Exporter},
     },
     kernel::{btf::KernelBtf, support},
-    probes::Probes,
+    probes::{LoadOptions, Probes},
 };
 
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     support::require_privileges()?;
     let btf = KernelBtf::load(&config.btf)?;
-    // Bind before attaching anything: a busy port is the most common
-    // start-up failure and must not leave probes behind.
-    let listener = server::bind(config.listen, config.tls.clone()).await?;
-
-    // One shutdown signal, fanned out to the server and to this task.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let signals = shutdown_signal()?;
-    tokio::spawn(async move {
-        signals.await;
-        let _ = stop_tx.send(true);
-    });
-
-    // Serve /healthz (and a 503 /readyz) while the probes are loaded.
-    let exporter = Arc::new(Exporter::default());
-    let app = server::router(Arc::clone(&exporter), config.auth.clone());
-    let server = tokio::spawn(server::serve(listener, app, stopped(stop_rx)));
+    let listener = server::bind(config.listen)?;
     tracing::info!(
         listen = %config.listen,
         tls = config.tls.is_some(),
         auth = config.auth.as_ref().map_or("none", |a| a.kind()),
         config_file = config.config_file.as_ref().map(|p| p.display().to_string()),
-        "listening; /healthz is up, /readyz and /metrics wait for the probes"
+        "port bound; attaching the probes"
     );
     if config.auth.is_some() && config.tls.is_none() {
         tracing::warn!("authentication without TLS sends credentials in clear text; set --tls-cert/--tls-key");
@@ -65,10 +59,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     support::ensure_tracefs()?;
-
-    let mode = config.probe_mode;
-    let mut probes =
-        tokio::task::spawn_blocking(move || Probes::load(&btf, mode)).await.context("probe loading task failed")??;
+    let options = LoadOptions { max_tracked_processes: config.max_tracked_processes, ..LoadOptions::default() };
+    let mut probes = Probes::load_with(&btf, config.probe_mode, options)?;
+    drop(btf);
     let maps = probes.take_maps()?;
     // Loading and attaching were the privileged part: keep only what reading
     // the maps still needs (docs/install.md#privileges).
@@ -76,29 +69,47 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Parsing the kernel's BTF and loading the object left tens of MiB of
     // freed heap behind (docs/benchmarks.md#3-the-agents-own-footprint).
     release_free_heap();
+
     let info = AgentInfo::new(&probes, pt_reclaim_supported);
+    let mode = probes.mode();
     // Shared with the self-metrics, which read the programs' run statistics
     // through a weak reference: dropping this detaches the probes.
     let probes = Arc::new(probes);
-    let collector = Arc::new(
-        PtwatchCollector::new(
-            Box::new(Aggregator::new(maps, config.exited_ttl).with_selection(config.selection)),
-            info,
-        )
-        .with_self_source(Box::new(AgentSelf::new(&probes))),
+    let aggregator = Aggregator::new(KernelMaps::new(maps), config.exited_ttl).with_selection(config.selection);
+    let metrics = Arc::new(
+        Metrics::new(Box::new(aggregator), info).with_self_source(Box::new(AgentSelf::new(&probes))),
     );
-    let registry = Arc::new(Registry::new());
-    registry.register(Box::new(SharedCollector(Arc::clone(&collector)))).context("registering metrics")?;
-    exporter.set_registry(registry);
-
-    let harvester =
-        tokio::spawn(harvest_periodically(Arc::clone(&collector), config.harvest_interval, Arc::clone(&exporter)));
-    // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".
-    tracing::info!(listen = %config.listen, mode = probes.mode().as_str(), "probes attached; serving /metrics");
-    let served = server.await;
-    harvester.abort();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let served = runtime.block_on(serve(&config, listener, metrics, mode.as_str()));
     drop(probes);
     tracing::info!("probes detached; exiting");
+    served
+}
+
+/// Serve until SIGINT/SIGTERM, harvesting every `--harvest-interval`.
+async fn serve(
+    config: &AgentConfig,
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mode: &str,
+) -> anyhow::Result<()> {
+    // One shutdown signal, fanned out to the server and to this task.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = shutdown_signal()?;
+    tokio::spawn(async move {
+        signals.await;
+        let _ = stop_tx.send(true);
+    });
+    let exporter = Arc::new(Exporter::default());
+    exporter.set_metrics(Arc::clone(&metrics) as Arc<dyn crate::export::metrics::Render>);
+    let app = server::router(Arc::clone(&exporter), config.auth.clone());
+    let bound = server::listen(listener, config.tls.clone())?;
+    let server = tokio::spawn(server::serve(bound, app, stopped(stop_rx)));
+    let harvester = tokio::spawn(harvest_periodically(metrics, config.harvest_interval, exporter));
+    // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".
+    tracing::info!(listen = %config.listen, mode, "probes attached; serving /metrics");
+    let served = server.await;
+    harvester.abort();
     served.context("HTTP server task failed")??;
     Ok(())
 }
@@ -108,28 +119,16 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Registry wants an owned collector; the harvest task shares it.
-struct SharedCollector(Arc<PtwatchCollector>);
-
-impl prometheus::core::Collector for SharedCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.collect()
-    }
-}
-
 /// Harvest every `every` (the first tick is immediate); the first success
 /// makes the agent ready.
-async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration, exporter: Arc<Exporter>) {
+async fn harvest_periodically(metrics: Arc<Metrics>, every: Duration, exporter: Arc<Exporter>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let collector = Arc::clone(&collector);
+        let metrics = Arc::clone(&metrics);
         let harvested = tokio::task::spawn_blocking(move || {
-            let ready = collector.refresh();
+            let ready = metrics.refresh();
             release_free_heap();
             ready
         });
@@ -166,7 +165,7 @@ pub fn configure_heap() {
         /// glibc's default threshold, made fixed by setting it.
         const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
         // SAFETY: mallopt only changes allocator parameters; called before
-        // the runtime's threads exist.
+        // any other thread exists.
         let set = unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1) == 1 && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
         };

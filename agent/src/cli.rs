@@ -209,7 +209,7 @@ pub struct TraceArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Only events with this cause (repeat for several).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::cause::NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::Cause::ALL.map(ptwatch_common::Cause::name)))]
     pub cause: Vec<String>,
 
     /// Only events of at least N page-table pages (e.g. DONTNEED calls that
@@ -266,6 +266,11 @@ pub struct TopArgs {
     /// Rows per table [default: as many as fit in a terminal, 20 otherwise].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
+
+    /// Print one JSON object per refresh instead of a table (also on a
+    /// terminal): `{"type":"snapshot",…}` with every row (--limit applies).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A mistake in what the user asked for, found after parsing (e.g. a cgroup
@@ -340,6 +345,15 @@ pub struct AgentArgs {
     /// reclaimed (or meeting --min-process-pagetable-bytes).
     #[arg(long, value_name = "PAGES", env = "PTWATCH_MIN_PROCESS_RECLAIMED_PAGES")]
     pub min_process_reclaimed_pages: Option<u64>,
+
+    /// Processes the kernel counts in entries of their own (about 350 bytes
+    /// of kernel memory each, allocated at start). Beyond it, node and
+    /// cgroup totals stay exact and the processes that do not fit count in
+    /// pid="other", which ptwatch_map_update_failures_total and
+    /// ptwatch_overflow_events_total report [default: 16384].
+    #[arg(long, value_name = "N", env = "PTWATCH_MAX_TRACKED_PROCESSES",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TRACKED_PROCESSES_LIMIT)))]
+    pub max_tracked_processes: Option<u32>,
 
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, value_name = "PATH", env = "PTWATCH_TLS_CERT")]
@@ -427,6 +441,7 @@ mod tests {
         assert_eq!(PathBuf::from(text("btf")), defaults.btf);
         assert_eq!(text("top_processes").parse::<usize>().ok(), Some(defaults.top_processes));
         assert_eq!(RankBy::from_str(&text("rank_processes_by"), false).ok(), Some(defaults.rank_processes_by));
+        assert_eq!(text("max_tracked_processes").parse::<u32>().ok(), Some(defaults.max_tracked_processes));
         assert_eq!(LogFormat::from_str(&text("log_format"), false).ok(), Some(log.format));
         assert_eq!(text("log"), log.filter);
     }

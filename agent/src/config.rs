@@ -93,6 +93,8 @@ pub struct FileConfig {
     pub rank_processes_by: RankBy,
     pub min_process_pagetable_bytes: Option<u64>,
     pub min_process_reclaimed_pages: Option<u64>,
+    #[serde(deserialize_with = "max_tracked_processes")]
+    pub max_tracked_processes: u32,
     pub log: LogSection,
     pub tls: TlsSection,
     pub auth: AuthSection,
@@ -118,6 +120,9 @@ impl Default for FileConfig {
             rank_processes_by: Selection::default().rank_by,
             min_process_pagetable_bytes: None,
             min_process_reclaimed_pages: None,
+            // Processes with their own kernel entry; those beyond count in
+            // their cgroup's overflow slot (docs/metrics.md#capacity).
+            max_tracked_processes: ptwatch_common::DEFAULT_MAX_TRACKED_PROCESSES,
             log: LogSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
@@ -187,6 +192,8 @@ pub struct AgentConfig {
     pub btf: PathBuf,
     /// Which processes get their own series.
     pub selection: Selection,
+    /// Entries of the kernel's per-process map.
+    pub max_tracked_processes: u32,
     pub log: LogConfig,
     /// Loaded and checked (certificate and key match).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -293,6 +300,7 @@ impl AgentConfig {
                 min_pagetable_bytes: args.min_process_pagetable_bytes.or(file.min_process_pagetable_bytes),
                 min_reclaimed_pages: args.min_process_reclaimed_pages.or(file.min_process_reclaimed_pages),
             },
+            max_tracked_processes: args.max_tracked_processes.unwrap_or(file.max_tracked_processes),
             log,
             tls,
             auth,
@@ -386,6 +394,18 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     deserializer.deserialize_any(Visitor)
 }
 
+/// Largest `--max-tracked-processes`: Linux's `PID_MAX_LIMIT`, the most
+/// processes a system can have.
+pub const MAX_TRACKED_PROCESSES_LIMIT: u32 = 4_194_304;
+
+/// `max_tracked_processes`: within 1..=[`MAX_TRACKED_PROCESSES_LIMIT`], as the flag.
+fn max_tracked_processes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = i64::deserialize(deserializer)?;
+    u32::try_from(value).ok().filter(|v| (1..=MAX_TRACKED_PROCESSES_LIMIT).contains(v)).ok_or_else(|| {
+        de::Error::custom(format!("max_tracked_processes {value} must be between 1 and {MAX_TRACKED_PROCESSES_LIMIT}"))
+    })
+}
+
 /// The same spellings as the flag (clap's `ValueEnum`), so the file and the
 /// command line cannot disagree on what `probe_mode = "kprobe"` means.
 fn value_enum<'de, D: Deserializer<'de>, T: clap::ValueEnum>(deserializer: D) -> Result<T, D::Error> {
@@ -422,6 +442,7 @@ top_processes = 7
 rank_processes_by = "reclaimed"
 min_process_pagetable_bytes = 65536
 min_process_reclaimed_pages = 512
+max_tracked_processes = 64
 [log]
 format = "json"
 filter = "debug"
@@ -443,6 +464,7 @@ bearer_token_file = "/t"
         assert_eq!(config.rank_processes_by, RankBy::Reclaimed);
         assert_eq!(config.min_process_pagetable_bytes, Some(65536));
         assert_eq!(config.min_process_reclaimed_pages, Some(512));
+        assert_eq!(config.max_tracked_processes, 64);
         assert_eq!(config.log, LogSection { format: LogFormat::Json, filter: "debug".into() });
         assert_eq!(config.tls.key, Some(PathBuf::from("/k")));
         assert_eq!(config.auth.basic_user.as_deref(), Some("u"));
@@ -459,6 +481,8 @@ bearer_token_file = "/t"
             ("listen = \"nowhere\"", "invalid socket address", 1),
             ("rank_processes_by = \"rss\"", "expected one of \"pagetable-bytes\", \"reclaimed\"", 1),
             ("top_processes = -1", "invalid value", 1),
+            ("max_tracked_processes = 0", "between 1 and 4194304", 1),
+            ("max_tracked_processes = 5000000", "between 1 and 4194304", 1),
             ("[tls]\ncrt = \"/c\"", "unknown field `crt`", 2),
         ] {
             let (position, message) = parse(text).unwrap_err();

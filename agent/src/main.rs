@@ -88,20 +88,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// `agent_config` is `Some` for `Command::Agent`, resolved by `main`.
+/// `agent_config` is `Some` for `Command::Agent`, resolved by `main`. Only
+/// `trace` needs an async runtime here: the agent starts its own once its
+/// probes are attached and its privileges dropped (`agent.rs`).
 fn run(command: Command, agent_config: Option<AgentConfig>) -> anyhow::Result<()> {
-    if matches!(command, Command::Agent(_)) {
-        ptwatch::agent::configure_heap();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         Command::Agent(_) => {
-            let config = agent_config.context("agent configuration was not resolved")?;
-            runtime.block_on(ptwatch::agent::run(config))
+            ptwatch::agent::configure_heap();
+            ptwatch::agent::run(agent_config.context("agent configuration was not resolved")?)
         }
         Command::Check(args) => ptwatch::check::run(args),
         Command::Scan(args) => ptwatch::scan::run(args),
-        Command::Trace(args) => runtime.block_on(ptwatch::trace::run(args)),
+        Command::Trace(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(ptwatch::trace::run(args))
+        }
         Command::Top(args) => ptwatch::top::run(args),
     }
 }

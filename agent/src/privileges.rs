@@ -11,26 +11,15 @@
 //!
 //! Linux keeps credentials per thread: capset(2), `PR_CAPBSET_DROP`,
 //! `PR_CAP_AMBIENT` and `PR_SET_NO_NEW_PRIVS` change only the calling thread.
-//! By the time the probes are attached the agent runs several threads (the
-//! runtime's workers and its blocking pool), so a drop in one thread would
-//! leave the others privileged. The drop is therefore applied to every
-//! thread: each is sent a signal whose handler makes the same system calls
-//! (what libcap's psx library does for C programs), and every thread's
-//! `/proc/self/task/<tid>/status` is checked afterwards. Threads created
-//! later inherit the reduced credentials of their creator.
+//! So the agent loads, attaches and drops on its main thread before any
+//! other thread exists (the async runtime starts afterwards), checks that it
+//! is alone, and every thread created later inherits the reduced
+//! credentials of its creator.
 //!
-//! Raw system calls through `libc` rather than the `caps` crate: the signal
-//! handler must be async-signal-safe (no allocation, no locks), and `caps`
-//! converts every set through a `HashSet`.
+//! Raw system calls through `libc` rather than the `caps` crate, which
+//! converts every set through a `HashSet`, for five system calls.
 
-use std::{
-    fmt, fs, io,
-    sync::{
-        atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering},
-        Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::{fmt, fs, io};
 
 /// Capability numbers (linux/capability.h) the agent refers to by name.
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -160,9 +149,9 @@ pub enum PrivilegeError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot install the signal handler that drops capabilities in every thread: {0}")]
-    Signal(#[source] io::Error),
-    #[error("dropping capabilities failed in a thread: {0}")]
+    #[error("capabilities must be dropped while the process has one thread, and it has {threads}")]
+    NotAlone { threads: usize },
+    #[error("dropping capabilities failed: {0}")]
     Drop(#[source] io::Error),
     #[error("threads {threads} still hold capabilities after dropping them (kept set: {kept})")]
     NotDropped { threads: String, kept: CapabilitySet },
@@ -200,7 +189,7 @@ fn join(low: u32, high: u32) -> CapabilitySet {
     CapabilitySet(u64::from(low) | u64::from(high) << 32)
 }
 
-/// capget(2) for the calling thread. Async-signal-safe.
+/// capget(2) for the calling thread.
 fn capget_raw() -> Result<ThreadCaps, i32> {
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
@@ -216,7 +205,7 @@ fn capget_raw() -> Result<ThreadCaps, i32> {
     })
 }
 
-/// capset(2) for the calling thread. Async-signal-safe.
+/// capset(2) for the calling thread.
 fn capset_raw(caps: ThreadCaps) -> Result<(), i32> {
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let split = |set: CapabilitySet| (set.0 as u32, (set.0 >> 32) as u32);
@@ -317,62 +306,29 @@ pub fn runtime_needs() -> Result<CapabilitySet, PrivilegeError> {
     }
 }
 
-// --- Dropping, in every thread --------------------------------------------
+// --- Dropping -------------------------------------------------------------
 
-/// What the drop is to leave, read by the signal handler.
-static KEEP: AtomicU64 = AtomicU64::new(0);
-static LAST_CAP: AtomicU64 = AtomicU64::new(40);
-static DROP_BOUNDING: AtomicBool = AtomicBool::new(false);
-/// First errno a thread met while dropping (0: none).
-static FAILED: AtomicI32 = AtomicI32::new(0);
-/// One drop at a time.
-static DROPPING: Mutex<()> = Mutex::new(());
-
-/// Reduce the calling thread's credentials to [`KEEP`]. Async-signal-safe
-/// (raw system calls on stack data) and idempotent: a second run finds
-/// CAP_SETPCAP gone and leaves the (already reduced) bounding set alone.
-fn drop_in_this_thread() -> Result<(), i32> {
-    let keep = CapabilitySet(KEEP.load(Ordering::SeqCst));
-    let mut caps = capget_raw()?;
-    // The bounding set first: changing it needs CAP_SETPCAP in effect.
-    if DROP_BOUNDING.load(Ordering::SeqCst) && caps.effective.has(CAP_SETPCAP) {
-        for cap in 0..=LAST_CAP.load(Ordering::SeqCst) {
-            if !keep.has(cap as u32) {
-                // SAFETY: prctl with integer arguments.
-                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-                    return Err(errno());
-                }
-            }
+/// Reduce the calling thread's credentials to `keep`: the bounding set
+/// first when `bounding_too` (changing it needs CAP_SETPCAP in effect), the
+/// ambient set, then effective, permitted and inheritable, and
+/// `no_new_privs`.
+fn drop_in_this_thread(keep: CapabilitySet, bounding_too: bool, last_cap: u32) -> Result<(), io::Error> {
+    let os = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    if bounding_too {
+        for cap in (0..=last_cap).filter(|&cap| !keep.has(cap)) {
+            // SAFETY: prctl with integer arguments.
+            os(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })?;
         }
     }
     // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(errno());
-    }
+    os(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) })?;
+    let mut caps = capget_raw().map_err(io::Error::from_raw_os_error)?;
     caps.permitted = caps.permitted.intersection(keep);
     caps.effective = caps.permitted;
     caps.inheritable = CapabilitySet::EMPTY;
-    capset_raw(caps)?;
+    capset_raw(caps).map_err(io::Error::from_raw_os_error)?;
     // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(errno());
-    }
-    Ok(())
-}
-
-extern "C" fn on_drop_signal(_: libc::c_int) {
-    let saved = errno();
-    if let Err(e) = drop_in_this_thread() {
-        let _ = FAILED.compare_exchange(0, e, Ordering::SeqCst, Ordering::SeqCst);
-    }
-    // SAFETY: restoring this thread's errno, which the handler must not change.
-    unsafe { *libc::__errno_location() = saved };
-}
-
-/// The signal that asks a thread to drop: a real-time signal nothing else in
-/// the agent uses.
-fn drop_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 5
+    os(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) })
 }
 
 /// Credentials of one thread, from `/proc/self/task/<tid>/status`.
@@ -434,96 +390,43 @@ pub struct Dropped {
     pub kept: CapabilitySet,
     /// Whether the bounding set was reduced to `kept` too (needs CAP_SETPCAP).
     pub bounding_reduced: bool,
-    /// Threads the drop was applied to.
-    pub threads: usize,
 }
 
-/// Drop every capability except `keep` (normally [`runtime_needs`]) in
-/// every thread of the process, set `no_new_privs`, and reduce the bounding
-/// set when allowed; verify the result in `/proc`.
+/// Drop every capability except `keep` (normally [`runtime_needs`]), set
+/// `no_new_privs`, and reduce the bounding set when allowed; verify the
+/// result in `/proc`. The process must have one thread: the others would
+/// keep their privileges.
 pub fn drop_all_except(keep: CapabilitySet) -> Result<Dropped, PrivilegeError> {
-    let _one_at_a_time = DROPPING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let threads = thread_ids()?;
+    if threads.len() != 1 {
+        return Err(PrivilegeError::NotAlone { threads: threads.len() });
+    }
     let before = current()?;
     let keep = keep.intersection(before.permitted);
     let bounding_too = before.effective.has(CAP_SETPCAP);
     let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(NAMES.len() as u64 - 1);
-    KEEP.store(keep.0, Ordering::SeqCst);
-    LAST_CAP.store(last_cap, Ordering::SeqCst);
-    DROP_BOUNDING.store(bounding_too, Ordering::SeqCst);
-    FAILED.store(0, Ordering::SeqCst);
-
-    // The handler stays installed afterwards: a signal still queued for a
-    // thread must not meet the default action (terminate), and running the
-    // handler again changes nothing.
-    // SAFETY: a zeroed sigaction with our handler; SA_RESTART so that the
-    // interrupted system calls of other threads resume.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_drop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(drop_signal(), &action, std::ptr::null_mut()) != 0 {
-            return Err(PrivilegeError::Signal(io::Error::last_os_error()));
-        }
-    }
-
-    // SAFETY: gettid/getpid have no preconditions.
-    let (own_tid, pid) = unsafe { (libc::gettid(), libc::getpid()) };
-    // Signal every other thread until each one shows the reduced
-    // credentials; threads started meanwhile by a thread not yet reduced
-    // are caught by the next round.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut threads;
-    loop {
-        let tids = thread_ids()?;
-        threads = tids.len();
-        let pending: Vec<i32> = tids
-            .into_iter()
-            .filter(|&tid| tid != own_tid)
-            .filter(|&tid| thread_credentials(tid).is_some_and(|c| !c.dropped_to(keep, bounding_too)))
-            .collect();
-        let failed = FAILED.load(Ordering::SeqCst);
-        if failed != 0 {
-            return Err(PrivilegeError::Drop(io::Error::from_raw_os_error(failed)));
-        }
-        if pending.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(PrivilegeError::NotDropped {
-                threads: pending.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                kept: keep,
-            });
-        }
-        for tid in pending {
-            // SAFETY: tgkill to a thread of our own process; ESRCH (it
-            // exited meanwhile) is fine.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, drop_signal()) };
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Then this thread.
-    drop_in_this_thread().map_err(|e| PrivilegeError::Drop(io::Error::from_raw_os_error(e)))?;
-    let own = thread_credentials(own_tid).ok_or_else(|| PrivilegeError::Read {
-        path: format!("/proc/self/task/{own_tid}/status"),
+        .unwrap_or(NAMES.len() as u32 - 1);
+    drop_in_this_thread(keep, bounding_too, last_cap).map_err(PrivilegeError::Drop)?;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let own = thread_credentials(tid).ok_or_else(|| PrivilegeError::Read {
+        path: format!("/proc/self/task/{tid}/status"),
         source: io::Error::from(io::ErrorKind::NotFound),
     })?;
     if !own.dropped_to(keep, bounding_too) {
-        return Err(PrivilegeError::NotDropped { threads: own_tid.to_string(), kept: keep });
+        return Err(PrivilegeError::NotDropped { threads: tid.to_string(), kept: keep });
     }
     Ok(Dropped {
         dropped: before.permitted.union(before.effective).without(keep),
         kept: keep,
         bounding_reduced: bounding_too,
-        threads,
     })
 }
 
-/// After the probes are attached: keep only what reading them needs, drop
-/// the rest in every thread, and log what was dropped.
+/// After the probes are attached, before any other thread starts: keep only
+/// what reading them needs, drop the rest, and log what was dropped.
 pub fn drop_after_attach() -> Result<Dropped, PrivilegeError> {
     let keep = runtime_needs()?;
     let dropped = drop_all_except(keep)?;
@@ -532,7 +435,6 @@ pub fn drop_after_attach() -> Result<Dropped, PrivilegeError> {
         kept = %dropped.kept,
         bounding_set = if dropped.bounding_reduced { "reduced to the kept set" } else { "unchanged (no CAP_SETPCAP)" },
         no_new_privs = true,
-        threads = dropped.threads,
         "capabilities dropped: the probes are attached"
     );
     Ok(dropped)
@@ -561,6 +463,21 @@ mod tests {
         assert!(creds.dropped_to(CapabilitySet::of(&[CAP_BPF, CAP_PERFMON]), false));
         assert!(!creds.dropped_to(CapabilitySet::of(&[CAP_BPF, CAP_PERFMON]), true), "bounding set is full");
         assert!(!creds.dropped_to(CapabilitySet::EMPTY, false));
+    }
+
+    /// Never a partial drop: with another thread alive, nothing changes.
+    #[test]
+    fn dropping_refuses_while_other_threads_run() {
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv();
+        });
+        let before = current().expect("capget");
+        let err = drop_all_except(CapabilitySet::EMPTY).expect_err("more than one thread");
+        assert!(matches!(err, PrivilegeError::NotAlone { threads } if threads >= 2), "{err}");
+        assert_eq!(current().expect("capget"), before, "nothing was dropped");
+        drop(stop);
+        other.join().expect("join");
     }
 
     #[test]

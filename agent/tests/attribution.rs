@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ptwatch::aggregate::{cgroup::CgroupTree, CgroupRecord, Snapshot};
+use ptwatch::aggregate::{cgroup::CgroupTree, Aggregator, CgroupTotals, Counts, KernelMaps};
 use ptwatch_workload::Report;
 use support::{pt_reclaim, workload_bin, Attached, Held};
 
@@ -101,21 +101,24 @@ fn kubepods_path(top: &str, uid: &str, container: &str) -> String {
     )
 }
 
-fn cgroup_of<'a>(snapshot: &'a Snapshot, path: &str) -> &'a CgroupRecord {
-    snapshot
-        .cgroups
-        .iter()
-        .find(|c| c.labels.path == path)
-        .unwrap_or_else(|| panic!("no totals for cgroup {path}: {:?}", snapshot.cgroups))
+fn cgroup_of<'a>(aggregator: &'a Aggregator<KernelMaps>, path: &str) -> &'a CgroupTotals {
+    aggregator.cgroups().find(|c| c.labels.path == path).unwrap_or_else(|| {
+        panic!("no totals for cgroup {path}: {:?}", aggregator.cgroups().map(|c| &c.labels.path).collect::<Vec<_>>())
+    })
 }
 
-fn render(attached: &Attached, snapshot: &Snapshot) -> String {
-    use prometheus::Encoder as _;
+/// The families of the attached aggregator's last harvest, as a scrape
+/// would show them.
+fn render(attached: &Attached) -> String {
     let info = ptwatch::export::metrics::AgentInfo::new(&attached.probes, true);
-    let families = ptwatch::export::metrics::families(snapshot, &info, 0);
-    let mut text = Vec::new();
-    prometheus::TextEncoder::new().encode(&families, &mut text).expect("encode");
-    String::from_utf8(text).expect("UTF-8")
+    let view = attached.aggregator.view();
+    ptwatch::export::metrics::exposition(&view, &info, ptwatch::export::exposition::Format::Text)
+}
+
+/// The `start_time` label of process `key`.
+fn start_time(attached: &Attached, pid: u32) -> String {
+    let key = attached.aggregator.records_of(pid).last().expect("a record").key;
+    ptwatch::aggregate::BootClock::detect().unix_time(key.start_time_ns)
 }
 
 fn meminfo_kib(field: &str) -> u64 {
@@ -136,32 +139,33 @@ fn processes_in_a_kubernetes_container_get_its_labels_and_the_cgroup_sums_them_p
     // Both exit before any harvest: the cgroup must come from the kernel.
     let a = cgroup.run(&["cuts", "64", "0", "2048", "1", "dontneed"]);
     let b = cgroup.run(&["cuts", "32", "0", "8192", "1", "dontneed"]);
-    let snapshot = attached.snapshot();
     for report in [&a, &b] {
-        let record = snapshot.processes.iter().find(|p| p.pid == report.pid).expect("record of the workload");
-        assert!(record.exited_at.is_some(), "exited");
+        let record = attached.process(report.pid);
+        assert!(record.exited, "exited");
         assert_ne!(record.cgroup_id, 0, "cgroup captured in the kernel");
-        assert_eq!(record.cgroup.path, cgroup.path);
-        assert_eq!(record.cgroup.container_id, container);
-        assert_eq!(record.cgroup.pod_uid, uid, "underscores of the slice map back to dashes");
-        assert_eq!(record.pte_pages_reclaimed * 4, report.vmpte_drop_kib, "pid {}", report.pid);
+        let labels = record.cgroup.expect("cgroup resolved");
+        assert_eq!(labels.path, cgroup.path);
+        assert_eq!(labels.container_id, container);
+        assert_eq!(labels.pod_uid, uid, "underscores of the slice map back to dashes");
+        assert_eq!(record.counts.reclaimed() * 4, report.vmpte_drop_kib, "pid {}", report.pid);
         assert_eq!(record.pagetable_bytes, None, "no VmPTE after exit");
     }
-    let total = cgroup_of(&snapshot, &cgroup.path);
+    let total: Counts = cgroup_of(attached.harvest(), &cgroup.path).counts();
     let reclaimed = (a.vmpte_drop_kib + b.vmpte_drop_kib) / 4;
     assert_eq!(reclaimed, 48, "32 + 16 tables");
-    assert_eq!(total.pte_pages_reclaimed, reclaimed);
+    assert_eq!(total.reclaimed(), reclaimed);
     assert_eq!(total.dontneed_calls, a.calls + b.calls);
     assert_eq!(total.dontneed_bytes, a.bytes + b.bytes);
-    assert_eq!((total.labels.container_id.as_str(), total.labels.pod_uid.as_str()), (&*container, &*uid));
+    let labels = &cgroup_of(&attached.aggregator, &cgroup.path).labels;
+    assert_eq!((labels.container_id.as_str(), labels.pod_uid.as_str()), (&*container, &*uid));
 
     // After the TTL (600 s in `Attached`) the process records go; the
     // cgroup's totals stay.
-    let later = attached.aggregator.harvest(Instant::now() + Duration::from_secs(601)).expect("harvest");
-    assert!(later.processes.iter().all(|p| p.pid != a.pid && p.pid != b.pid), "records expired");
-    let total = cgroup_of(&later, &cgroup.path);
-    assert_eq!((total.pte_pages_reclaimed, total.dontneed_calls), (reclaimed, a.calls + b.calls));
-    let text = render(&attached, &later);
+    let later = attached.harvest_at(Instant::now() + Duration::from_secs(601));
+    assert!(later.records().all(|p| p.pid() != a.pid && p.pid() != b.pid), "records expired");
+    let total = cgroup_of(later, &cgroup.path).counts();
+    assert_eq!((total.reclaimed(), total.dontneed_calls), (reclaimed, a.calls + b.calls));
+    let text = render(&attached);
     let labels = format!(r#"cgroup="{}",container_id="{container}",pod_uid="{uid}""#, cgroup.path);
     assert!(text.contains(&format!("ptwatch_cgroup_pte_pages_reclaimed_total{{{labels}}} {reclaimed}")), "{text}");
     assert!(
@@ -177,19 +181,20 @@ fn a_live_process_reports_its_vmpte_and_its_cgroup() {
     let mut attached = Attached::new();
     let held = Held::spawn(cgroup.command(&["hold", "64"]));
     let pid = held.report.pid;
-    let snapshot = attached.snapshot();
+    let record = attached.process(pid);
     let vmpte_kib = ptwatch::kernel::procfs::status_kib(pid, "VmPTE").expect("status").expect("VmPTE");
-    let record = snapshot.processes.iter().find(|p| p.pid == pid).expect("record of the held workload");
-    assert!(record.exited_at.is_none());
+    assert!(!record.exited);
     // The process is blocked reading stdin: its page tables do not change.
     assert_eq!(record.pagetable_bytes, Some(vmpte_kib * 1024));
     assert!(vmpte_kib > 0);
-    assert_eq!(record.cgroup.path, cgroup.path);
-    assert_eq!(record.cgroup.container_id, container);
-    assert_eq!(record.cgroup.pod_uid, "");
-    let text = render(&attached, &snapshot);
+    let labels = record.cgroup.expect("cgroup resolved");
+    assert_eq!(labels.path, cgroup.path);
+    assert_eq!(labels.container_id, container);
+    assert_eq!(labels.pod_uid, "");
+    let text = render(&attached);
     let series = format!(
-        r#"ptwatch_process_pagetable_bytes{{pid="{pid}",comm="ptwatch-workloa",cgroup="{}",container_id="{container}"}} {}"#,
+        r#"ptwatch_process_pagetable_bytes{{pid="{pid}",comm="ptwatch-workloa",start_time="{}",cgroup="{}",container_id="{container}"}} {}"#,
+        start_time(&attached, pid),
         cgroup.path,
         vmpte_kib * 1024
     );
@@ -197,7 +202,7 @@ fn a_live_process_reports_its_vmpte_and_its_cgroup() {
 
     // memory.stat exists only where the v2 tree has the memory controller
     // (not on a hybrid host, whose memory controller is v1).
-    let total = cgroup_of(&snapshot, &cgroup.path);
+    let total = cgroup_of(&attached.aggregator, &cgroup.path);
     let stat = CgroupTree::detect().expect("v2").dir(&cgroup.path).join("memory.stat");
     match fs::read_to_string(&stat).ok().and_then(|s| ptwatch::aggregate::cgroup::memory_stat_field(&s, "pagetables")) {
         Some(bytes) => {
@@ -210,9 +215,8 @@ fn a_live_process_reports_its_vmpte_and_its_cgroup() {
     drop(held);
 
     // Once it exited the gauge goes; the counters stay for the TTL.
-    let snapshot = attached.snapshot();
-    let record = snapshot.processes.iter().find(|p| p.pid == pid).expect("record kept for the TTL");
-    assert!(record.exited_at.is_some());
+    let record = attached.process(pid);
+    assert!(record.exited);
     assert_eq!(record.pagetable_bytes, None);
 }
 
@@ -222,13 +226,15 @@ fn a_process_outside_any_container_is_labelled_with_its_cgroup_only() {
     let mut attached = Attached::new();
     let report = cgroup.run(&["cuts", "8", "0", "2048", "1", "dontneed"]);
     let record = attached.process(report.pid);
-    assert_eq!(record.cgroup.path, cgroup.path);
-    assert_eq!((record.cgroup.container_id.as_str(), record.cgroup.pod_uid.as_str()), ("", ""));
-    let snapshot = attached.snapshot();
-    let text = render(&attached, &snapshot);
+    let labels = record.cgroup.expect("cgroup resolved");
+    assert_eq!(labels.path, cgroup.path);
+    assert_eq!((labels.container_id.as_str(), labels.pod_uid.as_str()), ("", ""));
+    let text = render(&attached);
     let series = format!(
-        r#"ptwatch_madvise_dontneed_calls_total{{pid="{}",comm="ptwatch-workloa",cgroup="{}"}} "#,
-        report.pid, cgroup.path
+        r#"ptwatch_madvise_dontneed_calls_total{{pid="{}",comm="ptwatch-workloa",start_time="{}",cgroup="{}"}} "#,
+        report.pid,
+        start_time(&attached, report.pid),
+        cgroup.path
     );
     assert!(text.contains(&series), "{series}\n{text}");
 }
@@ -237,13 +243,12 @@ fn a_process_outside_any_container_is_labelled_with_its_cgroup_only() {
 fn node_pagetable_bytes_is_meminfo_page_tables() {
     let mut attached = Attached::new();
     let before = meminfo_kib("PageTables") * 1024;
-    let exported = attached.snapshot().node_pagetable_bytes.expect("PageTables exported");
+    let exported = attached.harvest().snapshot().node_pagetable_bytes.expect("PageTables exported");
     let after = meminfo_kib("PageTables") * 1024;
     // Other processes come and go meanwhile: within the range seen around
     // the harvest, with 1 MiB of slack.
     let (low, high) = (before.min(after).saturating_sub(1 << 20), before.max(after) + (1 << 20));
     assert!((low..=high).contains(&exported), "exported {exported}, /proc/meminfo {before}..{after}");
-    let snapshot = attached.snapshot();
-    let text = render(&attached, &snapshot);
+    let text = render(&attached);
     assert!(text.contains("# TYPE ptwatch_node_pagetable_bytes gauge"), "{text}");
 }

@@ -9,24 +9,27 @@
 //! ([`CHALLENGE_MARGIN_DIVISOR`]), or until it falls below half of the page-table
 //! threshold, so series do not flap between processes of similar size.
 //!
-//! Counters stay monotonic in Prometheus' sense:
-//! - a process' own series counts from when it was selected: its counters
-//!   minus a baseline, their values at selection. What it did before stays in
-//!   `other` (a process selected at the harvest that first sees it has a
-//!   baseline of zero: none of its counts was in `other` yet);
-//! - a process that loses its place takes its whole count to `other`, and its
-//!   own series ends; selected again later, the series restarts from zero
-//!   (a counter reset to Prometheus, which is what happened to the series);
-//! - records that expire or whose pid is recycled leave their whole count in
-//!   `other`.
+//! Counters never go down, and every sum stays exact (see
+//! [`super::record::Export`] for the states of a series):
+//! - a series of its own counts from when it was selected; what the
+//!   process counted before stays in `other` (a process selected at the
+//!   harvest that first sees it owns all its counts: none were in `other`);
+//! - a process that loses its place keeps its series frozen at its last
+//!   value for the TTL, and what it counts meanwhile goes to `other`;
+//!   selected again within the TTL, the series grows again from there;
+//!   after it, the series ends, its value joins `other`, and the process
+//!   stays in `other` (a series of its own would come back lower);
+//! - records that expire leave their whole count in `other`.
 //!
-//! So `other` = expired records + unselected records + baselines of selected
-//! ones, each term of which only grows, and own + `other` is, at every
-//! harvest, the sum over every process the agent ever counted.
+//! So `other` = expired records + the part of each series not in its own,
+//! each term of which only grows, and own + `other` is, at every harvest,
+//! the sum over every process the agent ever counted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{collections::BTreeMap, time::Instant};
 
-use super::ProcessRecord;
+use ptwatch_common::ProcessKey;
+
+use super::{counts::Counts, record::ProcessRecord};
 
 /// A challenger must exceed the weakest selected process' score by more than
 /// 1/this (a quarter) to take its place.
@@ -63,47 +66,6 @@ impl Default for Selection {
     }
 }
 
-/// Counters of a process, or sums of them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub pte_pages_reclaimed: u64,
-    pub dontneed_calls: u64,
-    pub dontneed_bytes: u64,
-    /// Page-table pages freed, by `(cause, level)`.
-    pub frees: BTreeMap<(u32, u32), u64>,
-}
-
-impl Counts {
-    /// The counters of `record`.
-    pub fn of(record: &ProcessRecord) -> Self {
-        Self {
-            pte_pages_reclaimed: record.pte_pages_reclaimed,
-            dontneed_calls: record.dontneed_calls,
-            dontneed_bytes: record.dontneed_bytes,
-            frees: record.frees.clone(),
-        }
-    }
-
-    pub fn add(&mut self, other: &Self) {
-        self.pte_pages_reclaimed += other.pte_pages_reclaimed;
-        self.dontneed_calls += other.dontneed_calls;
-        self.dontneed_bytes += other.dontneed_bytes;
-        for (key, pages) in &other.frees {
-            *self.frees.entry(*key).or_default() += pages;
-        }
-    }
-
-    /// Add the counters of `record`.
-    pub fn add_record(&mut self, record: &ProcessRecord) {
-        self.pte_pages_reclaimed += record.pte_pages_reclaimed;
-        self.dontneed_calls += record.dontneed_calls;
-        self.dontneed_bytes += record.dontneed_bytes;
-        for (key, pages) in &record.frees {
-            *self.frees.entry(*key).or_default() += pages;
-        }
-    }
-}
-
 /// What the `pid="other",comm="other"` series carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
@@ -126,39 +88,44 @@ impl Selection {
             record.last_pagetable_bytes >= min
         });
         // Reclaimed pages only grow: no hysteresis needed.
-        let reclaimed = self.min_reclaimed_pages.is_some_and(|min| record.pte_pages_reclaimed >= min);
+        let reclaimed = self.min_reclaimed_pages.is_some_and(|min| record.total().reclaimed() >= min);
         pagetable || reclaimed
     }
 
     /// Ranking key: the chosen measure first, the other one to break ties.
     fn score(&self, record: &ProcessRecord) -> (u64, u64) {
+        let reclaimed = record.total().reclaimed();
         match self.rank_by {
-            RankBy::PagetableBytes => (record.last_pagetable_bytes, record.pte_pages_reclaimed),
-            RankBy::Reclaimed => (record.pte_pages_reclaimed, record.last_pagetable_bytes),
+            RankBy::PagetableBytes => (record.last_pagetable_bytes, reclaimed),
+            RankBy::Reclaimed => (reclaimed, record.last_pagetable_bytes),
         }
     }
 
-    /// Update which records are selected. `new` are the pids first seen at
-    /// this harvest (their counts were never in `other`).
-    pub fn apply(&self, records: &mut BTreeMap<u32, ProcessRecord>, new: &HashSet<u32>) {
+    /// Update which records' series are their own.
+    pub fn apply(&self, records: &mut BTreeMap<ProcessKey, ProcessRecord>, now: Instant) {
         for record in records.values_mut() {
-            if record.selected && !self.qualifies(record, true) {
-                demote(record);
+            if record.series.export == super::record::Export::Own && !self.qualifies(record, true) {
+                record.series.freeze(now);
             }
         }
-        let mut challengers: Vec<((u64, u64), u32)> = records
+        let mut challengers: Vec<((u64, u64), ProcessKey)> = records
             .values()
-            .filter(|r| !r.selected && self.qualifies(r, false))
-            .map(|r| (self.score(r), r.pid))
+            .filter(|r| r.series.is_selectable() && self.qualifies(r, false))
+            .map(|r| (self.score(r), r.key))
             .collect();
         // Strongest first; among equals the lower (usually older) pid.
         challengers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut incumbents: Vec<((u64, u64), u32)> =
-            records.values().filter(|r| r.selected).map(|r| (self.score(r), r.pid)).collect();
+        let mut incumbents: Vec<((u64, u64), ProcessKey)> = records
+            .values()
+            .filter(|r| r.series.export == super::record::Export::Own)
+            .map(|r| (self.score(r), r.key))
+            .collect();
         let free = if self.top == 0 { usize::MAX } else { self.top.saturating_sub(incumbents.len()) };
         let mut challengers = challengers.into_iter().peekable();
-        for (_, pid) in challengers.by_ref().take(free) {
-            select(records, pid, new);
+        for (_, key) in challengers.by_ref().take(free) {
+            if let Some(record) = records.get_mut(&key) {
+                record.series.select();
+            }
         }
         // The weakest incumbents face the strongest remaining challengers;
         // once one holds, every later pairing would too.
@@ -170,37 +137,11 @@ impl Selection {
             }
             challengers.next();
             if let Some(record) = records.get_mut(&incumbent) {
-                demote(record);
+                record.series.freeze(now);
             }
-            select(records, challenger, new);
+            if let Some(record) = records.get_mut(&challenger) {
+                record.series.select();
+            }
         }
     }
-}
-
-fn select(records: &mut BTreeMap<u32, ProcessRecord>, pid: u32, new: &HashSet<u32>) {
-    if let Some(record) = records.get_mut(&pid) {
-        record.selected = true;
-        record.baseline = if new.contains(&pid) { Counts::default() } else { Counts::of(record) };
-    }
-}
-
-fn demote(record: &mut ProcessRecord) {
-    record.selected = false;
-    record.baseline = Counts::default();
-}
-
-/// The `other` series: `retired` (records gone) plus, for each record, its
-/// whole count if unselected or its baseline if selected.
-pub fn folded<'a>(retired: &Counts, records: impl IntoIterator<Item = &'a ProcessRecord>) -> Folded {
-    let mut folded = Folded { counts: retired.clone(), ..Folded::default() };
-    for record in records {
-        if record.selected {
-            folded.counts.add(&record.baseline);
-        } else {
-            folded.counts.add_record(record);
-            folded.pagetable_bytes += record.pagetable_bytes.unwrap_or(0);
-            folded.processes += 1;
-        }
-    }
-    folded
 }

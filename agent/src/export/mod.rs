@@ -1,7 +1,10 @@
-//! Prometheus export: metric families built at scrape time (`metrics`), the
-//! agent's own metrics (`self_metrics`), their OpenMetrics encoding
-//! (`openmetrics`), and the HTTP(S) listener that serves them (`server`,
-//! `tls`).
+//! Prometheus export: the table of metric families (`families`), the
+//! writer of both exposition formats (`exposition`, content negotiation in
+//! `openmetrics`), the scrape-time rendering of the harvested records
+//! (`metrics`) and of the agent's own metrics (`self_metrics`), and the
+//! HTTP(S) listener that serves them (`server`, `tls`).
+pub mod exposition;
+pub mod families;
 pub mod metrics;
 pub mod openmetrics;
 pub mod self_metrics;

@@ -1,6 +1,6 @@
 //! What the agent itself costs and how its probes are doing: CPU, memory,
-//! open files, the kernel's run statistics of its eBPF programs and the
-//! fill of its kernel maps.
+//! open files and the kernel's run statistics of its eBPF programs. (The
+//! fill of its kernel maps comes with the harvest.)
 //!
 //! Everything is read when Prometheus scrapes (a handful of small `/proc`
 //! files and one `BPF_OBJ_GET_INFO_BY_FD` per program), never per event.
@@ -14,17 +14,13 @@ use std::{
     sync::{Arc, Weak},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
-use ptwatch_common::{names, InflightCall};
-
-use crate::{aggregate::MapUsage, probes::Probes};
+use super::{
+    exposition::{Exposition, Value},
+    families as f,
+};
+use crate::{aggregate::identity::Stat, probes::Probes};
 
 pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-/// The transient maps of the kernel side (entries live for one syscall or
-/// one `free_pgtables` call), which the aggregation never reads. The other
-/// hash maps are counted at each harvest (see `aggregate`).
-const IN_FREE_PGTABLES: &str = "IN_FREE_PGTABLES";
 
 /// The agent's own resource use, as the standard `process_*` metrics.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -53,8 +49,29 @@ pub struct SelfReading {
     pub bpf_stats_enabled: Option<bool>,
     /// Only while bpf_stats is enabled: the kernel does not count otherwise.
     pub programs: Vec<ProgramRuns>,
-    /// The transient maps (the others come with the harvest).
-    pub maps: Vec<MapUsage>,
+}
+
+impl SelfReading {
+    /// The agent's own families: eBPF run statistics and `process_*`.
+    pub fn render(&self, out: &mut Exposition) {
+        if let Some(enabled) = self.bpf_stats_enabled {
+            out.family(&f::BPF_STATS_ENABLED).sample("", "", enabled);
+        }
+        let mut runs = out.family(&f::BPF_PROGRAM_RUNS);
+        for program in &self.programs {
+            runs.values(&[&program.name], program.runs);
+        }
+        let mut seconds = out.family(&f::BPF_PROGRAM_RUN_SECONDS);
+        for program in &self.programs {
+            seconds.values(&[&program.name], program.run_seconds);
+        }
+        if let Some(process) = &self.process {
+            out.family(&f::PROCESS_CPU_SECONDS).sample("", "", process.cpu_seconds);
+            out.family(&f::PROCESS_RESIDENT_MEMORY).sample("", "", process.resident_bytes);
+            out.family(&f::PROCESS_START_TIME).sample("", "", Value::Float(process.start_time_seconds));
+            out.family(&f::PROCESS_OPEN_FDS).sample("", "", process.open_fds);
+        }
+    }
 }
 
 /// Where a [`SelfReading`] comes from: the running agent, or nothing (unit
@@ -89,7 +106,7 @@ impl SelfSource for AgentSelf {
             return SelfReading { process, bpf_stats_enabled, ..SelfReading::default() };
         };
         let programs = if bpf_stats_enabled == Some(true) { program_runs(&probes) } else { Vec::new() };
-        SelfReading { process, bpf_stats_enabled, programs, maps: transient_maps(&probes) }
+        SelfReading { process, bpf_stats_enabled, programs }
     }
 }
 
@@ -121,37 +138,6 @@ fn program_runs(probes: &Probes) -> Vec<ProgramRuns> {
         .collect()
 }
 
-fn transient_maps(probes: &Probes) -> Vec<MapUsage> {
-    let mut usage = Vec::new();
-    for name in [names::INFLIGHT, IN_FREE_PGTABLES] {
-        let Some(map) = probes.object().map(name) else { continue };
-        let counted = match name {
-            names::INFLIGHT => count_entries::<InflightCall>(map),
-            _ => count_entries::<u64>(map),
-        };
-        match counted {
-            Ok((entries, max_entries)) => usage.push(MapUsage { name, entries, max_entries }),
-            Err(err) => tracing::debug!(map = name, error = %err, "counting map entries failed"),
-        }
-    }
-    usage
-}
-
-/// Entries of a hash map keyed by thread id, and its capacity. Entries come
-/// and go while the keys are walked; the walk never takes more steps than
-/// the map can hold.
-fn count_entries<V: aya::Pod>(map: &Map) -> Result<(u64, u64), MapError> {
-    let map: HashMap<&MapData, u32, V> = HashMap::try_from(map)?;
-    let max_entries = aya::maps::IterableMap::map(&map).info()?.max_entries();
-    let mut entries = 0;
-    for key in map.keys().take(max_entries as usize) {
-        if key.is_ok() {
-            entries += 1;
-        }
-    }
-    Ok((entries, u64::from(max_entries)))
-}
-
 /// Reads `/proc/self`, with the constants that turn its ticks and pages
 /// into seconds and bytes.
 struct ProcessClock {
@@ -168,13 +154,17 @@ impl ProcessClock {
         Self {
             ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
             page_size: u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096),
-            boot_time: fs::read_to_string("/proc/stat").ok().as_deref().and_then(boot_time),
+            boot_time: fs::read_to_string("/proc/stat")
+                .ok()
+                .as_deref()
+                .and_then(crate::aggregate::identity::boot_time)
+                .map(|s| s as f64),
         }
     }
 
     fn read(&self) -> io::Result<ProcessStats> {
-        let stat = fs::read_to_string("/proc/self/stat")?;
-        let fields = parse_stat(&stat)
+        let stat = fs::read("/proc/self/stat")?;
+        let fields = Stat::parse(&stat)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat format"))?;
         // The listing's own directory descriptor is not one of the agent's.
         let open_fds = (fs::read_dir("/proc/self/fd")?.count() as u64).saturating_sub(1);
@@ -187,48 +177,10 @@ impl ProcessClock {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` the `process_*` metrics need.
-#[derive(Debug, PartialEq, Eq)]
-struct StatFields {
-    utime: u64,
-    stime: u64,
-    start_ticks: u64,
-    rss_pages: u64,
-}
-
-/// Parse `/proc/<pid>/stat` (proc(5)). The command name, field 2, is in
-/// parentheses and may itself contain spaces and `)`, so the fields are
-/// counted from its last `)`.
-fn parse_stat(text: &str) -> Option<StatFields> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `fields[0]` is field 3 (state).
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some(StatFields { utime: field(14)?, stime: field(15)?, start_ticks: field(22)?, rss_pages: field(24)? })
-}
-
-/// `btime` of `/proc/stat`: when the system booted, Unix seconds.
-fn boot_time(stat: &str) -> Option<f64> {
-    stat.lines().find_map(|line| line.strip_prefix("btime "))?.trim().parse::<u64>().ok().map(|s| s as f64)
-}
-
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
     use super::*;
-
-    #[test]
-    fn stat_fields_are_counted_after_the_command_name() {
-        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 9 0 987654 123456789 1536 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0";
-        assert_eq!(parse_stat(line), Some(StatFields { utime: 250, stime: 75, start_ticks: 987654, rss_pages: 1536 }));
-        assert_eq!(parse_stat("1 (x) S 1 2"), None);
-    }
-
-    #[test]
-    fn boot_time_from_proc_stat() {
-        assert_eq!(boot_time("cpu  1 2 3\nbtime 1764000000\nprocesses 9\n"), Some(1_764_000_000.0));
-        assert_eq!(boot_time("cpu  1 2 3\n"), None);
-    }
 
     /// The real `/proc/self` of this test process, compared with what the
     /// kernel says elsewhere: VmRSS and the descriptors opened here.

@@ -28,11 +28,10 @@ use axum::{
     Router,
 };
 use base64::Engine as _;
-use prometheus::{Encoder as _, Histogram, HistogramOpts, Registry, TextEncoder};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 
-use super::{openmetrics, tls::TlsListener};
+use super::{exposition::Format, metrics::Render, openmetrics, tls::TlsListener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -108,40 +107,18 @@ impl Auth {
     }
 }
 
-/// What the handlers share with the agent: the registry once the probes are
-/// attached, whether the first harvest has succeeded, and how long building
-/// each response takes.
+/// What the handlers share with the agent: the metrics once the probes are
+/// attached, and whether the first harvest has succeeded.
+#[derive(Default)]
 pub struct Exporter {
-    registry: OnceLock<Arc<Registry>>,
+    metrics: OnceLock<Arc<dyn Render>>,
     ready: AtomicBool,
-    scrape_duration: Histogram,
-}
-
-/// Buckets of `ptwatch_scrape_duration_seconds`: 0.5 ms to 2.5 s, finest
-/// around the 10 ms goal of a 10,000-series scrape (docs/benchmarks.md).
-const SCRAPE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-
-impl Default for Exporter {
-    fn default() -> Self {
-        let opts = HistogramOpts::new(
-            "ptwatch_scrape_duration_seconds",
-            "Time to build each /metrics response (read the kernel maps, harvest, encode), seconds.",
-        )
-        .buckets(SCRAPE_BUCKETS.to_vec());
-        // Fails only on an invalid name or unsorted buckets, both constants.
-        let scrape_duration = Histogram::with_opts(opts).expect("valid histogram options");
-        Self { registry: OnceLock::new(), ready: AtomicBool::new(false), scrape_duration }
-    }
 }
 
 impl Exporter {
-    /// Start serving metrics from `registry` (once; later calls are ignored),
-    /// with the scrape duration histogram added to it.
-    pub fn set_registry(&self, registry: Arc<Registry>) {
-        if let Err(err) = registry.register(Box::new(self.scrape_duration.clone())) {
-            tracing::warn!(error = %err, "cannot export ptwatch_scrape_duration_seconds");
-        }
-        let _ = self.registry.set(registry);
+    /// Start serving `metrics` (once; later calls are ignored).
+    pub fn set_metrics(&self, metrics: Arc<dyn Render>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Probes attached and kernel maps read once: `/readyz` turns 200.
@@ -162,10 +139,19 @@ pub enum Bound {
     Tls(TlsListener),
 }
 
-/// Bind first, separately, so that "address in use" is reported before any
-/// probe is attached.
-pub async fn bind(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Bound, ServerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+/// Bind first, before the runtime and the probes exist, so that "address in
+/// use" is reported before any probe is attached. Connections that arrive
+/// before [`listen`] wait in the kernel's backlog.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Hand a listener from [`bind`] to the runtime (call from inside it).
+pub fn listen(listener: std::net::TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Bound, ServerError> {
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: ([0, 0, 0, 0], 0).into(), source })?;
+    let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Bind { addr, source })?;
     Ok(match tls {
         None => Bound::Plain(listener),
         Some(config) => {
@@ -229,25 +215,15 @@ async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {
 }
 
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
-    let Some(registry) = exporter.registry.get().cloned() else {
+    let Some(metrics) = exporter.metrics.get().cloned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "probes are being attached\n").into_response();
     };
     let openmetrics =
         headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok()).any(openmetrics::preferred);
-    let scrape_duration = exporter.scrape_duration.clone();
+    let format = if openmetrics { Format::OpenMetrics } else { Format::Text };
     // Reading kernel maps is a series of syscalls: keep it off the reactor.
-    // The time is that of this work; it shows in the next scrape.
-    let encoded = tokio::task::spawn_blocking(move || {
-        let _timer = scrape_duration.start_timer();
-        encode(&registry, openmetrics)
-    })
-    .await;
-    match encoded {
-        Ok(Ok((body, content_type))) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "encoding metrics failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {err}\n")).into_response()
-        }
+    match tokio::task::spawn_blocking(move || metrics.render(format)).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "metrics task failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "metrics task failed\n").into_response()
@@ -255,25 +231,17 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
     }
 }
 
-/// The Prometheus text format; the crate's `TEXT_FORMAT` leaves out the
-/// charset, which client_golang states.
-const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The body and its content type.
-fn encode(registry: &Registry, openmetrics: bool) -> Result<(String, &'static str), prometheus::Error> {
-    let families = registry.gather();
-    if openmetrics {
-        return Ok((openmetrics::encode(&families), openmetrics::CONTENT_TYPE));
-    }
-    let mut buffer = Vec::new();
-    TextEncoder::new().encode(&families, &mut buffer)?;
-    let text = String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-    Ok((text, TEXT_CONTENT_TYPE))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty exposition.
+    struct Nothing;
+    impl Render for Nothing {
+        fn render(&self, _format: Format) -> String {
+            String::new()
+        }
+    }
 
     fn basic(user: &str, password: &str) -> String {
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
@@ -323,7 +291,7 @@ mod tests {
         assert_eq!(get(addr, "/readyz").await, 503);
         // Auth is checked first, even while not ready.
         assert_eq!(get(addr, "/metrics").await, 401);
-        exporter.set_registry(Arc::new(Registry::new()));
+        exporter.set_metrics(Arc::new(Nothing));
         assert_eq!(get(addr, "/readyz").await, 503);
         exporter.set_ready();
         assert_eq!(get(addr, "/readyz").await, 200);
@@ -338,7 +306,7 @@ mod tests {
         let app = router(Arc::clone(&exporter), None);
         tokio::spawn(async move { axum::serve(listener, app).await });
         assert_eq!(get(addr, "/metrics").await, 503);
-        exporter.set_registry(Arc::new(Registry::new()));
+        exporter.set_metrics(Arc::new(Nothing));
         assert_eq!(get(addr, "/metrics").await, 200);
     }
 

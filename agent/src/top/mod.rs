@@ -1,11 +1,13 @@
 //! `ptwatch top`: processes (or cgroups) by page-table memory, with their
-//! PT_RECLAIM and MADV_DONTNEED rates, refreshed in place in a terminal or
-//! printed as plain snapshots when stdout is not one.
+//! PT_RECLAIM and MADV_DONTNEED rates, refreshed in place in a terminal, or
+//! printed as snapshots when stdout is not one (tab-separated, `output.rs`)
+//! or with `--json`.
 //!
 //! The rates come from top's own instance of the probes (the agent's plan,
 //! separate maps, so an agent can run meanwhile); page-table memory from
 //! `/proc/PID/status` (`VmPTE`) and the cgroups' `memory.stat`.
 
+pub mod output;
 pub mod sample;
 mod screen;
 
@@ -18,11 +20,12 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    aggregate::KernelMaps,
     cli::{TopArgs, TopSort},
     kernel::{btf::KernelBtf, support},
     probes::Probes,
-    trace::record::{human_bytes, local_time, shorten},
 };
+use output::Layout;
 use sample::{sorted, Row, Sample, Sampler};
 
 /// Rows of a plain snapshot without `--limit`.
@@ -42,23 +45,25 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(&btf, args.probes.probe_mode)?;
     let started = Instant::now();
     let maps = probes.take_maps()?;
-    let mut sampler = Sampler::new(maps, started);
+    let mut sampler = Sampler::new(KernelMaps::new(maps), started);
     tracing::info!(mode = probes.mode().as_str(), "probes attached");
     let state = ViewState { sort: args.sort, cgroups: args.cgroups };
     install_stop_signals()?;
-    let result = if std::io::stdout().is_terminal() {
+    let result = if args.json {
+        snapshots(&mut sampler, &args, state, Layout::Json)
+    } else if std::io::stdout().is_terminal() {
         screen::run(&mut sampler, &args, state, probes.mode().as_str())
     } else {
-        plain(&mut sampler, &args, state)
+        snapshots(&mut sampler, &args, state, Layout::Plain)
     };
     drop(probes);
     tracing::info!("probes detached");
     result
 }
 
-/// One table per interval on stdout, until `--iterations`, SIGINT/SIGTERM
-/// or a closed pipe.
-fn plain(sampler: &mut Sampler, args: &TopArgs, state: ViewState) -> anyhow::Result<()> {
+/// One snapshot per interval on stdout (a tab-separated table, or a JSON
+/// line), until `--iterations`, SIGINT/SIGTERM or a closed pipe.
+fn snapshots(sampler: &mut Sampler, args: &TopArgs, state: ViewState, layout: Layout) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     let limit = args.limit.unwrap_or(PLAIN_ROWS);
     let mut refreshes = 0;
@@ -67,9 +72,8 @@ fn plain(sampler: &mut Sampler, args: &TopArgs, state: ViewState) -> anyhow::Res
             return Ok(());
         }
         let sample = sampler.sample()?;
-        let lines = table(sampler, &sample, state, limit, args.interval);
-        let mut text = lines.join("\n");
-        text.push_str("\n\n");
+        let rows = rows(sampler, &sample, state);
+        let text = output::render(layout, &sample, state, &rows, limit, args.interval)?;
         match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
             result => result.context("writing to stdout")?,
@@ -81,68 +85,12 @@ fn plain(sampler: &mut Sampler, args: &TopArgs, state: ViewState) -> anyhow::Res
     }
 }
 
-/// The lines of one refresh: a title line, a node line, column headers and
-/// at most `limit` rows.
-pub fn table(sampler: &mut Sampler, sample: &Sample, state: ViewState, limit: u64, interval: Duration) -> Vec<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
-    let sort_name = match state.sort {
-        TopSort::Pagetable => "page tables",
-        TopSort::Reclaim => "reclaim",
-        TopSort::Dontneed => "DONTNEED",
-    };
-    let mut lines = vec![
-        format!(
-            "ptwatch top  {}  every {:.1}s  sorted by {sort_name}  [p r d: sort  c: {}  q: quit]",
-            &local_time(now)[..8],
-            interval.as_secs_f64(),
-            if state.cgroups { "processes" } else { "cgroups" }
-        ),
-        format!(
-            "node PageTables {}   rates over the last {:.1}s",
-            sample.node_pagetable_bytes.map_or_else(|| "-".to_owned(), human_bytes),
-            sample.seconds
-        ),
-        String::new(),
-    ];
-    let rows = if state.cgroups {
+/// The rows of one refresh, sorted.
+pub fn rows(sampler: &mut Sampler, sample: &Sample, state: ViewState) -> Vec<Row> {
+    if state.cgroups {
         sorted(sampler.cgroups(&sample.processes), state.sort)
     } else {
         sorted(sample.processes.clone(), state.sort)
-    };
-    if state.cgroups {
-        lines.push(format!(
-            "{:<40} {:>6} {:>10} {:>10} {:>9} {:>9} {:>11}",
-            "CGROUP", "PROCS", "PT", "VmPTE-SUM", "RECL/s", "DN/s", "DN-B/s"
-        ));
-    } else {
-        lines.push(format!("{:<8} {:<16} {:>10} {:>9} {:>9} {:>11}", "PID", "COMM", "PT", "RECL/s", "DN/s", "DN-B/s"));
-    }
-    for row in rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
-        lines.push(format_row(row, state.cgroups));
-    }
-    lines
-}
-
-fn format_row(row: &Row, cgroups: bool) -> String {
-    let pt = row.pagetable_bytes.map_or_else(|| "-".to_owned(), human_bytes);
-    let rates = format!(
-        "{:>9.1} {:>9.1} {:>11}",
-        row.reclaim_pages_per_s,
-        row.dontneed_calls_per_s,
-        human_bytes(row.dontneed_bytes_per_s as u64)
-    );
-    if cgroups {
-        format!(
-            "{:<40} {:>6} {:>10} {:>10} {rates}",
-            shorten(&row.name, 40),
-            row.processes,
-            pt,
-            human_bytes(row.processes_pagetable_bytes)
-        )
-    } else {
-        format!("{:<8} {:<16} {:>10} {rates}", row.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()), row.name, pt)
     }
 }
 

@@ -3,22 +3,23 @@
 //! interval (deltas of the kernel counters of top's own probes).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fs,
     time::Instant,
 };
 
-use ptwatch_common::ProcessCounters;
+use ptwatch_common::{ProcessCounters, ProcessKey};
 
 use crate::{
     aggregate::{
         cgroup::{memory_stat_field, v2_path_from_proc, CgroupTree},
         host::meminfo_kib,
-        CounterSource,
+        identity::{BootClock, Stat},
+        CounterSource, Counts, KernelMaps,
     },
     cli::TopSort,
     kernel::procfs,
-    probes::{ProbeError, ProbeMaps},
+    probes::ProbeError,
 };
 
 /// One row: a process or a cgroup.
@@ -70,74 +71,89 @@ pub fn sorted(mut rows: Vec<Row>, sort: TopSort) -> Vec<Row> {
 struct ProcProcess {
     comm: String,
     vmpte_bytes: u64,
+    /// Start time, clock ticks since boot: tells a recycled pid apart.
+    start_ticks: u64,
 }
 
 /// Reads the kernel counters and /proc, and turns counter deltas into rates.
 pub struct Sampler {
-    maps: ProbeMaps,
-    previous: HashMap<u32, ProcessCounters>,
+    maps: KernelMaps,
+    entries: Vec<(ProcessKey, ProcessCounters)>,
+    previous: HashMap<ProcessKey, Counts>,
     previous_at: Instant,
+    clock: BootClock,
     tree: Option<CgroupTree>,
 }
 
 impl Sampler {
     /// `started`: when the probes were attached (the counters start at 0).
-    pub fn new(maps: ProbeMaps, started: Instant) -> Self {
+    pub fn new(maps: KernelMaps, started: Instant) -> Self {
         let tree = CgroupTree::detect()
             .map_err(|err| tracing::warn!(error = %err, "no cgroup v2 tree: the cgroup view will be empty"))
             .ok();
-        Self { maps, previous: HashMap::new(), previous_at: started, tree }
+        Self {
+            maps,
+            entries: Vec::new(),
+            previous: HashMap::new(),
+            previous_at: started,
+            clock: BootClock::detect(),
+            tree,
+        }
     }
 
     /// Processes, with rates since the previous call.
     pub fn sample(&mut self) -> Result<Sample, ProbeError> {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64().max(1e-3);
-        let counters: HashMap<u32, ProcessCounters> = self.maps.processes()?.into_iter().collect();
+        self.maps.processes(&mut self.entries)?;
         let live = proc_processes();
-        let mut rows = Vec::new();
-        let rate = |pid: u32, field: fn(&ProcessCounters) -> u64| -> f64 {
-            let now = counters.get(&pid).map_or(0, field);
-            let before = self.previous.get(&pid).map_or(0, field);
-            now.saturating_sub(before) as f64 / seconds
-        };
+        let mut rows = Vec::with_capacity(live.len());
+        // What each kernel entry counted over the interval.
+        let mut grown: HashMap<u32, (ProcessKey, Counts)> = HashMap::new();
+        let mut gone = Vec::new();
+        for (key, counters) in &self.entries {
+            let counts = Counts::of_process(counters);
+            let before = self.previous.get(key).copied().unwrap_or_default();
+            let delta = counts.growth_since(&before);
+            match live.get(&key.tgid) {
+                Some(process) if process.start_ticks == self.clock.ticks(key.start_time_ns) => {
+                    grown.insert(key.tgid, (*key, delta));
+                }
+                // Exited since the last refresh (or its pid reused): it still
+                // had its share of the rates.
+                _ => {
+                    gone.push(*key);
+                    let row = Row {
+                        pid: Some(key.tgid),
+                        processes: 1,
+                        name: procfs::comm_to_string(&counters.comm),
+                        ..Row::with_rates(&delta, seconds)
+                    };
+                    if row.reclaim_pages_per_s > 0.0 || row.dontneed_calls_per_s > 0.0 {
+                        rows.push(row);
+                    }
+                }
+            }
+        }
         for (pid, process) in &live {
+            let delta = grown.get(pid).map(|(_, delta)| *delta).unwrap_or_default();
             rows.push(Row {
                 pid: Some(*pid),
                 processes: 1,
                 name: process.comm.clone(),
                 pagetable_bytes: Some(process.vmpte_bytes),
                 processes_pagetable_bytes: process.vmpte_bytes,
-                reclaim_pages_per_s: rate(*pid, |c| c.pte_pages_reclaimed),
-                dontneed_calls_per_s: rate(*pid, |c| c.dontneed_calls),
-                dontneed_bytes_per_s: rate(*pid, |c| c.dontneed_bytes),
+                ..Row::with_rates(&delta, seconds)
             });
         }
-        // Processes that exited since the last refresh still had their
-        // share of the rates.
-        let mut gone = HashSet::new();
-        for (pid, c) in &counters {
-            if live.contains_key(pid) {
-                continue;
-            }
-            gone.insert(*pid);
-            let row = Row {
-                pid: Some(*pid),
-                processes: 1,
-                name: procfs::comm_to_string(&c.comm),
-                pagetable_bytes: None,
-                processes_pagetable_bytes: 0,
-                reclaim_pages_per_s: rate(*pid, |c| c.pte_pages_reclaimed),
-                dontneed_calls_per_s: rate(*pid, |c| c.dontneed_calls),
-                dontneed_bytes_per_s: rate(*pid, |c| c.dontneed_bytes),
-            };
-            if row.reclaim_pages_per_s > 0.0 || row.dontneed_calls_per_s > 0.0 {
-                rows.push(row);
-            }
+        // Their kernel entries go: the map keeps room for live processes.
+        for key in &gone {
+            self.maps.take(key)?;
         }
-        // Their kernel entries go: a recycled pid starts from zero.
-        self.maps.forget(&gone, &[]);
-        self.previous = counters.into_iter().filter(|(pid, _)| !gone.contains(pid)).collect();
+        self.previous.clear();
+        self.previous.extend(
+            self.entries.iter().filter(|(key, _)| !gone.contains(key)).map(|(key, c)| (*key, Counts::of_process(c))),
+        );
         self.previous_at = now;
         Ok(Sample {
             processes: rows,
@@ -177,6 +193,18 @@ impl Sampler {
     }
 }
 
+impl Row {
+    /// A row with the rates of `delta` over `seconds`.
+    fn with_rates(delta: &Counts, seconds: f64) -> Self {
+        Self {
+            reclaim_pages_per_s: delta.reclaimed() as f64 / seconds,
+            dontneed_calls_per_s: delta.dontneed_calls as f64 / seconds,
+            dontneed_bytes_per_s: delta.dontneed_bytes as f64 / seconds,
+            ..Self::default()
+        }
+    }
+}
+
 /// Every process with an address space (kernel threads have no VmPTE).
 fn proc_processes() -> BTreeMap<u32, ProcProcess> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -187,8 +215,10 @@ fn proc_processes() -> BTreeMap<u32, ProcProcess> {
         // Gone meanwhile, or not readable: skipped.
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let vmpte_kib = procfs::kib_field(&status, "VmPTE")?;
-        let comm = status.lines().find_map(|l| l.strip_prefix("Name:")).map(|n| n.trim().to_owned())?;
-        Some((pid, ProcProcess { comm, vmpte_bytes: vmpte_kib * 1024 }))
+        let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+        let stat = Stat::parse(&stat)?;
+        let comm = String::from_utf8_lossy(stat.comm).into_owned();
+        Some((pid, ProcProcess { comm, vmpte_bytes: vmpte_kib * 1024, start_ticks: stat.start_ticks }))
     })
     .collect()
 }

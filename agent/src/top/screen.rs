@@ -15,7 +15,7 @@ use crossterm::{
     terminal::{self, ClearType},
 };
 
-use super::{sample::Sampler, stopped, table, ViewState};
+use super::{output::screen_lines, rows, sample::Sampler, stopped, ViewState};
 use crate::cli::{TopArgs, TopSort};
 
 /// How often keys and signals are looked at between refreshes.
@@ -149,6 +149,7 @@ fn redraw(
     // Title, node line, blank line, column headers: 4 lines.
     let fit = u64::from(height).saturating_sub(4).max(1);
     let limit = args.limit.map_or(fit, |l| l.min(fit));
-    let lines = table(sampler, sample, state, limit, args.interval);
+    let rows = rows(sampler, sample, state);
+    let lines = screen_lines(sample, state, &rows, limit, args.interval);
     screen.draw(&lines)
 }

@@ -61,6 +61,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             cgroup_id,
             ring_bytes: args.buffer_kib.saturating_mul(1024),
         }),
+        ..LoadOptions::default()
     };
     let mode = args.probes.probe_mode;
     let mut probes = tokio::task::spawn_blocking(move || Probes::load_with(&btf, mode, options))

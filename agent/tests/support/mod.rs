@@ -14,10 +14,11 @@ use std::{
 };
 
 use ptwatch::{
-    aggregate::{Aggregator, ProcessRecord, Snapshot},
+    aggregate::{Aggregator, CgroupLabels, Counts, KernelMaps, ProcessRecord},
     kernel::btf::VMLINUX_BTF,
-    probes::{plan::ProbeMode, ProbeMaps, Probes},
+    probes::{plan::ProbeMode, LoadOptions, Probes},
 };
+use ptwatch_common::{NodeCounters, ProcessKey};
 use ptwatch_workload::Report;
 
 fn binary_from_env(var: &str) -> PathBuf {
@@ -55,33 +56,99 @@ pub fn run_workload(args: &[&str]) -> Report {
     serde_json::from_slice(&output.stdout).expect("workload prints a JSON report")
 }
 
-/// The real probes, attached for the lifetime of the value.
+/// One process as a test sees it after a harvest: owned, its counts
+/// summed over every name it had.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub key: ProcessKey,
+    pub pid: u32,
+    /// The name it has now.
+    pub comm: String,
+    pub counts: Counts,
+    pub exited: bool,
+    /// cgroup v2 id the kernel captured (0: none).
+    pub cgroup_id: u64,
+    pub cgroup: Option<CgroupLabels>,
+    /// `VmPTE` in bytes while alive.
+    pub pagetable_bytes: Option<u64>,
+}
+
+impl Process {
+    fn of(record: &ProcessRecord) -> Self {
+        Self {
+            key: record.key,
+            pid: record.pid(),
+            comm: record.series.comm.to_string(),
+            counts: record.total(),
+            exited: !record.is_live(),
+            cgroup_id: record.cgroup_id,
+            cgroup: record.cgroup.as_deref().cloned(),
+            pagetable_bytes: record.pagetable_bytes,
+        }
+    }
+
+    /// PTE pages PT_RECLAIM freed.
+    pub fn reclaimed(&self) -> u64 {
+        self.counts.reclaimed()
+    }
+}
+
+/// The real probes, attached for the lifetime of the value, and an
+/// aggregator of their maps (exited processes kept for 600 s, every process
+/// with a series of its own: whatever else runs on the machine, the test's
+/// own processes are exported).
 pub struct Attached {
     pub probes: Probes,
-    pub aggregator: Aggregator<ProbeMaps>,
+    pub aggregator: Aggregator<KernelMaps>,
 }
 
 impl Attached {
     pub fn new() -> Self {
+        Self::with_options(LoadOptions::default())
+    }
+
+    pub fn with_options(options: LoadOptions) -> Self {
         ptwatch::kernel::support::require_privileges().expect("integration tests must run as root");
         ptwatch::kernel::support::ensure_tracefs().expect("tracefs");
         let btf = ptwatch::kernel::btf::KernelBtf::load(Path::new(VMLINUX_BTF)).expect("kernel BTF");
-        let mut probes = Probes::load(&btf, probe_mode()).expect("load and attach the eBPF programs");
+        let mut probes = Probes::load_with(&btf, probe_mode(), options).expect("load and attach the eBPF programs");
         let maps = probes.take_maps().expect("maps");
-        Self { probes, aggregator: Aggregator::new(maps, std::time::Duration::from_secs(600)) }
+        let every_process = ptwatch::aggregate::Selection { top: 0, ..ptwatch::aggregate::Selection::default() };
+        let aggregator = Aggregator::new(KernelMaps::new(maps), std::time::Duration::from_secs(600))
+            .with_selection(every_process);
+        Self { probes, aggregator }
     }
 
-    pub fn snapshot(&mut self) -> Snapshot {
-        self.aggregator.harvest(Instant::now()).expect("read kernel maps")
+    /// A full harvest now.
+    pub fn harvest(&mut self) -> &Aggregator<KernelMaps> {
+        self.harvest_at(Instant::now())
     }
 
-    /// The record of `pid`, which must exist.
-    pub fn process(&mut self, pid: u32) -> ProcessRecord {
-        self.snapshot()
-            .processes
-            .into_iter()
-            .find(|p| p.pid == pid)
-            .unwrap_or_else(|| panic!("no counters for pid {pid}"))
+    /// A full harvest as if at `now` (later than now: to expire records).
+    pub fn harvest_at(&mut self, now: Instant) -> &Aggregator<KernelMaps> {
+        self.aggregator.harvest(now).expect("read kernel maps");
+        &self.aggregator
+    }
+
+    /// Node totals after a harvest.
+    pub fn node(&mut self) -> NodeCounters {
+        self.harvest().snapshot().node
+    }
+
+    /// Every process after a harvest.
+    pub fn processes(&mut self) -> Vec<Process> {
+        self.harvest().records().map(Process::of).collect()
+    }
+
+    /// The process `pid` after a harvest, if counted (the newest when the
+    /// pid was recycled).
+    pub fn find(&mut self, pid: u32) -> Option<Process> {
+        self.harvest().records_of(pid).last().map(Process::of)
+    }
+
+    /// The process `pid`, which must have been counted.
+    pub fn process(&mut self, pid: u32) -> Process {
+        self.find(pid).unwrap_or_else(|| panic!("no counters for pid {pid}"))
     }
 }
 
@@ -201,6 +268,7 @@ pub const AGENT_VARIABLES: &[&str] = &[
     "PTWATCH_RANK_PROCESSES_BY",
     "PTWATCH_MIN_PROCESS_PAGETABLE_BYTES",
     "PTWATCH_MIN_PROCESS_RECLAIMED_PAGES",
+    "PTWATCH_MAX_TRACKED_PROCESSES",
     "PTWATCH_LOG",
     "PTWATCH_LOG_FORMAT",
     "PTWATCH_TLS_CERT",

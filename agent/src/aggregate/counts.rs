@@ -1,0 +1,130 @@
+//! The counters of one process, cgroup or of the node, as one `Copy` value:
+//! what a per-process entry, an overflow slot and the node's per-CPU slots
+//! all count, so that every sum the exporter promises is one `add` away.
+
+use ptwatch_common::{Cause, FreeCounts, Level, NodeCounters, ProcessCounters};
+
+/// DONTNEED requests, their bytes, and page-table pages freed by cause and
+/// level (PT_RECLAIM's count is [`Counts::reclaimed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub dontneed_calls: u64,
+    pub dontneed_bytes: u64,
+    pub frees: FreeCounts,
+}
+
+impl Counts {
+    /// The counters of a `PROCESS_COUNTERS` entry or an overflow slot.
+    pub fn of_process(counters: &ProcessCounters) -> Self {
+        Self {
+            dontneed_calls: counters.dontneed_calls,
+            dontneed_bytes: counters.dontneed_bytes,
+            frees: counters.frees,
+        }
+    }
+
+    /// The counters of one CPU's `NODE_COUNTERS` slot.
+    pub fn of_node(counters: &NodeCounters) -> Self {
+        Self {
+            dontneed_calls: counters.dontneed_calls,
+            dontneed_bytes: counters.dontneed_bytes,
+            frees: counters.frees,
+        }
+    }
+
+    /// PTE pages PT_RECLAIM freed.
+    pub fn reclaimed(&self) -> u64 {
+        self.frees.reclaimed()
+    }
+
+    /// Pages freed for `cause` at `level`.
+    pub fn freed(&self, cause: Cause, level: Level) -> u64 {
+        self.frees.get(cause, level)
+    }
+
+    /// `self += other`.
+    pub fn add(&mut self, other: &Self) {
+        self.zip_mut(other, |mine, theirs| *mine = mine.wrapping_add(theirs));
+    }
+
+    /// `self - other`, each field at least 0. Used where `other` is known to
+    /// be a part of `self` (a series' own count within its whole count).
+    pub fn minus(&self, other: &Self) -> Self {
+        let mut out = *self;
+        out.zip_mut(other, |mine, theirs| *mine = mine.saturating_sub(theirs));
+        out
+    }
+
+    /// What was counted between reading `before` and reading `self` from
+    /// the same kernel entry. An entry whose fields only grow grew by the
+    /// difference; one with any field lower can only have been re-created
+    /// from zero meanwhile, and all of its value is new. So a total built
+    /// from these deltas never goes down, whatever the kernel entry does.
+    pub fn growth_since(&self, before: &Self) -> Self {
+        if self.covers(before) {
+            self.minus(before)
+        } else {
+            *self
+        }
+    }
+
+    /// Whether no field is below `other`'s.
+    pub fn covers(&self, other: &Self) -> bool {
+        self.fields().zip(other.fields()).all(|(mine, theirs)| mine >= theirs)
+    }
+
+    /// Every field, in a fixed order.
+    fn fields(&self) -> impl Iterator<Item = u64> + '_ {
+        [self.dontneed_calls, self.dontneed_bytes].into_iter().chain(self.frees.pages.iter().flatten().copied())
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Apply `f` to each field of `self` with the same field of `other`.
+    fn zip_mut(&mut self, other: &Self, mut f: impl FnMut(&mut u64, u64)) {
+        f(&mut self.dontneed_calls, other.dontneed_calls);
+        f(&mut self.dontneed_bytes, other.dontneed_bytes);
+        for (row, other_row) in self.frees.pages.iter_mut().zip(other.frees.pages.iter()) {
+            for (pages, other_pages) in row.iter_mut().zip(other_row.iter()) {
+                f(pages, *other_pages);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(calls: u64, reclaimed: u64, unmapped: u64) -> Counts {
+        let mut c = Counts { dontneed_calls: calls, dontneed_bytes: calls * 4096, ..Counts::default() };
+        c.frees.pages[Cause::Reclaim.index()][Level::Pte.index()] = reclaimed;
+        c.frees.pages[Cause::Unmap.index()][Level::Pmd.index()] = unmapped;
+        c
+    }
+
+    #[test]
+    fn add_minus_and_reclaimed() {
+        let mut sum = counts(1, 2, 3);
+        sum.add(&counts(10, 20, 30));
+        assert_eq!(sum, counts(11, 22, 33));
+        assert_eq!(sum.reclaimed(), 22);
+        assert_eq!(sum.freed(Cause::Unmap, Level::Pmd), 33);
+        assert_eq!(sum.minus(&counts(1, 2, 3)), counts(10, 20, 30));
+        assert_eq!(counts(1, 1, 1).minus(&counts(2, 2, 2)), Counts::default(), "never below zero");
+    }
+
+    #[test]
+    fn growth_of_a_re_created_entry_counts_from_zero() {
+        // Normal growth.
+        assert_eq!(counts(5, 8, 0).growth_since(&counts(3, 8, 0)), counts(2, 0, 0));
+        // A field went down: the entry was re-created, and everything in it
+        // is new, also the fields that happen to be higher than before.
+        assert_eq!(counts(1, 2, 0).growth_since(&counts(3, 8, 0)), counts(1, 2, 0));
+        assert_eq!(counts(1, 20, 0).growth_since(&counts(1, 8, 4)), counts(1, 20, 0));
+        assert!(counts(3, 8, 1).covers(&counts(3, 8, 0)));
+        assert!(!counts(3, 7, 1).covers(&counts(3, 8, 0)));
+    }
+}

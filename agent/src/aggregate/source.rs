@@ -1,0 +1,127 @@
+//! Where the kernel's counters come from: the real maps ([`ProbeMaps`]), or
+//! a script in unit tests. Everything the aggregation asks of the kernel
+//! goes through [`CounterSource`].
+
+use ptwatch_common::{names, NodeCounters, ProcessCounters, ProcessKey, ThreadContext};
+
+use super::batch::{self, TakeMethod};
+use crate::probes::{ProbeError, ProbeMaps};
+
+pub trait CounterSource {
+    /// Node totals, summed over CPUs.
+    fn node(&self) -> Result<NodeCounters, ProbeError>;
+    /// Replace `into` with every `PROCESS_COUNTERS` entry.
+    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError>;
+    /// Replace `into` with every `OVERFLOW_COUNTERS` slot (cgroup id, counts).
+    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError>;
+    /// Remove the entry of an exited process and return the value it had
+    /// when removed (None: no entry).
+    fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError>;
+    /// Replace `into` with every `THREAD_CONTEXT` entry.
+    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError>;
+    /// Remove the context of thread `tid` (an absent one is fine).
+    fn forget_thread(&mut self, tid: u32);
+    /// Capacity of the maps, fixed when they were created.
+    fn capacity(&self) -> MapCapacity;
+}
+
+/// Capacity of the maps a [`CounterSource`] reads (None if the kernel
+/// cannot be asked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapCapacity {
+    pub processes: Option<u32>,
+    pub overflow: Option<u32>,
+    pub threads: Option<u32>,
+}
+
+/// The real maps, with how this kernel lets entries be taken out.
+pub struct KernelMaps {
+    maps: ProbeMaps,
+    take: TakeMethod,
+}
+
+impl KernelMaps {
+    pub fn new(maps: ProbeMaps) -> Self {
+        Self { maps, take: TakeMethod::default() }
+    }
+
+    pub fn take_method(&self) -> TakeMethod {
+        self.take
+    }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+impl CounterSource for KernelMaps {
+    fn node(&self) -> Result<NodeCounters, ProbeError> {
+        let per_cpu = self.maps.node.get(&0, 0).map_err(map_error(names::NODE_COUNTERS))?;
+        Ok(per_cpu.iter().fold(NodeCounters::default(), |mut sum, cpu| {
+            add_node(&mut sum, cpu);
+            sum
+        }))
+    }
+
+    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.processes, into).map_err(map_error(names::PROCESS_COUNTERS))
+    }
+
+    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.overflow, into).map_err(map_error(names::OVERFLOW_COUNTERS))
+    }
+
+    fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError> {
+        batch::take(&mut self.maps.processes, key, &mut self.take).map_err(map_error(names::PROCESS_COUNTERS))
+    }
+
+    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.threads, into).map_err(map_error(names::THREAD_CONTEXT))
+    }
+
+    fn forget_thread(&mut self, tid: u32) {
+        // Absent is fine: the thread's exit hook may have run meanwhile.
+        let _ = self.maps.threads.remove(&tid);
+    }
+
+    fn capacity(&self) -> MapCapacity {
+        use aya::maps::IterableMap as _;
+        let max = |map: &aya::maps::MapData| map.info().ok().map(|info| info.max_entries());
+        MapCapacity {
+            processes: max(self.maps.processes.map()),
+            overflow: max(self.maps.overflow.map()),
+            threads: max(self.maps.threads.map()),
+        }
+    }
+}
+
+/// `sum += cpu`, every field: the counters and the diagnostics. The
+/// destructuring makes a field added to `NodeCounters` a compile error here
+/// rather than a counter silently left at zero.
+pub fn add_node(sum: &mut NodeCounters, cpu: &NodeCounters) {
+    let NodeCounters {
+        dontneed_calls,
+        dontneed_bytes,
+        frees,
+        process_map_overflows,
+        cgroup_map_overflows,
+        unowned_frees,
+        lost_events,
+        context_update_failures,
+        context_exit_misses,
+        approximate_calls,
+        unmeasured_requests,
+    } = cpu;
+    let add = |total: &mut u64, value: &u64| *total = total.wrapping_add(*value);
+    add(&mut sum.dontneed_calls, dontneed_calls);
+    add(&mut sum.dontneed_bytes, dontneed_bytes);
+    sum.frees.add(frees);
+    add(&mut sum.process_map_overflows, process_map_overflows);
+    add(&mut sum.cgroup_map_overflows, cgroup_map_overflows);
+    add(&mut sum.unowned_frees, unowned_frees);
+    add(&mut sum.lost_events, lost_events);
+    add(&mut sum.context_update_failures, context_update_failures);
+    add(&mut sum.context_exit_misses, context_exit_misses);
+    add(&mut sum.approximate_calls, approximate_calls);
+    add(&mut sum.unmeasured_requests, unmeasured_requests);
+}
