@@ -13,11 +13,15 @@ use ptwatch::probes::{
     plan::{Attach, ProbeMode},
     ReclaimAccounting,
 };
-use ptwatch_common::{cause, level};
-use support::{expect_pt_reclaim, probe_mode, run_workload, Attached};
+use ptwatch_common::{Cause, FreeCounts, Level};
+use support::{expect_pt_reclaim, probe_mode, run_workload, Attached, Process};
 
-fn frees_of(record: &ptwatch::aggregate::ProcessRecord, wanted_cause: u32) -> u64 {
-    record.frees.iter().filter(|((c, _), _)| *c == wanted_cause).map(|(_, pages)| pages).sum()
+fn frees_of(record: &Process, cause: Cause) -> u64 {
+    Level::ALL.iter().map(|level| record.counts.freed(cause, *level)).sum()
+}
+
+fn no_frees(record: &Process) -> bool {
+    record.counts.frees == FreeCounts::default()
 }
 
 #[test]
@@ -59,21 +63,21 @@ fn dontneed_reclaim_equals_the_vmpte_drop() {
         let report = run_workload(&args);
         let record = attached.process(report.pid);
         if expect_pt_reclaim() {
-            assert_eq!(record.pte_pages_reclaimed, report.expected_tables, "{args:?}");
-            assert_eq!(record.pte_pages_reclaimed * 4, report.vmpte_drop_kib, "{args:?}");
+            assert_eq!(record.reclaimed(), report.expected_tables, "{args:?}");
+            assert_eq!(record.reclaimed() * 4, report.vmpte_drop_kib, "{args:?}");
         } else {
             assert_eq!(report.vmpte_drop_kib, 0, "no PT_RECLAIM: VmPTE does not drop");
-            assert_eq!(record.pte_pages_reclaimed, 0, "{args:?}");
+            assert_eq!(record.reclaimed(), 0, "{args:?}");
         }
-        assert_eq!(record.dontneed_calls, report.calls);
+        assert_eq!(record.counts.dontneed_calls, report.calls);
         if frees_seen {
             // The frees behind the reclaim, by cause and level.
             assert_eq!(
-                record.frees.get(&(cause::RECLAIM, level::PTE)).copied().unwrap_or(0),
-                record.pte_pages_reclaimed
+                record.counts.freed(Cause::Reclaim, Level::Pte),
+                record.reclaimed()
             );
         } else {
-            assert!(record.frees.is_empty(), "frees exported without a free probe: {record:?}");
+            assert!(no_frees(&record), "frees exported without a free probe: {record:?}");
         }
     }
 }
@@ -83,11 +87,11 @@ fn dontneed_reclaim_equals_the_vmpte_drop() {
 fn frees_of_workload(
     attached: &mut Attached,
     args: &[&str],
-) -> Option<(ptwatch_workload::Report, ptwatch::aggregate::ProcessRecord)> {
+) -> Option<(ptwatch_workload::Report, Process)> {
     let report = run_workload(args);
-    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
+    let record = attached.find(report.pid);
     if attached.probes.plan().pagetable_free.attach.is_none() {
-        assert!(record.is_none_or(|r| r.frees.is_empty()), "no free probe, nothing exported: {args:?}");
+        assert!(record.is_none_or(|r| no_frees(&r)), "no free probe, nothing exported: {args:?}");
         return None;
     }
     let record = record.unwrap_or_else(|| panic!("the {args:?} workload has free counters"));
@@ -98,25 +102,25 @@ fn frees_of_workload(
 fn munmap_frees_are_counted_as_unmap() {
     let mut attached = Attached::new();
     let Some((report, record)) = frees_of_workload(&mut attached, &["unmap", "64"]) else { return };
-    assert_eq!(record.frees.get(&(cause::UNMAP, level::PTE)).copied(), Some(report.expected_tables), "{record:?}");
+    assert_eq!(Some(record.counts.freed(Cause::Unmap, Level::Pte)), Some(report.expected_tables), "{record:?}");
     // Every page-table page the munmap released, at any level, is counted.
-    assert_eq!(frees_of(&record, cause::UNMAP) * 4, report.vmpte_drop_kib, "{record:?}");
-    assert_eq!(frees_of(&record, cause::RECLAIM), 0, "munmap is not PT_RECLAIM");
+    assert_eq!(frees_of(&record, Cause::Unmap) * 4, report.vmpte_drop_kib, "{record:?}");
+    assert_eq!(frees_of(&record, Cause::Reclaim), 0, "munmap is not PT_RECLAIM");
 }
 
 #[test]
 fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
     let mut attached = Attached::new();
     let Some((report, record)) = frees_of_workload(&mut attached, &["exit", "64"]) else { return };
-    let exit_pte = record.frees.get(&(cause::EXIT, level::PTE)).copied().unwrap_or(0);
+    let exit_pte = record.counts.freed(Cause::Exit, Level::Pte);
     assert!(
         exit_pte >= report.expected_tables,
         "exit freed {exit_pte} PTE tables, the workload had {}: {record:?}, node: {:?}",
         report.expected_tables,
-        attached.snapshot().node_frees
+        attached.node().frees
     );
     // VmPTE at its peak counted every table of the process; exit frees them all.
-    assert!(frees_of(&record, cause::EXIT) * 4 >= report.vmpte_peak_kib - 8, "{record:?} vs {report:?}");
+    assert!(frees_of(&record, Cause::Exit) * 4 >= report.vmpte_peak_kib - 8, "{record:?} vs {report:?}");
     assert_eq!(record.comm, "ptwatch-workloa");
 }
 
@@ -133,26 +137,26 @@ fn thp_deposited_tables_are_counted_as_thp_not_reclaim() {
     match accounting {
         ReclaimAccounting::FreeClassification => {
             assert_eq!(
-                record.frees.get(&(cause::THP, level::PTE)).copied(),
+                Some(record.counts.freed(Cause::Thp, Level::Pte)),
                 Some(report.expected_tables),
                 "{record:?}"
             );
-            assert_eq!(frees_of(&record, cause::THP) * 4, report.vmpte_drop_kib, "{record:?}");
-            assert_eq!(frees_of(&record, cause::RECLAIM), 0, "{record:?}");
-            assert_eq!(record.pte_pages_reclaimed, 0, "{record:?}");
+            assert_eq!(frees_of(&record, Cause::Thp) * 4, report.vmpte_drop_kib, "{record:?}");
+            assert_eq!(frees_of(&record, Cause::Reclaim), 0, "{record:?}");
+            assert_eq!(record.reclaimed(), 0, "{record:?}");
         }
         // The walk reads only PMDs that point to PTE tables: none here.
         ReclaimAccounting::PageTableWalk => {
-            assert_eq!(record.pte_pages_reclaimed, 0, "{record:?}");
-            assert!(record.frees.is_empty(), "no free probe: {record:?}");
+            assert_eq!(record.reclaimed(), 0, "{record:?}");
+            assert!(no_frees(&record), "no free probe: {record:?}");
         }
         // The fallback sees the VmPTE drop and cannot tell a deposited
         // table from a reclaimed one: documented as approximate.
         ReclaimAccounting::PgtablesBytes { .. } => {
-            assert_eq!(record.pte_pages_reclaimed * 4, report.vmpte_drop_kib, "{record:?}");
+            assert_eq!(record.reclaimed() * 4, report.vmpte_drop_kib, "{record:?}");
         }
     }
-    assert_eq!(record.dontneed_calls, 1);
+    assert_eq!(record.counts.dontneed_calls, 1);
 }
 
 /// Small-page shmem collapsed by MADV_COLLAPSE: the PTE tables of the
@@ -164,8 +168,8 @@ fn shmem_collapse_frees_are_counted_as_collapse() {
     let collapse_hooked = attached.probes.plan().pagetable_free.detail.contains("collapse");
     let report = run_workload(&["collapse", "16"]);
     assert!(report.expected_tables > 0, "MADV_COLLAPSE mapped no span by a PMD: {report:?}");
-    let record = attached.snapshot().processes.into_iter().find(|p| p.pid == report.pid);
-    let collapsed = record.as_ref().map_or(0, |r| frees_of(r, cause::COLLAPSE));
+    let record = attached.find(report.pid);
+    let collapsed = record.as_ref().map_or(0, |r| frees_of(r, Cause::Collapse));
     if collapse_hooked {
         assert_eq!(collapsed, report.expected_tables, "{record:?} vs {report:?}");
         assert_eq!(collapsed * 4, report.vmpte_drop_kib, "{record:?} vs {report:?}");
@@ -175,5 +179,5 @@ fn shmem_collapse_frees_are_counted_as_collapse() {
         assert_eq!(collapsed, 0, "{record:?}");
     }
     // Not a DONTNEED: never reclaim.
-    assert_eq!(record.map_or(0, |r| r.pte_pages_reclaimed), 0);
+    assert_eq!(record.map_or(0, |r| r.reclaimed()), 0);
 }
