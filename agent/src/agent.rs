@@ -76,9 +76,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     // through a weak reference: dropping this detaches the probes.
     let probes = Arc::new(probes);
     let aggregator = Aggregator::new(KernelMaps::new(maps), config.exited_ttl).with_selection(config.selection);
-    let metrics = Arc::new(
-        Metrics::new(Box::new(aggregator), info).with_self_source(Box::new(AgentSelf::new(&probes))),
-    );
+    let metrics =
+        Arc::new(Metrics::new(Box::new(aggregator), info).with_self_source(Box::new(AgentSelf::new(&probes))));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served = runtime.block_on(serve(&config, listener, metrics, mode.as_str()));
     drop(probes);

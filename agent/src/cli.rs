@@ -137,7 +137,10 @@ pub enum Command {
     /// Rates start counting when top starts. Keys: p, r, d sort by
     /// page tables, reclaim, DONTNEED; c switches between processes and
     /// cgroups; q or Ctrl-C quits. With stdout not a terminal it prints one
-    /// plain table per interval instead (--iterations N stops after N).
+    /// table per interval instead, columns separated by a tab (in names, a
+    /// backslash, tab, newline or other control character is escaped as
+    /// \\, \t, \n, \xNN); with --json, one JSON object per interval
+    /// (--iterations N stops after N).
     ///
     /// Exit code 0 after q, Ctrl-C, SIGTERM or --iterations; 1 when the
     /// probes cannot be loaded; 2 on usage errors.

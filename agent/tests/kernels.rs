@@ -72,10 +72,7 @@ fn dontneed_reclaim_equals_the_vmpte_drop() {
         assert_eq!(record.counts.dontneed_calls, report.calls);
         if frees_seen {
             // The frees behind the reclaim, by cause and level.
-            assert_eq!(
-                record.counts.freed(Cause::Reclaim, Level::Pte),
-                record.reclaimed()
-            );
+            assert_eq!(record.counts.freed(Cause::Reclaim, Level::Pte), record.reclaimed());
         } else {
             assert!(no_frees(&record), "frees exported without a free probe: {record:?}");
         }
@@ -84,10 +81,7 @@ fn dontneed_reclaim_equals_the_vmpte_drop() {
 
 /// Run a workload and return its record when the plan probes frees. When it
 /// does not, check that nothing was exported for frees and return `None`.
-fn frees_of_workload(
-    attached: &mut Attached,
-    args: &[&str],
-) -> Option<(ptwatch_workload::Report, Process)> {
+fn frees_of_workload(attached: &mut Attached, args: &[&str]) -> Option<(ptwatch_workload::Report, Process)> {
     let report = run_workload(args);
     let record = attached.find(report.pid);
     if attached.probes.plan().pagetable_free.attach.is_none() {
@@ -136,11 +130,7 @@ fn thp_deposited_tables_are_counted_as_thp_not_reclaim() {
     let record = attached.process(report.pid);
     match accounting {
         ReclaimAccounting::FreeClassification => {
-            assert_eq!(
-                Some(record.counts.freed(Cause::Thp, Level::Pte)),
-                Some(report.expected_tables),
-                "{record:?}"
-            );
+            assert_eq!(Some(record.counts.freed(Cause::Thp, Level::Pte)), Some(report.expected_tables), "{record:?}");
             assert_eq!(frees_of(&record, Cause::Thp) * 4, report.vmpte_drop_kib, "{record:?}");
             assert_eq!(frees_of(&record, Cause::Reclaim), 0, "{record:?}");
             assert_eq!(record.reclaimed(), 0, "{record:?}");

@@ -1,6 +1,7 @@
 //! The real agent over a process lifecycle: ten thousand short-lived
 //! processes (bounded kernel maps, memory and series; exact node totals),
-//! and agents stopped and started in the middle of a workload.
+//! a process that changes its name by `execve`, and agents stopped and
+//! started in the middle of a workload.
 //!
 //! The workload runs in a cgroup of its own: its cgroup's total must equal
 //! what its processes saw, and the node's delta the sum of every cgroup's
@@ -17,7 +18,7 @@ use std::{
 };
 
 use ptwatch_workload::fleet::FleetReport;
-use support::{expect_pt_reclaim, http_get, workload_bin, AgentProcess, Metrics};
+use support::{expect_pt_reclaim, http_get, workload_bin, AgentProcess, CounterWatch, Metrics, TestCgroup};
 
 /// `VmRSS` of `pid` in kB.
 fn rss_kib(pid: u32) -> u64 {
@@ -74,31 +75,6 @@ fn reclaim_by_cgroup(metrics: &Metrics) -> std::collections::HashMap<String, f64
         .collect()
 }
 
-/// A top-level cgroup of the v2 tree, removed when dropped.
-struct OwnCgroup {
-    dir: std::path::PathBuf,
-    label: String,
-}
-
-impl OwnCgroup {
-    fn create() -> Self {
-        let tree = ptwatch::aggregate::cgroup::CgroupTree::detect().expect("a cgroup v2 tree");
-        let name = format!("ptwatch-lifecycle-{}", std::process::id());
-        let dir = tree.root().join(&name);
-        std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
-        Self { dir, label: format!("/{name}") }
-    }
-}
-
-impl Drop for OwnCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 #[test]
 fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exact() {
     assert!(expect_pt_reclaim(), "this test needs PT_RECLAIM (6.14+) to have reclaims to count");
@@ -146,13 +122,9 @@ fn ten_thousand_short_lived_processes_keep_the_agent_bounded_and_node_totals_exa
         })
     };
     let started = Instant::now();
-    let cgroup = OwnCgroup::create();
-    // A shell joins the cgroup, then becomes the workload.
-    let output = std::process::Command::new("sh")
-        .args(["-c", r#"echo $$ > "$1" && shift && exec "$@""#, "sh"])
-        .arg(cgroup.dir.join("cgroup.procs"))
-        .arg(workload_bin())
-        .args(["fleet", &CHILDREN.to_string(), "2", "4"])
+    let cgroup = TestCgroup::create("lifecycle");
+    let output = cgroup
+        .command(&workload_bin(), &["fleet", &CHILDREN.to_string(), "2", "4"])
         .output()
         .expect("spawn the fleet workload");
     let fleet_time = started.elapsed();
@@ -326,4 +298,92 @@ fn agent_stopped_with_sigterm_and_restarted_counts_each_phase_once() {
 #[test]
 fn agent_killed_with_sigkill_and_restarted_counts_each_phase_once() {
     restart_mid_workload(libc::SIGKILL);
+}
+
+/// `sh -c "exec app"` in miniature: a process DONTNEEDs 64 MiB as
+/// `execbefore`, execs itself as `execafter` and DONTNEEDs 32 MiB more. Two
+/// series of the same pid and start time, each with its own counts and
+/// name; the old one keeps its value; every sum stays exact.
+#[test]
+fn an_exec_gives_the_new_name_its_own_series_from_the_exec_on() {
+    assert!(expect_pt_reclaim(), "this test needs PT_RECLAIM (6.14+)");
+    let dir = std::env::temp_dir().join(format!("ptwatch-exec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for name in ["execbefore", "execafter"] {
+        std::os::unix::fs::symlink(workload_bin(), dir.join(name)).expect("symlink the workload");
+    }
+    let agent = AgentProcess::start(&["--harvest-interval", "250ms", "--top-processes", "0", "--exited-ttl", "5m"])
+        .wait_ready();
+    let mut watch = CounterWatch::default();
+    let after = dir.join("execafter");
+    let mut child = std::process::Command::new(dir.join("execbefore"))
+        .args(["exec-step", "64"])
+        .arg(&after)
+        .args(["exec-step", "32"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn execbefore");
+    let pid = child.id().to_string();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut step = |go: bool| -> Option<ptwatch_workload::Report> {
+        use std::io::{BufRead as _, Write as _};
+        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).expect("pace the workload");
+        go.then(|| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("the step's report");
+            serde_json::from_str(&line).unwrap_or_else(|err| panic!("report {line:?}: {err}"))
+        })
+    };
+    let reclaimed = |metrics: &Metrics, comm: &str| {
+        metrics.get("ptwatch_pte_pages_reclaimed_total", &[("pid", &pid), ("comm", comm)])
+    };
+    let wait_for = |watch: &mut CounterWatch, what: &str, done: &dyn Fn(&Metrics) -> bool| -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = agent.metrics();
+            watch.observe(&metrics);
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(Instant::now() < deadline, "{what} within 10 s:\n{}", metrics.text);
+            std::thread::sleep(HARVEST);
+        }
+    };
+
+    let before = step(true).expect("report as execbefore");
+    assert_eq!(before.vmpte_drop_kib / 4, 32, "{before:?}");
+    wait_for(&mut watch, "32 tables as execbefore", &|m| reclaimed(m, "execbefore") == Some(32.0));
+    step(false);
+    // The rename is seen at a full harvest: a new series at zero.
+    wait_for(&mut watch, "the execafter series", &|m| reclaimed(m, "execafter") == Some(0.0));
+    let later = step(true).expect("report as execafter");
+    assert_eq!((later.pid, later.vmpte_drop_kib / 4), (before.pid, 16), "{later:?}");
+    let metrics = wait_for(&mut watch, "16 tables as execafter", &|m| reclaimed(m, "execafter") == Some(16.0));
+    assert_eq!(reclaimed(&metrics, "execbefore"), Some(32.0), "the old name keeps its counts");
+    let series = metrics.samples("ptwatch_madvise_dontneed_calls_total", &[("pid", &pid)]);
+    assert_eq!(series.len(), 2, "{series:?}");
+    let starts: std::collections::HashSet<&String> = series.iter().map(|(labels, _)| &labels["start_time"]).collect();
+    assert_eq!(starts.len(), 1, "one process, one start time: {series:?}");
+    assert_eq!(series.iter().map(|(_, calls)| calls).sum::<f64>(), 2.0);
+    // Own series + other = node, for every family (other processes may
+    // race the reads: a few scrapes find a quiet moment).
+    let mut mismatch = String::new();
+    for _ in 0..20 {
+        let metrics = agent.metrics();
+        watch.observe(&metrics);
+        mismatch = support::sum_mismatch(&metrics);
+        if mismatch.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(mismatch.is_empty(), "sums never matched the node totals: {mismatch}");
+    drop(stdin);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (status, stderr) = agent.stop();
+    assert!(status.success(), "{stderr}");
 }

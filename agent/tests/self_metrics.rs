@@ -97,7 +97,7 @@ fn process_metrics_match_proc() {
 
 #[test]
 fn scrape_duration_probe_status_and_kernel_maps() {
-    let agent = AgentProcess::start(&[]);
+    let agent = AgentProcess::start(&["--max-tracked-processes", "1000"]);
     // The workload is alive while scraped: it has its PROCESS_COUNTERS entry.
     let held = support::Held::start(8);
     let first = checked_metrics(&agent);
@@ -121,9 +121,15 @@ fn scrape_duration_probe_status_and_kernel_maps() {
     }
     assert_eq!(scrape.samples("ptwatch_probe_attached", &[]).len(), 3, "{text}");
 
-    // Capacities are the kernel's, as bpftool shows them for this agent.
+    // Capacities are the kernel's, as bpftool shows them for this agent,
+    // and the per-process map's is the user's setting.
     let kernel = maps_of(agent.child.id());
-    for map in ["PROCESS_COUNTERS", "PAGETABLE_FREES", "INFLIGHT", "IN_FREE_PGTABLES"] {
+    assert_eq!(scrape.value("ptwatch_map_max_entries", &[("map", "PROCESS_COUNTERS")]), 1000.0);
+    assert_eq!(
+        scrape.value("ptwatch_map_max_entries", &[("map", "OVERFLOW_COUNTERS")]),
+        f64::from(ptwatch_common::overflow_capacity(1000))
+    );
+    for map in ["PROCESS_COUNTERS", "OVERFLOW_COUNTERS", "THREAD_CONTEXT"] {
         let max = scrape.value("ptwatch_map_max_entries", &[("map", map)]);
         // The kernel keeps 15 characters of a map name.
         let short = &map[..map.len().min(15)];
@@ -132,9 +138,16 @@ fn scrape_duration_probe_status_and_kernel_maps() {
         assert!(entries <= max, "{map}: {entries} > {max}");
     }
     // The held workload has its entry; its DONTNEED call is over, so its
-    // in-flight entry is gone (other processes' calls may be in flight).
+    // thread's context is gone (other processes' calls may be in flight).
     assert!(scrape.value("ptwatch_map_entries", &[("map", "PROCESS_COUNTERS")]) >= 1.0);
-    assert!(scrape.value("ptwatch_map_entries", &[("map", "INFLIGHT")]) < 64.0);
+    assert!(scrape.value("ptwatch_map_entries", &[("map", "THREAD_CONTEXT")]) < 64.0);
+    // The unattributed slot always exists.
+    assert!(scrape.value("ptwatch_map_entries", &[("map", "OVERFLOW_COUNTERS")]) >= 1.0);
+    for family in
+        ["ptwatch_thread_contexts_reaped_total", "ptwatch_context_exit_misses_total", "ptwatch_lost_events_total"]
+    {
+        assert_eq!(scrape.samples(family, &[]).len(), 1, "{family}: {text}");
+    }
     let series = format!(r#"ptwatch_madvise_dontneed_calls_total{{pid="{}""#, held.report.pid);
     assert!(text.contains(&series), "{text}");
 }

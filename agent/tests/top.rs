@@ -18,32 +18,31 @@ fn top(args: &[&str]) -> std::process::Output {
     Command::new(ptwatch_bin()).arg("top").args(args).output().expect("run ptwatch top")
 }
 
-/// The rows of plain snapshots: each table as (title, column header, rows).
-fn tables(stdout: &str) -> Vec<(String, String, Vec<Vec<String>>)> {
-    stdout
-        .split("\n\n\n")
-        .flat_map(|chunk| chunk.split("ptwatch top ").skip(1).map(|t| format!("ptwatch top {t}")).collect::<Vec<_>>())
-        .map(|table| {
-            let lines: Vec<&str> = table.lines().collect();
-            let header = lines.iter().find(|l| l.starts_with("PID ") || l.starts_with("CGROUP ")).expect("header");
-            let start = lines.iter().position(|l| l == header).expect("header") + 1;
-            let rows = lines[start..]
-                .iter()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    let mut tokens: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
-                    // PID COMM PT(2) RECL/s DN/s DN-B/s(2): a comm may contain
-                    // spaces, so it is everything between the pid and the last 6.
-                    if header.starts_with("PID ") && tokens.len() > 8 {
-                        let comm = tokens[1..tokens.len() - 6].join(" ");
-                        tokens.splice(1..tokens.len() - 6, [comm]);
-                    }
-                    tokens
-                })
-                .collect();
-            (lines[0].to_owned(), (*header).to_owned(), rows)
-        })
-        .collect()
+/// The plain snapshots: each as (title, column names, rows of cells). A
+/// snapshot is a title, a node line, a blank line, the tab-separated header
+/// and rows, and a blank line; cells are split on tabs only, so names with
+/// spaces (any process on the machine may have one) cannot shift columns.
+fn tables(stdout: &str) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+    let mut tables = Vec::new();
+    let mut lines = stdout.lines().peekable();
+    while let Some(title) = lines.next() {
+        assert!(title.starts_with("ptwatch top "), "a snapshot starts with its title: {title:?}\n{stdout}");
+        let node = lines.next().expect("node line");
+        assert!(node.starts_with("node PageTables "), "{node:?}");
+        assert_eq!(lines.next(), Some(""), "blank line after the node line");
+        let header: Vec<String> = lines.next().expect("header").split('\t').map(str::to_owned).collect();
+        let mut rows = Vec::new();
+        for line in lines.by_ref() {
+            if line.is_empty() {
+                break;
+            }
+            let cells: Vec<String> = line.split('\t').map(str::to_owned).collect();
+            assert_eq!(cells.len(), header.len(), "every row has every column: {line:?}");
+            rows.push(cells);
+        }
+        tables.push((title.to_owned(), header, rows));
+    }
+    tables
 }
 
 /// `PT` as printed, for `kib` KiB.
@@ -57,8 +56,13 @@ fn printed_kib(kib: u64) -> String {
     }
 }
 
+/// The JSON snapshots of `top --json`.
+fn snapshots(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{line:?}: {err}"))).collect()
+}
+
 #[test]
-fn piped_stdout_gets_plain_snapshots() {
+fn piped_stdout_gets_tab_separated_snapshots() {
     let held = Held::start(16);
     let output = top(&["--interval", "500ms", "--iterations", "3", "--limit", "100000"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
@@ -69,25 +73,62 @@ fn piped_stdout_gets_plain_snapshots() {
     let pid = held.report.pid.to_string();
     for (title, header, rows) in &tables {
         assert!(title.contains("sorted by page tables"), "{title}");
-        assert!(header.contains("PT") && header.contains("RECL/s") && header.contains("DN/s"), "{header}");
+        assert_eq!(header, &["PID", "COMM", "PT", "RECL/s", "DN/s", "DN-B/s"]);
         let row = rows.iter().find(|r| r[0] == pid).unwrap_or_else(|| panic!("workload {pid} not in\n{stdout}"));
         assert_eq!(row[1], "ptwatch-workloa");
         // PT is the workload's VmPTE, which does not move while it holds.
-        assert_eq!(format!("{} {}", row[2], row[3]), printed_kib(held.report.vmpte_end_kib), "{row:?}");
-        // Largest first.
-        let sizes: Vec<f64> = rows
+        assert_eq!(row[2], printed_kib(held.report.vmpte_end_kib), "{row:?}");
+    }
+}
+
+#[test]
+fn a_name_with_spaces_and_tabs_stays_in_its_column() {
+    // A workload whose name has a space and a tab, through a symlink.
+    let dir = std::env::temp_dir().join(format!("ptwatch-top-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("a b\tc");
+    std::os::unix::fs::symlink(workload_bin(), &link).expect("symlink");
+    let held = Held::spawn({
+        let mut command = Command::new(&link);
+        command.args(["hold", "8"]);
+        command
+    });
+    let output = top(&["--interval", "300ms", "--iterations", "1", "--limit", "100000"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pid = held.report.pid.to_string();
+    let (_, _, rows) = &tables(&stdout)[0];
+    let row = rows.iter().find(|r| r[0] == pid).unwrap_or_else(|| panic!("workload {pid} not in\n{stdout}"));
+    assert_eq!(row[1], "a b\\tc", "the tab is escaped, the space kept");
+    let json = top(&["--json", "--interval", "300ms", "--iterations", "1", "--limit", "100000"]);
+    let snapshot = &snapshots(&String::from_utf8_lossy(&json.stdout))[0];
+    let rows = snapshot["rows"].as_array().expect("rows");
+    let row = rows.iter().find(|r| r["pid"].as_u64() == Some(u64::from(held.report.pid))).expect("the workload");
+    assert_eq!(row["comm"], "a b\tc", "JSON carries the name as it is");
+}
+
+#[test]
+fn json_snapshots_are_sorted_and_carry_raw_values() {
+    let held = Held::start(16);
+    let output = top(&["--json", "--interval", "400ms", "--iterations", "2", "--limit", "100000"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let snapshots = snapshots(&stdout);
+    assert_eq!(snapshots.len(), 2, "{stdout}");
+    for snapshot in &snapshots {
+        assert_eq!((snapshot["type"].as_str(), snapshot["view"].as_str()), (Some("snapshot"), Some("processes")));
+        assert_eq!(snapshot["sort"], "pagetable");
+        assert!(snapshot["node_pagetable_bytes"].as_u64().is_some_and(|b| b > 0), "{snapshot}");
+        let rows = snapshot["rows"].as_array().expect("rows");
+        let row = rows
             .iter()
-            .map(|r| {
-                let value: f64 = r[2].parse().expect("size");
-                value
-                    * match r[3].as_str() {
-                        "B" => 1.0,
-                        "KiB" => 1024.0,
-                        "MiB" => 1048576.0,
-                        _ => 1073741824.0,
-                    }
-            })
-            .collect();
+            .find(|r| r["pid"].as_u64() == Some(u64::from(held.report.pid)))
+            .unwrap_or_else(|| panic!("the workload in {snapshot}"));
+        assert_eq!(row["pagetable_bytes"].as_u64(), Some(held.report.vmpte_end_kib * 1024));
+        // Largest first (an exited process has no page tables left: 0).
+        let sizes: Vec<u64> = rows.iter().map(|r| r["pagetable_bytes"].as_u64().unwrap_or(0)).collect();
         assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "sorted by PT: {sizes:?}");
     }
 }
@@ -101,26 +142,32 @@ fn rates_come_from_the_probes() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("workload");
-    let pid = workload.id().to_string();
-    let output = top(&["--interval", "1s", "--iterations", "2", "--limit", "100000", "--sort", "reclaim"]);
+    let pid = u64::from(workload.id());
+    let output = top(&["--json", "--interval", "1s", "--iterations", "2", "--limit", "100000", "--sort", "reclaim"]);
     let _ = workload.kill();
     let _ = workload.wait();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let tables = tables(&stdout);
-    assert!(tables.iter().all(|(title, ..)| title.contains("sorted by reclaim")));
-    let rows: Vec<&Vec<String>> = tables.iter().flat_map(|(_, _, rows)| rows).filter(|r| r[0] == pid).collect();
-    assert!(!rows.is_empty(), "workload {pid} not shown:\n{stdout}");
-    // PID COMM PT(2 tokens) RECL/s DN/s DN-B/s(2 tokens)
-    let busiest = rows.iter().map(|r| (r[4].parse::<f64>().unwrap_or(0.0), r[5].parse::<f64>().unwrap_or(0.0)));
-    let (reclaim, calls) = busiest.fold((0.0f64, 0.0f64), |(a, b), (r, c)| (a.max(r), b.max(c)));
-    assert!(calls > 0.0, "DONTNEED rate of a busy workload: {rows:?}");
+    let snapshots = snapshots(&String::from_utf8_lossy(&output.stdout));
+    assert!(snapshots.iter().all(|s| s["sort"] == "reclaim"));
+    let rows: Vec<&serde_json::Value> = snapshots
+        .iter()
+        .flat_map(|s| s["rows"].as_array().expect("rows"))
+        .filter(|r| r["pid"].as_u64() == Some(pid))
+        .collect();
+    assert!(!rows.is_empty(), "workload {pid} not shown: {snapshots:?}");
+    let max = |key: &str| rows.iter().map(|r| r[key].as_f64().unwrap_or(0.0)).fold(0.0f64, f64::max);
+    assert!(max("dontneed_calls_per_second") > 0.0, "DONTNEED rate of a busy workload: {rows:?}");
     if expect_pt_reclaim() {
-        assert!(reclaim > 0.0, "reclaim rate of a busy workload: {rows:?}");
+        assert!(max("reclaim_pages_per_second") > 0.0, "reclaim rate of a busy workload: {rows:?}");
     }
-    // Sorted by RECL/s, largest first.
-    for (_, _, rows) in &tables {
-        let rates: Vec<f64> = rows.iter().map(|r| r[r.len() - 4].parse().unwrap_or(0.0)).collect();
+    // Sorted by reclaim rate, largest first.
+    for snapshot in &snapshots {
+        let rates: Vec<f64> = snapshot["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["reclaim_pages_per_second"].as_f64().unwrap_or(0.0))
+            .collect();
         assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
     }
 }
@@ -135,8 +182,8 @@ fn cgroup_view_lists_the_workloads_cgroup() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let tables = tables(&stdout);
     let (_, header, rows) = &tables[0];
-    assert!(header.starts_with("CGROUP") && header.contains("VmPTE-SUM"), "{header}");
-    assert!(rows.iter().any(|r| r[0] == path || path.ends_with(r[0].trim_start_matches('…'))), "{path} in\n{stdout}");
+    assert_eq!(header, &["CGROUP", "PROCS", "PT", "VmPTE-SUM", "RECL/s", "DN/s", "DN-B/s"]);
+    assert!(rows.iter().any(|r| r[0] == path), "{path} in\n{stdout}");
 }
 
 /// A pseudo-terminal: the child gets the slave as stdin, stdout and stderr.
@@ -311,7 +358,19 @@ fn help_explains_the_numbers() {
     let output = top(&["--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for needle in ["VmPTE", "memory.stat", "PT_RECLAIM", "RECL/s", "DN/s", "--sort", "--interval", "q", "Exit code"] {
+    for needle in [
+        "VmPTE",
+        "memory.stat",
+        "PT_RECLAIM",
+        "RECL/s",
+        "DN/s",
+        "--sort",
+        "--interval",
+        "q",
+        "Exit code",
+        "--json",
+        "tab",
+    ] {
         assert!(help.contains(needle), "{needle:?} not in top --help");
     }
 }

@@ -62,12 +62,8 @@ pub const PTE_FREE_DEFER: Hook = Hook {
     kprobe: "pte_free_defer_kprobe",
     at_return: false,
 };
-pub const ZAP_HUGE_PMD: Hook = Hook {
-    function: "zap_huge_pmd",
-    fentry: "zap_huge_pmd_fentry",
-    kprobe: "zap_huge_pmd_kprobe",
-    at_return: false,
-};
+pub const ZAP_HUGE_PMD: Hook =
+    Hook { function: "zap_huge_pmd", fentry: "zap_huge_pmd_fentry", kprobe: "zap_huge_pmd_kprobe", at_return: false };
 
 /// The per-level functions, in [`crate::Level`] order (pte, pmd, pud, p4d).
 pub const LEVEL_FUNCTIONS: [Hook; 4] = [PTE_FREE_TLB, PMD_FREE_TLB, PUD_FREE_TLB, P4D_FREE_TLB];

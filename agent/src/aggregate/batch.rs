@@ -106,7 +106,12 @@ where
                 );
                 *method = TakeMethod::LookupThenDelete;
             }
-            Err(err) => return Err(MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_and_delete_elem", io_error: err })),
+            Err(err) => {
+                return Err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_and_delete_elem",
+                    io_error: err,
+                }))
+            }
         }
     }
     let value = match map.get(key, 0) {

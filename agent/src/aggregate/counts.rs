@@ -16,20 +16,12 @@ pub struct Counts {
 impl Counts {
     /// The counters of a `PROCESS_COUNTERS` entry or an overflow slot.
     pub fn of_process(counters: &ProcessCounters) -> Self {
-        Self {
-            dontneed_calls: counters.dontneed_calls,
-            dontneed_bytes: counters.dontneed_bytes,
-            frees: counters.frees,
-        }
+        Self { dontneed_calls: counters.dontneed_calls, dontneed_bytes: counters.dontneed_bytes, frees: counters.frees }
     }
 
     /// The counters of one CPU's `NODE_COUNTERS` slot.
     pub fn of_node(counters: &NodeCounters) -> Self {
-        Self {
-            dontneed_calls: counters.dontneed_calls,
-            dontneed_bytes: counters.dontneed_bytes,
-            frees: counters.frees,
-        }
+        Self { dontneed_calls: counters.dontneed_calls, dontneed_bytes: counters.dontneed_bytes, frees: counters.frees }
     }
 
     /// PTE pages PT_RECLAIM freed.

@@ -411,7 +411,8 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         let ttl = self.exited_ttl;
         let (retired, cgroups) = (&mut self.retired, &mut self.cgroups);
         self.records.retain(|_, record| {
-            let expired = matches!(record.lifetime, Lifetime::Exited { at } if now.saturating_duration_since(at) >= ttl);
+            let expired =
+                matches!(record.lifetime, Lifetime::Exited { at } if now.saturating_duration_since(at) >= ttl);
             if expired {
                 for series in record.all_series() {
                     retire(retired, cgroups, record.cgroup.as_deref(), series);

@@ -131,7 +131,9 @@ impl Series {
 pub enum Lifetime {
     Live,
     /// Seen gone at a full harvest; its final counts are in.
-    Exited { at: Instant },
+    Exited {
+        at: Instant,
+    },
 }
 
 /// One process: its kernel identity, counts and labels.

@@ -1,6 +1,5 @@
 //! A scripted kernel, `/proc` and host for unit tests of the aggregation
 //! and of the exporter.
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::{
     cell::RefCell,
@@ -99,7 +98,10 @@ impl CounterSource for Shared {
 /// `/proc` as the tests script it: running processes by pid, with their
 /// start time and name, and running threads.
 #[derive(Clone, Default)]
-pub struct Proc(pub Rc<RefCell<(BTreeMap<u32, (u64, String)>, BTreeSet<u32>)>>);
+pub struct Proc(pub Rc<RefCell<ProcTable>>);
+
+/// Running processes (pid → start time, name) and other running threads.
+pub type ProcTable = (BTreeMap<u32, (u64, String)>, BTreeSet<u32>);
 
 impl Proc {
     pub fn start(&self, key: ProcessKey, comm: &str) {
@@ -197,4 +199,3 @@ pub fn reclaimed(pages: u64) -> Counts {
     counts.frees.pages[Cause::Reclaim.index()][Level::Pte.index()] = pages;
     counts
 }
-

@@ -43,7 +43,7 @@ fn exported_series<S: CounterSource, L: Liveness, H: Host>(
     series
 }
 
-fn only<'a>(agg: &'a Aggregator<Shared, Proc, FakeHost>, pid: u32) -> &'a ProcessRecord {
+fn only(agg: &Aggregator<Shared, Proc, FakeHost>, pid: u32) -> &ProcessRecord {
     let records: Vec<&ProcessRecord> = agg.records_of(pid).collect();
     assert_eq!(records.len(), 1, "{records:?}");
     records[0]

@@ -111,8 +111,7 @@ pub trait Render: Send + Sync {
 
 /// Buckets of `ptwatch_scrape_duration_seconds`: 0.25 ms to 2.5 s, finest
 /// around the 2 ms goal of a 10,000-series scrape (docs/benchmarks.md).
-const SCRAPE_BUCKETS: &[f64] =
-    &[0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SCRAPE_BUCKETS: &[f64] = &[0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// The agent's metrics: its aggregator, harvested at each scrape, and its
 /// own statistics.
@@ -232,16 +231,19 @@ fn cgroup_labels(totals: &crate::aggregate::CgroupTotals) -> &str {
 /// `cause="…",level="…"` of each cell of the free matrix.
 fn cell_labels() -> impl Iterator<Item = (Cause, Level, String)> {
     Cause::ALL.into_iter().flat_map(|cause| {
-        Level::ALL.into_iter().map(move |level| {
-            (cause, level, label_text(&["cause", "level"], &[cause.name(), level.name()]))
-        })
+        Level::ALL
+            .into_iter()
+            .map(move |level| (cause, level, label_text(&["cause", "level"], &[cause.name(), level.name()])))
     })
 }
+
+/// A counter family and the field of [`Counts`] it shows.
+type CountsFamily = (&'static Family, fn(&Counts) -> u64);
 
 /// The per-process, per-cgroup and node families.
 fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
     let folded = &view.snapshot.folded;
-    let counters: [(&'static Family, fn(&Counts) -> u64); 3] = [
+    let counters: [CountsFamily; 3] = [
         (&f::PTE_PAGES_RECLAIMED, Counts::reclaimed),
         (&f::DONTNEED_CALLS, |c| c.dontneed_calls),
         (&f::DONTNEED_BYTES, |c| c.dontneed_bytes),
@@ -289,7 +291,7 @@ fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
         samples.sample(OTHER_LABELS, "", folded.pagetable_bytes);
     }
 
-    let cgroup_counters: [(&'static Family, fn(&Counts) -> u64); 3] = [
+    let cgroup_counters: [CountsFamily; 3] = [
         (&f::CGROUP_PTE_PAGES_RECLAIMED, Counts::reclaimed),
         (&f::CGROUP_DONTNEED_CALLS, |c| c.dontneed_calls),
         (&f::CGROUP_DONTNEED_BYTES, |c| c.dontneed_bytes),

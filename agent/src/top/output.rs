@@ -100,13 +100,14 @@ pub fn screen_lines(sample: &Sample, state: ViewState, rows: &[Row], limit: u64,
                 cells[6]
             )
         } else {
-            format!("{:<8} {:<16} {:>10} {:>9} {:>9} {:>11}", cells[0], cells[1], cells[2], cells[3], cells[4], cells[5])
+            format!(
+                "{:<8} {:<16} {:>10} {:>9} {:>9} {:>11}",
+                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+            )
         }
     };
-    let header: Vec<String> = if state.cgroups { &CGROUP_HEADER[..] } else { &PROCESS_HEADER[..] }
-        .iter()
-        .map(|h| (*h).to_owned())
-        .collect();
+    let header: Vec<String> =
+        if state.cgroups { &CGROUP_HEADER[..] } else { &PROCESS_HEADER[..] }.iter().map(|h| (*h).to_owned()).collect();
     lines.push(align(&header));
     for row in rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
         lines.push(align(&cells(row, state.cgroups)));
@@ -205,6 +206,7 @@ fn snapshot_json(sample: &Sample, state: ViewState, rows: &[Row], interval: Dura
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
     use super::*;
 
     fn row(pid: u32, name: &str, pt: Option<u64>) -> Row {

@@ -114,8 +114,8 @@ impl Attached {
         let mut probes = Probes::load_with(&btf, probe_mode(), options).expect("load and attach the eBPF programs");
         let maps = probes.take_maps().expect("maps");
         let every_process = ptwatch::aggregate::Selection { top: 0, ..ptwatch::aggregate::Selection::default() };
-        let aggregator = Aggregator::new(KernelMaps::new(maps), std::time::Duration::from_secs(600))
-            .with_selection(every_process);
+        let aggregator =
+            Aggregator::new(KernelMaps::new(maps), std::time::Duration::from_secs(600)).with_selection(every_process);
         Self { probes, aggregator }
     }
 
@@ -461,6 +461,104 @@ impl Drop for Held {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// A top-level cgroup of the v2 tree for one test, removed when dropped.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    /// Its `cgroup` label (path relative to the v2 mount).
+    pub label: String,
+}
+
+impl TestCgroup {
+    /// `/ptwatch-<tag>-<pid>` under the v2 mount.
+    pub fn create(tag: &str) -> Self {
+        let tree = ptwatch::aggregate::cgroup::CgroupTree::detect().expect("a cgroup v2 tree");
+        let name = format!("ptwatch-{tag}-{}", std::process::id());
+        let dir = tree.root().join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+        Self { dir, label: format!("/{name}") }
+    }
+
+    /// `program ARGS`, started by a shell that first moves itself into this
+    /// cgroup: the program's first event already happens there.
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", r#"echo $$ > "$1" && shift && exec "$@""#, "sh"])
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(program)
+            .args(args);
+        command
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A process that just exited may leave the cgroup a moment late.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Watches every counter series (`*_total`, by its full label set) over
+/// successive scrapes: none may ever go down, including a series that
+/// disappears and comes back.
+#[derive(Default)]
+pub struct CounterWatch {
+    last: HashMap<String, f64>,
+    pub scrapes: usize,
+}
+
+impl CounterWatch {
+    pub fn observe(&mut self, metrics: &Metrics) {
+        self.scrapes += 1;
+        for sample in &metrics.scrape.samples {
+            if !sample.metric.ends_with("_total") {
+                continue;
+            }
+            let (prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value)) = sample.value
+            else {
+                continue;
+            };
+            let mut labels: Vec<(&String, &String)> = sample.labels.iter().collect();
+            labels.sort();
+            let key = format!("{}{labels:?}", sample.metric);
+            if let Some(before) = self.last.get(&key) {
+                assert!(value >= *before, "scrape {}: {key} went down from {before} to {value}", self.scrapes);
+            }
+            self.last.insert(key, value);
+        }
+    }
+
+    /// Counter series seen so far.
+    pub fn series(&self) -> usize {
+        self.last.len()
+    }
+}
+
+/// Per-process families and the node total each must add up to.
+pub const PROCESS_FAMILIES: [(&str, &str); 3] = [
+    ("ptwatch_pte_pages_reclaimed_total", "ptwatch_node_pte_pages_reclaimed_total"),
+    ("ptwatch_madvise_dontneed_calls_total", "ptwatch_node_madvise_dontneed_calls_total"),
+    ("ptwatch_madvise_dontneed_bytes_total", "ptwatch_node_madvise_dontneed_bytes_total"),
+];
+
+/// Where own series + `other` differ from the node totals (empty: nowhere).
+/// An event landing between the agent's reads of the maps shows in the node
+/// first: callers retry a few scrapes to find a quiet moment.
+pub fn sum_mismatch(metrics: &Metrics) -> String {
+    let mut mismatch = String::new();
+    for (family, node) in PROCESS_FAMILIES {
+        let sum: f64 = metrics.sum(family, &[]);
+        let total = metrics.value(node, &[]);
+        if sum != total {
+            mismatch += &format!("{family}: own + other = {sum}, {node} = {total}; ");
+        }
+    }
+    mismatch
 }
 
 /// Ids of the eBPF objects process `pid` holds descriptors of, from its

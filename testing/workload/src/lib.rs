@@ -14,6 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod crowd;
+pub mod exec_step;
 pub mod fleet;
 pub mod huge;
 pub mod phases;

@@ -10,6 +10,8 @@
 //! ptwatch-workload phases MIB    # per stdin line: touch, DONTNEED, print the phase's report; EOF ends
 //! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
 //! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
+//! ptwatch-workload crowd CHILDREN SPANS  # CHILDREN processes alive at once, each reclaiming SPANS tables, until stdin closes
+//! ptwatch-workload exec-step MIB [PROGRAM ARGS...]  # paced by stdin: DONTNEED MIB, then execve PROGRAM
 //! ```
 use std::process::ExitCode;
 
@@ -47,9 +49,11 @@ fn run() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
         }
+        Some("crowd") => return ptwatch_workload::crowd::crowd(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?),
+        Some("exec-step") => return ptwatch_workload::exec_step::exec_step(arg(&args, 1, "MIB")?, &args[2..]),
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

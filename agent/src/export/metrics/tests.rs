@@ -70,11 +70,7 @@ fn samples(text: &str) -> Vec<(&str, f64)> {
 }
 
 fn sum(text: &str, family: &str) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|(series, _)| series.split('{').next() == Some(family))
-        .map(|(_, value)| value)
-        .sum()
+    samples(text).iter().filter(|(series, _)| series.split('{').next() == Some(family)).map(|(_, value)| value).sum()
 }
 
 fn value(text: &str, series: &str) -> f64 {
