@@ -441,8 +441,10 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         let mut own_series = 0;
         self.cgroups.clear_live();
         for record in self.records.values_mut() {
+            let mut total = Counts::default();
             for series in record.all_series() {
                 folded.counts.add(&series.in_other());
+                total.add(&series.counts);
             }
             if record.series.exported().is_some() {
                 own_series += 1;
@@ -451,7 +453,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 folded.processes += 1;
             }
             if let Some(cgroup) = &record.cgroup {
-                self.cgroups.add_live(cgroup, &record.total());
+                self.cgroups.add_live(cgroup, &total);
             }
             record.series.new = false;
         }

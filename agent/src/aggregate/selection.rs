@@ -108,6 +108,15 @@ impl Selection {
                 record.series.freeze(now);
             }
         }
+        if self.top == 0 {
+            // No limit: everyone who qualifies, nobody to challenge.
+            for record in records.values_mut() {
+                if record.series.is_selectable() && self.qualifies(record, false) {
+                    record.series.select();
+                }
+            }
+            return;
+        }
         let mut challengers: Vec<((u64, u64), ProcessKey)> = records
             .values()
             .filter(|r| r.series.is_selectable() && self.qualifies(r, false))
