@@ -52,7 +52,6 @@ use std::{
 use ptwatch_common::{names, NodeCounters, ProcessCounters, ProcessKey, ThreadContext, UNATTRIBUTED_CGROUP};
 
 pub use self::{
-    batch::TakeMethod,
     cgroup::CgroupLabels,
     counts::Counts,
     host::{Host, SystemHost},
@@ -101,8 +100,6 @@ pub struct Snapshot {
     /// `THREAD_CONTEXT` entries of threads that no longer exist, removed
     /// (left by a missed exit hook), since the agent started.
     pub reaped_thread_contexts: u64,
-    /// How exited processes' entries are taken out on this kernel.
-    pub take_method: TakeMethod,
 }
 
 /// Everything a harvest leaves for the exporter, borrowed from the
@@ -201,11 +198,6 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
         self
-    }
-
-    /// The source, e.g. to ask how entries are taken out.
-    pub fn source(&self) -> &S {
-        &self.source
     }
 
     /// Read the kernel maps and bring everything up to date, asking the

@@ -44,10 +44,6 @@ impl KernelMaps {
     pub fn new(maps: ProbeMaps) -> Self {
         Self { maps, take: TakeMethod::default() }
     }
-
-    pub fn take_method(&self) -> TakeMethod {
-        self.take
-    }
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
