@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use ptwatch::cli::{generate, markdown};
 
 fn repo_file(relative: &str) -> (PathBuf, String) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
     (path, text)
 }
@@ -35,7 +35,7 @@ fn cli_reference_is_current() {
     let generated = markdown::render(&generate::command());
     assert!(
         committed == generated,
-        "{} is stale: run `cargo xtask docs` and commit the result (first difference at {})",
+        "docs/cli.md ({}) is stale: run `cargo xtask docs` and commit the result (first difference at {})",
         path.display(),
         first_difference(&committed, &generated)
     );
