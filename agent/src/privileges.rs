@@ -141,9 +141,9 @@ impl fmt::Debug for CapabilitySet {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("cannot read the process' capabilities (capget): {0}")]
+    #[error("cannot read the process' capabilities (capget)")]
     Capget(#[source] io::Error),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
@@ -151,7 +151,7 @@ pub enum PrivilegeError {
     },
     #[error("capabilities must be dropped while the process has one thread, and it has {threads}")]
     NotAlone { threads: usize },
-    #[error("dropping capabilities failed: {0}")]
+    #[error("dropping capabilities failed")]
     Drop(#[source] io::Error),
     #[error("threads {threads} still hold capabilities after dropping them (kept set: {kept})")]
     NotDropped { threads: String, kept: CapabilitySet },

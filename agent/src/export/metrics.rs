@@ -199,7 +199,7 @@ fn update(state: &mut State, full: bool) -> bool {
         Ok(()) => true,
         Err(err) => {
             state.scrape_errors += 1;
-            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(err)), "reading kernel maps failed; exporting the previous values");
+            tracing::warn!(error = %crate::error_chain::ErrorChain(&err), "reading kernel maps failed; exporting the previous values");
             false
         }
     }
