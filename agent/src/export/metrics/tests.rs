@@ -200,3 +200,38 @@ fn every_family_written_is_in_the_table_and_written_once() {
         .collect();
     assert_eq!(missing, Vec::<&str>::new());
 }
+
+/// A harvest that fails after its first success: the scrape counts the
+/// error and serves the values it had.
+struct Flaky {
+    inner: Unsend,
+    calls: u32,
+}
+
+impl Harvest for Flaky {
+    fn harvest(&mut self, full: bool) -> Result<(), ProbeError> {
+        self.calls += 1;
+        if self.calls > 1 {
+            return Err(ProbeError::MissingMap("PROCESS_COUNTERS"));
+        }
+        self.inner.harvest(full)
+    }
+    fn view(&self) -> View<'_> {
+        self.inner.view()
+    }
+}
+
+#[test]
+fn a_failed_harvest_is_counted_and_the_previous_values_are_served() {
+    let world = World::new(64);
+    let key = world.start(7, 1, "a");
+    world.reclaim(key, "a", 0, 3);
+    let aggregator = world.aggregator(Duration::from_secs(60), Selection::default());
+    let metrics = Metrics::new(Box::new(Flaky { inner: Unsend(aggregator), calls: 0 }), info(false));
+    assert!(metrics.refresh(), "the first harvest works");
+    world.reclaim(key, "a", 0, 5);
+    assert!(!metrics.refresh(), "the second fails");
+    let text = metrics.render(Format::Text);
+    assert_eq!(value(&text, "ptwatch_scrape_errors_total"), 2.0, "the refresh and the scrape: {text}");
+    assert_eq!(value(&text, "ptwatch_node_pte_pages_reclaimed_total"), 3.0, "the values of the last success");
+}
