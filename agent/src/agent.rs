@@ -68,7 +68,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let mode = config.probe_mode;
     let mut probes =
-        tokio::task::spawn_blocking(move || Probes::load(&btf, mode)).await.context("probe loading task failed")??;
+        tokio::task::spawn_blocking(move || Probes::load(btf, mode)).await.context("probe loading task failed")??;
     let maps = probes.take_maps()?;
     // Loading and attaching were the privileged part: keep only what reading
     // the maps still needs (docs/install.md#privileges).

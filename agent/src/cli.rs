@@ -209,7 +209,7 @@ pub struct TraceArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Only events with this cause (repeat for several).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::cause::NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::Cause::ALL.map(|c| c.name())))]
     pub cause: Vec<String>,
 
     /// Only events of at least N page-table pages (e.g. DONTNEED calls that

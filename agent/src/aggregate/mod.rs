@@ -18,6 +18,7 @@
 mod batch;
 pub mod cgroup;
 pub mod host;
+mod legacy;
 pub mod selection;
 
 use std::{
@@ -25,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ptwatch_common::{FreeCounters, FreeKey, NodeCounters, NodeFrees, ProcessCounters};
+pub use self::legacy::{FreeCounters, FreeKey, NodeCounters, NodeFrees, ProcessCounters};
 
 pub use self::{
     cgroup::CgroupLabels,
@@ -220,53 +221,53 @@ pub struct MapCapacity {
 
 impl CounterSource for ProbeMaps {
     fn node(&self) -> Result<NodeCounters, ProbeError> {
-        let per_cpu = self.node.get(&0, 0).map_err(|source| ProbeError::Map { name: "NODE_COUNTERS", source })?;
-        Ok(per_cpu.iter().fold(NodeCounters::default(), |mut sum, cpu| {
-            sum.pte_pages_reclaimed += cpu.pte_pages_reclaimed;
-            sum.dontneed_calls += cpu.dontneed_calls;
-            sum.dontneed_bytes += cpu.dontneed_bytes;
-            sum.process_map_update_failures += cpu.process_map_update_failures;
-            sum.inflight_update_failures += cpu.inflight_update_failures;
-            sum.approximate_calls += cpu.approximate_calls;
-            sum.free_map_update_failures += cpu.free_map_update_failures;
-            sum
-        }))
+        Ok(legacy::node_from(&self.node_v2()?).0)
     }
 
     fn node_frees(&self) -> Result<NodeFrees, ProbeError> {
-        let per_cpu = self.node_frees.get(&0, 0).map_err(|source| ProbeError::Map { name: "NODE_FREES", source })?;
-        Ok(per_cpu.iter().fold(NodeFrees::default(), |mut sum, cpu| {
-            for (total, row) in sum.pages.iter_mut().zip(cpu.pages) {
-                for (total, pages) in total.iter_mut().zip(row) {
-                    *total += pages;
-                }
-            }
-            sum
-        }))
+        Ok(legacy::node_from(&self.node_v2()?).1)
     }
 
     fn processes(&self) -> Result<Vec<(u32, ProcessCounters)>, ProbeError> {
-        batch::entries(&self.processes).map_err(|source| ProbeError::Map { name: "PROCESS_COUNTERS", source })
+        let entries =
+            batch::entries(&self.processes).map_err(|source| ProbeError::Map { name: "PROCESS_COUNTERS", source })?;
+        Ok(entries.iter().map(|(key, value)| (key.tgid, legacy::process_from(value))).collect())
     }
 
     fn frees(&self) -> Result<Vec<(FreeKey, FreeCounters)>, ProbeError> {
-        batch::entries(&self.frees).map_err(|source| ProbeError::Map { name: "PAGETABLE_FREES", source })
+        let entries =
+            batch::entries(&self.processes).map_err(|source| ProbeError::Map { name: "PROCESS_COUNTERS", source })?;
+        Ok(entries.iter().flat_map(|(key, value)| legacy::frees_from(key.tgid, value)).collect())
     }
 
-    fn forget(&mut self, pids: &HashSet<u32>, free_keys: &[FreeKey]) {
-        // An absent key is fine: another harvest may have removed it.
-        for pid in pids {
-            let _ = self.processes.remove(pid);
-        }
-        for key in free_keys {
-            let _ = self.frees.remove(key);
+    fn forget(&mut self, pids: &HashSet<u32>, _free_keys: &[FreeKey]) {
+        let keys: Vec<ptwatch_common::ProcessKey> =
+            self.processes.keys().filter_map(Result::ok).filter(|k| pids.contains(&k.tgid)).collect();
+        for key in keys {
+            let _ = self.processes.remove(&key);
         }
     }
 
     fn max_entries(&self) -> MapCapacity {
         use aya::maps::IterableMap as _;
         let max = |map: &aya::maps::MapData| map.info().ok().map(|info| info.max_entries());
-        MapCapacity { processes: max(self.processes.map()), frees: max(self.frees.map()) }
+        MapCapacity { processes: max(self.processes.map()), frees: None }
+    }
+}
+
+impl ProbeMaps {
+    fn node_v2(&self) -> Result<ptwatch_common::NodeCounters, ProbeError> {
+        let per_cpu = self.node.get(&0, 0).map_err(|source| ProbeError::Map { name: "NODE_COUNTERS", source })?;
+        Ok(per_cpu.iter().fold(ptwatch_common::NodeCounters::default(), |mut sum, cpu| {
+            sum.dontneed_calls += cpu.dontneed_calls;
+            sum.dontneed_bytes += cpu.dontneed_bytes;
+            sum.frees.add(&cpu.frees);
+            sum.process_map_overflows += cpu.process_map_overflows;
+            sum.context_update_failures += cpu.context_update_failures;
+            sum.approximate_calls += cpu.approximate_calls;
+            sum.unowned_frees += cpu.unowned_frees;
+            sum
+        }))
     }
 }
 
@@ -458,7 +459,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         let process_entries = counters.iter().filter(|(pid, _)| !gone.contains(pid)).count();
         let maps = [
             (ptwatch_common::names::PROCESS_COUNTERS, process_entries, self.capacity.processes),
-            (ptwatch_common::names::PAGETABLE_FREES, frees.len() - released_free_keys, self.capacity.frees),
+            (ptwatch_common::names::OVERFLOW_COUNTERS, frees.len() - released_free_keys, self.capacity.frees),
         ]
         .into_iter()
         .filter_map(|(name, entries, max)| {

@@ -36,22 +36,19 @@ pub struct AgentInfo {
 impl AgentInfo {
     pub fn new(probes: &crate::probes::Probes, pt_reclaim_supported: bool) -> Self {
         let plan = probes.plan();
-        let attach =
-            |choice: &crate::probes::plan::EventChoice| choice.attach.map_or("none", |a| a.as_str()).to_owned();
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel: crate::kernel::procfs::kernel_release(),
             probe_mode: probes.mode().as_str().to_owned(),
             reclaim_accounting: probes.accounting().method().to_owned(),
             pt_reclaim_supported,
-            probes: vec![
-                (plan.pagetable_free.event.to_owned(), attach(&plan.pagetable_free)),
-                (plan.pt_reclaim.event.to_owned(), attach(&plan.pt_reclaim)),
-            ],
-            frees_observed: plan.pagetable_free.attach.is_some(),
-            dontneed_attached: ptwatch_common::names::MADVISE_PROGRAMS
-                .iter()
-                .all(|(_, walk, plain)| probes.attached().iter().any(|(name, _)| name == walk || name == plain)),
+            probes: plan
+                .events()
+                .into_iter()
+                .map(|(event, attach)| (event.as_str().to_owned(), attach.map_or("none", |a| a.as_str()).to_owned()))
+                .collect(),
+            frees_observed: plan.frees_observed(),
+            dontneed_attached: true,
         }
     }
 }
@@ -555,11 +552,11 @@ pub fn families(snapshot: &Snapshot, info: &AgentInfo, scrape_errors: u64) -> Ve
 }
 
 fn cause_name(cause: u32) -> &'static str {
-    ptwatch_common::cause::NAMES.get(cause as usize).copied().unwrap_or("other")
+    ptwatch_common::Cause::from_index(cause as usize).map_or("other", |c| c.name())
 }
 
 fn level_name(level: u32) -> &'static str {
-    ptwatch_common::level::NAMES.get(level as usize).copied().unwrap_or("unknown")
+    ptwatch_common::Level::from_index(level as usize).map_or("unknown", |l| l.name())
 }
 
 /// Reads the kernel maps at collection time.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use ptwatch_common::{names, InflightCall};
+use ptwatch_common::{names, ThreadContext};
 
 use crate::{aggregate::MapUsage, probes::Probes};
 
@@ -123,10 +123,10 @@ fn program_runs(probes: &Probes) -> Vec<ProgramRuns> {
 
 fn transient_maps(probes: &Probes) -> Vec<MapUsage> {
     let mut usage = Vec::new();
-    for name in [names::INFLIGHT, IN_FREE_PGTABLES] {
+    for name in [names::THREAD_CONTEXT, IN_FREE_PGTABLES] {
         let Some(map) = probes.object().map(name) else { continue };
         let counted = match name {
-            names::INFLIGHT => count_entries::<InflightCall>(map),
+            names::THREAD_CONTEXT => count_entries::<ThreadContext>(map),
             _ => count_entries::<u64>(map),
         };
         match counted {

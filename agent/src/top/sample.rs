@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use ptwatch_common::ProcessCounters;
+use crate::aggregate::ProcessCounters;
 
 use crate::{
     aggregate::{

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use ptwatch_common::{cause, event_kind, level, TraceEvent};
+use ptwatch_common::{Cause, EventKind, Level, TraceEvent};
 use serde::Serialize;
 
 use crate::kernel::procfs;
@@ -30,15 +30,11 @@ pub struct Record {
     pub bytes: Option<u64>,
 }
 
-fn name<const N: usize>(names: &[&'static str; N], value: u32) -> &'static str {
-    names.get(value as usize).copied().unwrap_or("unknown")
-}
-
 impl Record {
     /// `realtime_offset_ns`: CLOCK_REALTIME − CLOCK_MONOTONIC, to turn the
     /// kernel's monotonic time into wall-clock time.
     pub fn new(event: &TraceEvent, realtime_offset_ns: i128, cgroup: Option<String>) -> Self {
-        let dontneed = event.kind == event_kind::DONTNEED;
+        let dontneed = event.kind == EventKind::Dontneed as u32;
         let range_known = dontneed && event.len != 0;
         Self {
             timestamp_ns: u64::try_from(i128::from(event.time_ns) + realtime_offset_ns).unwrap_or(0),
@@ -47,9 +43,9 @@ impl Record {
             comm: procfs::comm_to_string(&event.comm),
             cgroup,
             cgroup_id: event.cgroup_id,
-            event: name(&event_kind::NAMES, event.kind),
-            cause: name(&cause::NAMES, event.cause),
-            level: name(&level::NAMES, event.level),
+            event: EventKind::from_index(event.kind as usize).map_or("?", |k| k.name()),
+            cause: Cause::from_index(event.cause as usize).map_or("?", |c| c.name()),
+            level: Level::from_index(event.level as usize).map_or("?", |l| l.name()),
             pages: event.pages,
             start: range_known.then(|| format!("{:#x}", event.start)),
             len: range_known.then_some(event.len),
@@ -175,7 +171,7 @@ mod tests {
             tid: 43,
             kind,
             cause: why,
-            level: level::PTE,
+            level: Level::Pte as u32,
             _pad: 0,
             comm,
         }
@@ -183,21 +179,22 @@ mod tests {
 
     #[test]
     fn decodes_dontneed_and_free() {
-        let call = Record::new(&event(event_kind::DONTNEED, cause::RECLAIM, 512), 1_000, Some("/a".into()));
+        let call =
+            Record::new(&event(EventKind::Dontneed as u32, Cause::Reclaim as u32, 512), 1_000, Some("/a".into()));
         assert_eq!(call.timestamp_ns, 5_000_001_000);
         assert_eq!((call.pid, call.comm.as_str(), call.event, call.cause), (42, "java", "dontneed", "reclaim"));
         assert_eq!(call.start.as_deref(), Some("0x7f0000000000"));
         assert_eq!(call.len, Some(1 << 30));
         let row = text_row(&call);
         assert!(row.contains("0x7f0000000000 +1 GiB") && row.contains(" 512 "), "{row}");
-        let free = Record::new(&event(event_kind::FREE, cause::UNMAP, 1), 0, None);
+        let free = Record::new(&event(EventKind::Free as u32, Cause::Unmap as u32, 1), 0, None);
         assert_eq!((free.event, free.cause, free.start.as_deref(), free.bytes), ("free", "unmap", None, None));
         assert!(text_row(&free).ends_with(" -"));
     }
 
     #[test]
     fn filters() {
-        let record = Record::new(&event(event_kind::DONTNEED, cause::RECLAIM, 8), 0, None);
+        let record = Record::new(&event(EventKind::Dontneed as u32, Cause::Reclaim as u32, 8), 0, None);
         assert!(Filter::default().accepts(&record));
         assert!(Filter::new(Some("java"), &[], 0).accepts(&record));
         assert!(!Filter::new(Some("jav"), &[], 0).accepts(&record));

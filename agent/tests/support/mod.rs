@@ -66,7 +66,7 @@ impl Attached {
         ptwatch::kernel::support::require_privileges().expect("integration tests must run as root");
         ptwatch::kernel::support::ensure_tracefs().expect("tracefs");
         let btf = ptwatch::kernel::btf::KernelBtf::load(Path::new(VMLINUX_BTF)).expect("kernel BTF");
-        let mut probes = Probes::load(&btf, probe_mode()).expect("load and attach the eBPF programs");
+        let mut probes = Probes::load(btf, probe_mode()).expect("load and attach the eBPF programs");
         let maps = probes.take_maps().expect("maps");
         Self { probes, aggregator: Aggregator::new(maps, std::time::Duration::from_secs(600)) }
     }
