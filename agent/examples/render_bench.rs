@@ -142,9 +142,13 @@ fn metrics(processes: u32) -> Metrics {
         probe_mode: Attach::Tracepoint,
         reclaim_accounting: "page_table_walk",
         pt_reclaim_supported: true,
-        probes: vec![("pagetable_free", None), ("pt_reclaim", Some(Attach::Tracepoint))],
+        probes: vec![
+            ("dontneed", Some(Attach::Tracepoint)),
+            ("io_uring_dontneed", Some(Attach::Tracepoint)),
+            ("pt_reclaim", Some(Attach::Tracepoint)),
+            ("pagetable_free", None),
+        ],
         frees_probed: false,
-        dontneed_attached: true,
         clock: ptwatch::aggregate::BootClock::detect(),
     };
     let metrics = Metrics::new(Box::new(Bench(aggregator)), info);

@@ -60,8 +60,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     support::ensure_tracefs()?;
     let options = LoadOptions { max_tracked_processes: config.max_tracked_processes, ..LoadOptions::default() };
-    let mut probes = Probes::load_with(&btf, config.probe_mode, options)?;
-    drop(btf);
+    // The BTF is handed over: it is dropped once the programs are loaded.
+    let mut probes = Probes::load_with(btf, config.probe_mode, options)?;
     let maps = probes.take_maps()?;
     // Loading and attaching were the privileged part: keep only what reading
     // the maps still needs (docs/install.md#privileges).

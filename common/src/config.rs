@@ -26,10 +26,6 @@ pub struct KernelConfig {
     pub direct_map_base: u64,
     /// Levels of the page-table tree: 4 or 5 (x86_64 LA57).
     pub pgtable_levels: u64,
-    /// Non-zero when page-table frees are probed (fentry or kprobe plans):
-    /// reclaim is then counted from the frees classified as `reclaim`, and
-    /// the madvise programs only keep the DONTNEED context and call counts.
-    pub reclaim_from_frees: u64,
     /// How frees are counted: a [`FreeSource`] value.
     pub free_source: u64,
     /// Byte offset of `mm_struct::owner` (CONFIG_MEMCG), or `u64::MAX` when
@@ -46,12 +42,35 @@ pub struct KernelConfig {
     /// Byte offsets of `task_struct::tgid` and `task_struct::comm`.
     pub task_tgid_offset: u64,
     pub task_comm_offset: u64,
+    /// Byte offsets of `task_struct::group_leader` and
+    /// `task_struct::start_boottime`: a process' identity is its tgid and its
+    /// leader's start time (`ProcessKey`).
+    pub task_group_leader_offset: u64,
+    pub task_start_boottime_offset: u64,
     /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
     /// address space is torn down (exit, execve).
     pub tlb_fullmm_bit: u64,
     /// Byte offset of `vm_area_struct::vm_ops` (NULL for anonymous memory,
     /// whose THPs carry a deposited PTE table).
     pub vma_vm_ops_offset: u64,
+    /// Byte offsets of `io_madvise::addr`, `::len` and `::advice` inside an
+    /// io_uring request (`struct io_kiocb` starts with its per-opcode data),
+    /// for the tracepoint plan's io_uring programs; `u64::MAX` when the
+    /// kernel has no `struct io_madvise`.
+    pub io_madvise_addr_offset: u64,
+    pub io_madvise_len_offset: u64,
+    pub io_madvise_advice_offset: u64,
+    /// `io_madvise::len` is a `u32` on older kernels, a `u64` on newer:
+    /// the mask of its width.
+    pub io_madvise_len_mask: u64,
+    /// Offsets of the `req` and `opcode` fields of the
+    /// `io_uring:io_uring_submit_req` record and of `req` and `res` of
+    /// `io_uring:io_uring_complete`, read from their tracefs `format` at
+    /// start-up (these records are not a stable ABI).
+    pub io_submit_req_offset: u64,
+    pub io_submit_opcode_offset: u64,
+    pub io_complete_req_offset: u64,
+    pub io_complete_res_offset: u64,
     /// Non-zero only in `ptwatch trace`'s own instance of the object: send a
     /// [`crate::TraceEvent`] per DONTNEED call and per page-table free to the
     /// `TRACE_EVENTS` ring buffer. The agent leaves it 0, and the verifier,

@@ -11,6 +11,17 @@
 /// Nothing in progress in this slot.
 pub const NONE: u64 = 0;
 
+/// How the tracepoint plan measures what a DONTNEED request reclaimed.
+pub mod measured {
+    /// Not measured: the range covers no whole 2 MiB span, so nothing can
+    /// be reclaimed.
+    pub const NOTHING_TO_RECLAIM: u64 = 0;
+    /// Through the drop of `mm->pgtables_bytes` (approximate).
+    pub const PGTABLES_BYTES: u64 = 1;
+    /// By walking the page tables under the range at entry and exit.
+    pub const WALK: u64 = 2;
+}
+
 /// Value of `THREAD_CONTEXT`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,10 +35,11 @@ pub struct ThreadContext {
     /// Its range.
     pub start: u64,
     pub len: u64,
-    /// Tracepoint plan: PTE tables under the range at entry (valid when
-    /// `walked` is 1) and `mm->pgtables_bytes` at entry, for the fallback.
+    /// Tracepoint plan: how the request is measured (a [`measured`] value),
+    /// the PTE tables under the range at entry (with the walk) and
+    /// `mm->pgtables_bytes` at entry (the fallback).
+    pub measured: u64,
     pub tables_at_entry: u64,
-    pub walked: u64,
     pub pgtables_bytes_at_entry: u64,
     /// PTE tables classified `reclaim` during this request (`ptwatch trace`
     /// reports them with the request).
@@ -38,4 +50,8 @@ pub struct ThreadContext {
     /// The level a `___p?d_free_tlb` call named, plus one, for the
     /// `tlb_remove_table` call it makes next on this thread ([`NONE`]: none).
     pub pending_level: u64,
+    /// kprobe plan: the address space of the `zap_huge_pmd` call in
+    /// progress when its VMA is anonymous ([`NONE`]: none or not anonymous),
+    /// for the kretprobe that learns whether a huge PMD was zapped.
+    pub huge_zap_mm: u64,
 }

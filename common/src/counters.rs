@@ -198,6 +198,15 @@ pub struct ProcessCounters {
     pub comm: [u8; COMM_LEN],
 }
 
+impl ProcessCounters {
+    /// `self += other` for every counter (identity fields untouched).
+    pub fn add_counts(&mut self, other: &Self) {
+        self.dontneed_calls = self.dontneed_calls.wrapping_add(other.dontneed_calls);
+        self.dontneed_bytes = self.dontneed_bytes.wrapping_add(other.dontneed_bytes);
+        self.frees.add(&other.frees);
+    }
+}
+
 /// Key of `OVERFLOW_COUNTERS` that the agent creates before attaching, so
 /// it always exists: frees of address spaces whose owner is gone, and what
 /// a full `OVERFLOW_COUNTERS` could not store under its own cgroup.
@@ -242,6 +251,36 @@ pub struct NodeCounters {
     /// (tracepoint plan on kernels whose io_uring tracepoints do not carry
     /// the request): counted here, never a silent zero.
     pub unmeasured_requests: u64,
+}
+
+impl NodeCounters {
+    /// `self += other`, field by field (summing the per-CPU copies).
+    pub fn add(&mut self, other: &Self) {
+        let Self {
+            dontneed_calls,
+            dontneed_bytes,
+            frees,
+            process_map_overflows,
+            cgroup_map_overflows,
+            unowned_frees,
+            lost_events,
+            context_update_failures,
+            context_exit_misses,
+            approximate_calls,
+            unmeasured_requests,
+        } = other;
+        self.dontneed_calls = self.dontneed_calls.wrapping_add(*dontneed_calls);
+        self.dontneed_bytes = self.dontneed_bytes.wrapping_add(*dontneed_bytes);
+        self.frees.add(frees);
+        self.process_map_overflows = self.process_map_overflows.wrapping_add(*process_map_overflows);
+        self.cgroup_map_overflows = self.cgroup_map_overflows.wrapping_add(*cgroup_map_overflows);
+        self.unowned_frees = self.unowned_frees.wrapping_add(*unowned_frees);
+        self.lost_events = self.lost_events.wrapping_add(*lost_events);
+        self.context_update_failures = self.context_update_failures.wrapping_add(*context_update_failures);
+        self.context_exit_misses = self.context_exit_misses.wrapping_add(*context_exit_misses);
+        self.approximate_calls = self.approximate_calls.wrapping_add(*approximate_calls);
+        self.unmeasured_requests = self.unmeasured_requests.wrapping_add(*unmeasured_requests);
+    }
 }
 
 /// Default of `--max-tracked-processes`: entries of `PROCESS_COUNTERS`.

@@ -10,6 +10,9 @@ pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
 /// Per-thread context while a thread is inside a hooked call: tid →
 /// `ThreadContext`.
 pub const THREAD_CONTEXT: &str = "THREAD_CONTEXT";
+/// io_uring DONTNEED requests in flight (tracepoint plan): request address
+/// → what was measured at submission.
+pub const IO_REQUESTS: &str = "IO_REQUESTS";
 pub const AGENT_REQUEST: &str = "AGENT_REQUEST";
 /// Global (`.rodata`) holding the `KernelConfig`.
 pub const KERNEL_CONFIG: &str = "PTWATCH_KERNEL_CONFIG";
@@ -25,6 +28,12 @@ pub const MADVISE_PROGRAMS: [(&str, &str, &str); 4] = [
     ("sys_exit_madvise", "madvise_exit_walk", "madvise_exit_plain"),
     ("sys_enter_process_madvise", "process_madvise_enter_walk", "process_madvise_enter_plain"),
     ("sys_exit_process_madvise", "process_madvise_exit_walk", "process_madvise_exit_plain"),
+];
+/// The io_uring programs of the tracepoint plan: `(category, tracepoint,
+/// program with page-table walk, program without)`.
+pub const IO_URING_PROGRAMS: [(&str, &str, &str, &str); 2] = [
+    ("io_uring", "io_uring_submit_req", "io_uring_submit_walk", "io_uring_submit_plain"),
+    ("io_uring", "io_uring_complete", "io_uring_complete_walk", "io_uring_complete_plain"),
 ];
 pub const PROG_AGENT_REQUEST: &str = "agent_request";
 pub const PROG_WALK_SELF_TEST: &str = "walk_self_test";

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::Array,
     programs::TracePointContext,
 };
-use ptwatch_common::{request, AgentRequest, KernelConfig};
+use ptwatch_common::{request::op, AgentRequest, KernelConfig};
 
 use crate::{
     kernel::{config, current_mm, read_kernel, CurrentTask},
@@ -58,7 +58,7 @@ pub fn agent_request(_ctx: TracePointContext) -> u32 {
         return 0;
     };
     match req.op {
-        request::FIRST_KERNEL_SLOT => {
+        op::FIRST_KERNEL_SLOT => {
             let [first, ..] = req.args;
             let pgd = current_mm(&config).and_then(|mm| read_kernel::<u64>(mm, config.mm_pgd_offset));
             req.status = 0;
@@ -71,7 +71,7 @@ pub fn agent_request(_ctx: TracePointContext) -> u32 {
                 req.status = search.hit;
             }
         }
-        request::FIND_DIRECT_MAP => {
+        op::FIND_DIRECT_MAP => {
             let [physical, magic0, magic1, first, step, count] = req.args;
             let mut search = Search { base: 0, first, step, physical, magic: [magic0, magic1], found: 0, hit: 0 };
             let count = if count < MAX_CANDIDATES { count } else { MAX_CANDIDATES };
@@ -82,7 +82,7 @@ pub fn agent_request(_ctx: TracePointContext) -> u32 {
         }
         _ => return 0,
     }
-    req.op = request::IDLE;
+    req.op = op::IDLE;
     0
 }
 
@@ -94,7 +94,7 @@ pub fn walk_self_test(_ctx: TracePointContext) -> u32 {
     let Some(req) = pending_request(&config) else {
         return 0;
     };
-    if req.op != request::COUNT_PTE_TABLES {
+    if req.op != op::COUNT_PTE_TABLES {
         return 0;
     }
     let [start, len, ..] = req.args;
@@ -105,7 +105,7 @@ pub fn walk_self_test(_ctx: TracePointContext) -> u32 {
         }
         None => req.status = 3,
     }
-    req.op = request::IDLE;
+    req.op = op::IDLE;
     0
 }
 

@@ -6,7 +6,9 @@
 //! (BPF ISA v3) is needed.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-/// `*field += value`.
+/// `*field += value`, atomically: per-process values are shared by threads
+/// on several CPUs, and even a per-CPU value can see two programs interleave
+/// on a preemptible kernel.
 #[inline(always)]
 pub fn add(field: *mut u64, value: u64) {
     // SAFETY: callers pass pointers into live, 8-byte aligned map values.

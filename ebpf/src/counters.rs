@@ -1,113 +1,207 @@
-//! Aggregation maps and the helpers that update them.
+//! The aggregation maps and the only code that updates them.
+//!
+//! Every event is added to the node totals and to exactly one of: the
+//! process' own entry, its cgroup's overflow slot (process map full), or the
+//! unattributed slot (no owner, or overflow map full too). See
+//! `ptwatch_common::counters` for why that keeps every total exact.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
 };
-use ptwatch_common::{NodeCounters, ProcessCounters, MAX_TRACKED_PROCESSES};
+use ptwatch_common::{
+    overflow_capacity, Cause, KernelConfig, Level, NodeCounters, ProcessCounters, ProcessKey, COMM_LEN,
+    DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
+};
 
+use crate::{
+    atomic,
+    kernel::{config, current_task, read_kernel},
+};
+
+/// A plain hash map: an entry is never evicted, the agent removes it once
+/// the process is gone. Resized by the agent at load time.
 #[map(name = "PROCESS_COUNTERS")]
-static PROCESS_COUNTERS: LruHashMap<u32, ProcessCounters> = LruHashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+static PROCESS_COUNTERS: HashMap<ProcessKey, ProcessCounters> =
+    HashMap::with_max_entries(DEFAULT_MAX_TRACKED_PROCESSES, 0);
+
+#[map(name = "OVERFLOW_COUNTERS")]
+static OVERFLOW_COUNTERS: HashMap<u64, ProcessCounters> =
+    HashMap::with_max_entries(overflow_capacity(DEFAULT_MAX_TRACKED_PROCESSES), 0);
 
 #[map(name = "NODE_COUNTERS")]
 static NODE_COUNTERS: PerCpuArray<NodeCounters> = PerCpuArray::with_max_entries(1, 0);
 
-use crate::atomic;
+/// Where a process' name for a new entry comes from: its thread-group
+/// leader's `comm`, which is what `/proc/<pid>/comm` shows (a worker thread
+/// such as io_uring's `iou-wrk-*` has its own).
+#[derive(Clone, Copy)]
+pub enum CommSource {
+    /// The running task's process.
+    Current,
+    /// The process of the `task_struct` at this address.
+    Task(u64),
+}
 
+impl CommSource {
+    #[inline(always)]
+    pub fn read(self, config: &KernelConfig) -> [u8; COMM_LEN] {
+        let task = match self {
+            Self::Current => current_task(),
+            Self::Task(task) => task,
+        };
+        read_kernel::<u64>(task, config.task_group_leader_offset)
+            .and_then(|leader| read_kernel(leader, config.task_comm_offset))
+            .unwrap_or_default()
+    }
+}
+
+/// The process an event belongs to, and how to name it if it is new.
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub key: ProcessKey,
+    pub comm: CommSource,
+}
+
+/// Node-wide counters of this CPU. Updated with atomic adds: a program can
+/// be preempted by another on the same CPU (fentry programs run with
+/// migration, not preemption, disabled).
 #[inline(always)]
-fn node() -> Option<*mut NodeCounters> {
+pub fn node() -> Option<*mut NodeCounters> {
     NODE_COUNTERS.get_ptr_mut(0)
 }
 
-/// The counters of process `tgid`, created (with the current comm and
-/// cgroup) on first use. A failed insert is counted on the node, never silent.
+/// The node's diagnostic counters (see `NodeCounters`).
+#[derive(Clone, Copy)]
+pub enum Diagnostic {
+    ProcessMapOverflow,
+    CgroupMapOverflow,
+    UnownedFree,
+    LostEvent,
+    ContextUpdateFailure,
+    ContextExitMiss,
+    ApproximateCall,
+    UnmeasuredRequest,
+}
+
+/// Count one occurrence of `what` on the node.
 #[inline(always)]
-fn process(tgid: u32) -> Option<*mut ProcessCounters> {
-    if let Some(counters) = PROCESS_COUNTERS.get_ptr_mut(tgid) {
+pub fn count(what: Diagnostic) {
+    let Some(node) = node() else {
+        return;
+    };
+    // SAFETY: pointers into this CPU's live map value.
+    let field = unsafe {
+        match what {
+            Diagnostic::ProcessMapOverflow => &raw mut (*node).process_map_overflows,
+            Diagnostic::CgroupMapOverflow => &raw mut (*node).cgroup_map_overflows,
+            Diagnostic::UnownedFree => &raw mut (*node).unowned_frees,
+            Diagnostic::LostEvent => &raw mut (*node).lost_events,
+            Diagnostic::ContextUpdateFailure => &raw mut (*node).context_update_failures,
+            Diagnostic::ContextExitMiss => &raw mut (*node).context_exit_misses,
+            Diagnostic::ApproximateCall => &raw mut (*node).approximate_calls,
+            Diagnostic::UnmeasuredRequest => &raw mut (*node).unmeasured_requests,
+        }
+    };
+    atomic::add(field, 1);
+}
+
+/// The process' own entry, created on first use (with the current cgroup:
+/// a short-lived process is gone before the agent could look it up).
+#[inline(always)]
+fn process_entry(owner: &Owner) -> Option<*mut ProcessCounters> {
+    if let Some(counters) = PROCESS_COUNTERS.get_ptr_mut(owner.key) {
         return Some(counters);
     }
-    // The cgroup is taken once, at creation: the process may exit before
-    // the agent can read `/proc/<pid>/cgroup`. The running thread is the
-    // process' own (madvise) or, for a free, usually the exiting task.
-    // SAFETY: no preconditions; returns 0 without cgroup v2.
+    // SAFETY: no preconditions; 0 without cgroup v2.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let fresh =
-        ProcessCounters { comm: bpf_get_current_comm().unwrap_or_default(), cgroup_id, ..ProcessCounters::default() };
-    // BPF_NOEXIST: another CPU may have created the entry meanwhile; then its
-    // entry is used below.
-    if PROCESS_COUNTERS.insert(tgid, fresh, u64::from(BPF_NOEXIST)).is_err()
-        && PROCESS_COUNTERS.get_ptr_mut(tgid).is_none()
-    {
-        if let Some(node) = node() {
-            // SAFETY: per-CPU value of this CPU; no other writer.
-            unsafe { (*node).process_map_update_failures += 1 };
-        }
-        return None;
-    }
-    PROCESS_COUNTERS.get_ptr_mut(tgid)
+    let fresh = ProcessCounters { comm: owner.comm.read(&config()), cgroup_id, ..ProcessCounters::default() };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then its entry
+    // is used. A full map fails here, and the caller overflows.
+    let _ = PROCESS_COUNTERS.insert(owner.key, fresh, u64::from(BPF_NOEXIST));
+    PROCESS_COUNTERS.get_ptr_mut(owner.key)
 }
 
-// Per-process entries are shared by the threads of a process, which run on
-// several CPUs at once: they are updated with atomic adds. Node counters are
-// per-CPU and need none.
-
-/// Record one completed DONTNEED call.
+/// The overflow slot of the running task's cgroup, else the unattributed one.
 #[inline(always)]
-pub fn record_dontneed_call(tgid: u32, bytes: u64) {
+fn overflow_entry() -> Option<*mut ProcessCounters> {
+    // SAFETY: no preconditions; 0 without cgroup v2.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(slot) = OVERFLOW_COUNTERS.get_ptr_mut(cgroup_id) {
+        return Some(slot);
+    }
+    let fresh = ProcessCounters { cgroup_id, ..ProcessCounters::default() };
+    let _ = OVERFLOW_COUNTERS.insert(cgroup_id, fresh, u64::from(BPF_NOEXIST));
+    if let Some(slot) = OVERFLOW_COUNTERS.get_ptr_mut(cgroup_id) {
+        return Some(slot);
+    }
+    count(Diagnostic::CgroupMapOverflow);
+    unattributed_entry()
+}
+
+/// The slot the agent created before attaching; never absent in practice.
+#[inline(always)]
+fn unattributed_entry() -> Option<*mut ProcessCounters> {
+    let slot = OVERFLOW_COUNTERS.get_ptr_mut(UNATTRIBUTED_CGROUP);
+    if slot.is_none() {
+        count(Diagnostic::LostEvent);
+    }
+    slot
+}
+
+/// The entry an event of `owner` is counted in (see the module docs).
+#[inline(always)]
+fn entry_of(owner: Option<&Owner>) -> Option<*mut ProcessCounters> {
+    match owner {
+        Some(owner) => match process_entry(owner) {
+            Some(entry) => Some(entry),
+            None => {
+                count(Diagnostic::ProcessMapOverflow);
+                overflow_entry()
+            }
+        },
+        None => {
+            count(Diagnostic::UnownedFree);
+            unattributed_entry()
+        }
+    }
+}
+
+/// One successful DONTNEED request of `owner` that advised `bytes`.
+#[inline(always)]
+pub fn record_dontneed_call(owner: &Owner, bytes: u64) {
     if let Some(node) = node() {
-        // SAFETY: per-CPU value of this CPU; no other writer.
+        // SAFETY: pointers into this CPU's live map value.
         unsafe {
-            (*node).dontneed_calls += 1;
-            (*node).dontneed_bytes += bytes;
+            atomic::add(&raw mut (*node).dontneed_calls, 1);
+            atomic::add(&raw mut (*node).dontneed_bytes, bytes);
         }
     }
-    if let Some(process) = process(tgid) {
-        // SAFETY: pointer into a live map value.
+    if let Some(entry) = entry_of(Some(owner)) {
+        // SAFETY: pointers into a live map value.
         unsafe {
-            atomic::add(&raw mut (*process).dontneed_calls, 1);
-            atomic::add(&raw mut (*process).dontneed_bytes, bytes);
+            atomic::add(&raw mut (*entry).dontneed_calls, 1);
+            atomic::add(&raw mut (*entry).dontneed_bytes, bytes);
         }
     }
 }
 
-/// Record PTE pages reclaimed in the mm of process `tgid`.
+/// `pages` page-table pages of `owner`'s address space (`None`: an address
+/// space with no owner left) freed for `cause` at `level`.
 #[inline(always)]
-pub fn record_pte_pages_reclaimed(tgid: u32, pages: u64) {
-    if let Some(node) = node() {
-        // SAFETY: per-CPU value of this CPU; no other writer.
-        unsafe { (*node).pte_pages_reclaimed += pages };
+pub fn record_frees(owner: Option<&Owner>, cause: Cause, level: Level, pages: u64) {
+    let (c, l) = (cause.index(), level.index());
+    if c >= Cause::COUNT || l >= Level::COUNT {
+        return;
     }
-    if let Some(process) = process(tgid) {
-        // SAFETY: pointer into a live map value.
-        unsafe { atomic::add(&raw mut (*process).pte_pages_reclaimed, pages) };
-    }
-}
-
-/// Count a DONTNEED call measured through `pgtables_bytes`.
-#[inline(always)]
-pub fn record_approximate_call() {
     if let Some(node) = node() {
-        // SAFETY: per-CPU value of this CPU; no other writer.
-        unsafe { (*node).approximate_calls += 1 };
+        // SAFETY: a pointer into this CPU's live map value; indices checked.
+        unsafe { atomic::add(&raw mut (*node).frees.pages[c][l], pages) };
     }
-}
-
-/// Count a page-table free whose per-process entry could not be stored.
-#[inline(always)]
-pub fn record_free_update_failure() {
-    if let Some(node) = node() {
-        // SAFETY: per-CPU value of this CPU; no other writer.
-        unsafe { (*node).free_map_update_failures += 1 };
-    }
-}
-
-/// Count a DONTNEED call whose in-flight state could not be stored.
-#[inline(always)]
-pub fn record_inflight_failure() {
-    if let Some(node) = node() {
-        // SAFETY: per-CPU value of this CPU; no other writer.
-        unsafe { (*node).inflight_update_failures += 1 };
+    if let Some(entry) = entry_of(owner) {
+        // SAFETY: a pointer into a live map value; indices checked.
+        unsafe { atomic::add(&raw mut (*entry).frees.pages[c][l], pages) };
     }
 }

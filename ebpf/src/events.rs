@@ -1,5 +1,5 @@
-//! Events for `ptwatch trace`: one [`TraceEvent`] per DONTNEED call and per
-//! page-table free, sent through a ring buffer.
+//! Events for `ptwatch trace`: one [`TraceEvent`] per DONTNEED request and
+//! per page-table free, sent through a ring buffer.
 //!
 //! Only `trace`'s own instance of the object sets `emit_events`; it is a
 //! frozen global, so for the agent every function here starts with a branch
@@ -8,18 +8,22 @@
 //! size), so an agent pays nothing for this module.
 //!
 //! In the fentry/kprobe plans PT_RECLAIM is counted per free; each free is
-//! an event, and the frees classified `reclaim` are also summed per thread
-//! ([`CALL_RECLAIMED`]) so that the event of the DONTNEED call that caused
-//! them carries their total, as in the tracepoint plan.
+//! an event, and the frees classified `reclaim` are also summed in the
+//! thread's context so that the event of the request that caused them
+//! carries their total, as in the tracepoint plan.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
 };
-use ptwatch_common::{cause, event_kind, level, InflightCall, KernelConfig, TraceEvent, COMM_LEN, MAX_INFLIGHT_CALLS};
+use ptwatch_common::{Cause, EventKind, KernelConfig, Level, TraceEvent};
 
-use crate::{atomic, kernel::CurrentTask};
+use crate::{
+    atomic, context,
+    counters::{CommSource, Owner},
+    kernel::CurrentTask,
+};
 
 /// One page: the smallest ring buffer. `ptwatch trace` sets its own size at
 /// load time.
@@ -29,11 +33,6 @@ static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// Events that did not fit in the ring buffer (per CPU).
 #[map(name = "TRACE_LOST")]
 static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// PTE tables freed as `reclaim` by the DONTNEED call each thread is in
-/// (fentry/kprobe plans), keyed by thread id.
-#[map(name = "CALL_RECLAIMED")]
-static CALL_RECLAIMED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
 
 /// The kernel-side filters of `--pid` and `--cgroup`; `None` when the event
 /// is not wanted (or events are off). Returns the running task's cgroup.
@@ -57,77 +56,50 @@ fn wanted(config: &KernelConfig, tgid: u32) -> Option<u64> {
 fn send(event: &TraceEvent) {
     if TRACE_EVENTS.output::<TraceEvent>(event, 0).is_err() {
         if let Some(lost) = TRACE_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU value of this CPU; no other writer.
-            unsafe { *lost += 1 };
+            atomic::add(lost, 1);
         }
     }
 }
 
-/// A DONTNEED call starts on thread `tid`: forget what an earlier call that
-/// never reached its exit (e.g. started before trace attached) left.
+/// A PTE table was reclaimed inside the request thread `tid` is in.
 #[inline(always)]
-pub fn dontneed_call_started(config: &KernelConfig, tid: u32) {
-    if config.emit_events == 0 || config.reclaim_from_frees == 0 {
-        return;
-    }
-    let _ = CALL_RECLAIMED.remove(tid);
+pub fn reclaimed_in_call(tid: u32) {
+    context::count_reclaimed_in_call(tid);
 }
 
-/// A DONTNEED call of `task` finished. `reclaimed`: PTE tables it reclaimed
-/// as measured by the tracepoint plan (the fentry/kprobe plans sum their
-/// classified frees instead); `bytes`: what the call advised.
+/// A DONTNEED request of `task` over `range` finished, having reclaimed
+/// `reclaimed` PTE tables and advised `bytes`.
 #[inline(always)]
-pub fn dontneed_call_done(config: &KernelConfig, task: CurrentTask, call: &InflightCall, reclaimed: u64, bytes: u64) {
-    if config.emit_events == 0 {
-        return;
-    }
-    let mut pages = reclaimed;
-    if config.reclaim_from_frees != 0 {
-        // SAFETY: the value is copied out before the entry is removed.
-        pages = unsafe { CALL_RECLAIMED.get(task.tid) }.copied().unwrap_or(0);
-        let _ = CALL_RECLAIMED.remove(task.tid);
-    }
+pub fn dontneed_done(config: &KernelConfig, task: CurrentTask, range: (u64, u64), reclaimed: u64, bytes: u64) {
     let Some(cgroup_id) = wanted(config, task.tgid) else {
         return;
     };
     send(&TraceEvent {
         // SAFETY: no preconditions.
         time_ns: unsafe { bpf_ktime_get_ns() },
-        start: call.start,
-        len: call.len,
+        start: range.0,
+        len: range.1,
         bytes,
-        pages,
+        pages: reclaimed,
         cgroup_id,
         tgid: task.tgid,
         tid: task.tid,
-        kind: event_kind::DONTNEED,
-        cause: cause::RECLAIM,
-        level: level::PTE,
+        kind: EventKind::Dontneed as u32,
+        cause: Cause::Reclaim as u32,
+        level: Level::Pte as u32,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: CommSource::Current.read(config),
     });
 }
 
-/// One page-table page of process `tgid` (0: no owner) freed for `why`.
+/// One page-table page of `owner` (`None`: no owner) freed for `cause`.
 #[inline(always)]
-pub fn page_table_freed(config: &KernelConfig, tgid: u32, comm: [u8; COMM_LEN], why: u32, level_of_table: u32) {
-    if config.emit_events == 0 {
-        return;
-    }
-    let task = CurrentTask::get();
-    if why == cause::RECLAIM {
-        // Inside a DONTNEED call of this thread (that is what `reclaim`
-        // means): add to the call's total.
-        match CALL_RECLAIMED.get_ptr_mut(task.tid) {
-            Some(total) => atomic::add(total, 1),
-            None => {
-                let _ = CALL_RECLAIMED.insert(task.tid, 1, 0);
-            }
-        }
-    }
+pub fn page_table_freed(config: &KernelConfig, owner: Option<&Owner>, cause: Cause, level: Level) {
+    let tgid = owner.map_or(0, |o| o.key.tgid);
     let Some(cgroup_id) = wanted(config, tgid) else {
         return;
     };
+    let comm = owner.map_or([0; ptwatch_common::COMM_LEN], |o| o.comm.read(config));
     send(&TraceEvent {
         // SAFETY: no preconditions.
         time_ns: unsafe { bpf_ktime_get_ns() },
@@ -137,10 +109,10 @@ pub fn page_table_freed(config: &KernelConfig, tgid: u32, comm: [u8; COMM_LEN], 
         pages: 1,
         cgroup_id,
         tgid,
-        tid: task.tid,
-        kind: event_kind::FREE,
-        cause: why,
-        level: level_of_table,
+        tid: CurrentTask::get().tid,
+        kind: EventKind::Free as u32,
+        cause: cause as u32,
+        level: level as u32,
         _pad: 0,
         comm,
     });

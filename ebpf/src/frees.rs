@@ -3,196 +3,153 @@
 //! Every page-table page the kernel frees through the mmu_gather passes
 //! either the x86 per-level functions (`___pte_free_tlb` .. `___p4d_free_tlb`)
 //! or `tlb_remove_table`; which one counts is the plan's choice
-//! ([`free_source`]). The cause comes from what the freeing thread is doing:
-//! tearing down the whole mm (`tlb->fullmm`), inside `free_pgtables`
-//! (munmap and friends), or inside a DONTNEED call (PT_RECLAIM). Frees are
-//! attributed to the mm's owner (`tlb->mm->owner`), not to the running task:
-//! an exit finished by another task's `mmput` still belongs to the process.
+//! ([`FreeSource`]). The cause comes from what the freeing thread is doing:
+//! tearing down the whole mm (`tlb->fullmm`), inside `free_pgtables` through
+//! this very mmu_gather (munmap and friends), or inside a DONTNEED request on
+//! this mm (PT_RECLAIM). Frees are attributed to the mm's owner, not to the
+//! running task: an exit finished by another task's `mmput` still belongs to
+//! the process.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_task,
-    macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{LruHashMap, PerCpuArray},
+    macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use ptwatch_common::{
-    cause, free_source, level, FreeCounters, FreeKey, KernelConfig, NodeFrees, COMM_LEN, MAX_INFLIGHT_CALLS,
-    MAX_TRACKED_PROCESSES,
-};
+use ptwatch_common::{context::NONE, Cause, FreeSource, KernelConfig, Level, ProcessKey, ThreadContext};
 
 use crate::{
-    atomic,
-    counters::{record_free_update_failure, record_pte_pages_reclaimed},
+    context,
+    counters::{record_frees, CommSource, Owner},
     events,
-    kernel::{config, read_kernel, CurrentTask},
-    madvise::in_dontneed,
+    kernel::{config, current_task, leader_start_time, read_kernel, CurrentTask},
 };
-
-/// Distinct (process, cause, level) triples; a process rarely has more than
-/// a handful.
-const MAX_FREE_KEYS: u32 = MAX_TRACKED_PROCESSES * 4;
-
-#[map(name = "PAGETABLE_FREES")]
-static PAGETABLE_FREES: LruHashMap<FreeKey, FreeCounters> = LruHashMap::with_max_entries(MAX_FREE_KEYS, 0);
-
-#[map(name = "NODE_FREES")]
-static NODE_FREES: PerCpuArray<NodeFrees> = PerCpuArray::with_max_entries(1, 0);
-
-/// Threads inside `free_pgtables` (it may sleep, so per thread, not per CPU).
-#[map(name = "IN_FREE_PGTABLES")]
-static IN_FREE_PGTABLES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT_CALLS, 0);
-
-/// The level named by a `___p?d_free_tlb` call, for the `tlb_remove_table`
-/// call it makes next on the same CPU: `[tid + 1, level]` (0: none).
-#[map(name = "PENDING_LEVEL")]
-static PENDING_LEVEL: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
-
-/// Owner of an mm: its tgid and comm.
-struct Owner {
-    tgid: u32,
-    comm: [u8; COMM_LEN],
-}
 
 /// The process an mm belongs to.
 ///
-/// `mm->owner` names it while the process lives. When its last user goes
-/// away, `mm_update_next_owner()` clears the owner before the tables are
-/// freed: on exit the dying task still has the mm as `active_mm`, and on
-/// execve the task replacing its mm has `in_execve` set. An mm whose last
-/// reference is dropped by an unrelated task (one reading `/proc/<pid>/`,
-/// say) has no owner to name: `None`, counted on the node only.
+/// The running task, when the mm is its own (reclaim, munmap, its own
+/// exit): its ids come from helpers. Otherwise `mm->owner`. When the last
+/// user goes away, `mm_update_next_owner()` clears the owner before the
+/// tables are freed: on exit the dying task still has the mm as
+/// `active_mm`, and on execve the task replacing its mm has `in_execve`
+/// set. An mm whose last reference is dropped by an unrelated task (one
+/// reading `/proc/<pid>/`, say) has no owner to name: `None`.
 #[inline(always)]
 fn owner(config: &KernelConfig, mm: u64) -> Option<Owner> {
-    let named = if config.mm_owner_offset == u64::MAX {
-        0
-    } else {
-        read_kernel::<u64>(mm, config.mm_owner_offset).unwrap_or(0)
-    };
-    let task = if named != 0 {
-        named
-    } else {
-        // SAFETY: returns the running task_struct; no preconditions.
-        let current = unsafe { bpf_get_current_task() };
-        let in_execve = config.task_in_execve_bit != u64::MAX
-            && read_kernel::<u8>(current, config.task_in_execve_bit / 8)
-                .is_some_and(|byte| (byte >> (config.task_in_execve_bit % 8)) & 1 == 1);
-        let own = in_execve
-            || read_kernel::<u64>(current, config.task_mm_offset) == Some(mm)
-            || read_kernel::<u64>(current, config.task_active_mm_offset) == Some(mm)
-            // Without CONFIG_MEMCG there is no owner at all: the running task.
-            || config.mm_owner_offset == u64::MAX;
-        if !own {
-            return None;
-        }
-        current
-    };
-    let tgid: i32 = read_kernel(task, config.task_tgid_offset)?;
-    Some(Owner { tgid: tgid as u32, comm: read_kernel(task, config.task_comm_offset).unwrap_or_default() })
+    let current = current_task();
+    let own = read_kernel::<u64>(current, config.task_mm_offset) == Some(mm)
+        // Without CONFIG_MEMCG there is no owner at all: the running task.
+        || config.mm_owner_offset == u64::MAX;
+    if own {
+        return Some(current_owner(config, current));
+    }
+    let named = read_kernel::<u64>(mm, config.mm_owner_offset).unwrap_or(0);
+    if named != 0 {
+        let tgid: i32 = read_kernel(named, config.task_tgid_offset)?;
+        let key = ProcessKey { tgid: tgid as u32, _pad: 0, start_time_ns: leader_start_time(config, named) };
+        return Some(Owner { key, comm: CommSource::Task(named) });
+    }
+    let in_execve = config.task_in_execve_bit != u64::MAX
+        && read_kernel::<u8>(current, config.task_in_execve_bit / 8)
+            .is_some_and(|byte| (byte >> (config.task_in_execve_bit % 8)) & 1 == 1);
+    if in_execve || read_kernel::<u64>(current, config.task_active_mm_offset) == Some(mm) {
+        return Some(current_owner(config, current));
+    }
+    None
 }
 
 #[inline(always)]
-fn classify(config: &KernelConfig, tlb: u64, tid: u32, level_of_table: u32) -> u32 {
+fn current_owner(config: &KernelConfig, current: u64) -> Owner {
+    let tgid = CurrentTask::get().tgid;
+    Owner {
+        key: ProcessKey { tgid, _pad: 0, start_time_ns: leader_start_time(config, current) },
+        comm: CommSource::Current,
+    }
+}
+
+/// Why the page at `level` is freed through `tlb`, given this thread's
+/// context (copied before it may be released).
+#[inline(always)]
+fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: Option<&ThreadContext>) -> (Cause, Level) {
     let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit / 8).unwrap_or(0);
     if (fullmm_byte >> (config.tlb_fullmm_bit % 8)) & 1 == 1 {
-        return cause::EXIT;
+        return (Cause::Exit, level);
     }
-    // SAFETY: presence test only.
-    if unsafe { IN_FREE_PGTABLES.get(tid) }.is_some() {
-        return cause::UNMAP;
+    let Some(context) = context else {
+        return (Cause::Other, level);
+    };
+    // The mmu_gather of the `free_pgtables` call this thread is in: a
+    // stale mark from a missed exit cannot match a later gather by chance
+    // (it was dropped when the next context began).
+    if context.free_pgtables_tlb != NONE && context.free_pgtables_tlb == tlb {
+        return (Cause::Unmap, level);
     }
-    // PT_RECLAIM frees PTE tables only; on architectures that do not name
-    // the level, every table freed inside a DONTNEED zap is one.
-    if in_dontneed(tid) && (level_of_table == level::PTE || level_of_table == level::UNKNOWN) {
-        return cause::RECLAIM;
+    // PT_RECLAIM frees PTE tables only: where the architecture does not
+    // name the level, a table freed inside a DONTNEED zap of this mm is one.
+    if context.dontneed_mm == mm && matches!(level, Level::Pte | Level::Unknown) {
+        return (Cause::Reclaim, Level::Pte);
     }
-    cause::OTHER
+    (Cause::Other, level)
 }
 
-/// Count one page-table page freed through `tlb`.
+/// Count one page-table page of the mm behind `tlb`, freed at `level`.
 #[inline(always)]
-fn on_free(tlb: u64, level_of_table: u32) {
-    let config = config();
+fn on_free(config: &KernelConfig, task: CurrentTask, tlb: u64, level: Level, context: Option<ThreadContext>) {
     let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
         return;
     };
-    let why = classify(&config, tlb, CurrentTask::get().tid, level_of_table);
-    record_free(&config, mm, why, level_of_table);
+    let (cause, level) = classify(config, tlb, mm, level, context.as_ref());
+    if cause == Cause::Reclaim && config.emit_events != 0 {
+        events::reclaimed_in_call(task.tid);
+    }
+    record_free(config, mm, cause, level);
 }
 
-/// Count one page-table page of `mm` freed for `why`: on the node, and for
+/// Count one page-table page of `mm` freed for `cause`: on the node, and for
 /// the process owning `mm`. Every free, whatever hook saw it, ends here.
 #[inline(always)]
-fn record_free(config: &KernelConfig, mm: u64, why: u32, level_of_table: u32) {
+fn record_free(config: &KernelConfig, mm: u64, cause: Cause, level: Level) {
     let owner = owner(config, mm);
-    if owner.as_ref().is_some_and(|o| u64::from(o.tgid) == config.agent_tgid) {
+    if owner.as_ref().is_some_and(|o| u64::from(o.key.tgid) == config.agent_tgid) {
         return;
     }
-    if let Some(node) = NODE_FREES.get_ptr_mut(0) {
-        let (c, l) = (why as usize, level_of_table as usize);
-        if c < cause::COUNT && l < level::COUNT {
-            // SAFETY: per-CPU value of this CPU; indices checked.
-            unsafe { (*node).pages[c][l] += 1 };
-        }
-    }
+    record_frees(owner.as_ref(), cause, level, 1);
     // `ptwatch trace` only; for the agent a branch on a constant.
-    let (tgid, comm) = owner.as_ref().map_or((0, [0; COMM_LEN]), |o| (o.tgid, o.comm));
-    events::page_table_freed(config, tgid, comm, why, level_of_table);
-    let Some(owner) = owner else {
-        return;
-    };
-    let key = FreeKey { tgid: owner.tgid, cause: why, level: level_of_table, _pad: 0 };
-    let entry = match PAGETABLE_FREES.get_ptr_mut(key) {
-        Some(entry) => Some(entry),
-        None => {
-            let fresh = FreeCounters { pages: 0, comm: owner.comm };
-            let _ = PAGETABLE_FREES.insert(key, fresh, u64::from(BPF_NOEXIST));
-            PAGETABLE_FREES.get_ptr_mut(key)
-        }
-    };
-    match entry {
-        // SAFETY: pointer into a live map value.
-        Some(entry) => atomic::add(unsafe { &raw mut (*entry).pages }, 1),
-        None => record_free_update_failure(),
-    }
-    if why == cause::RECLAIM && config.reclaim_from_frees != 0 {
-        record_pte_pages_reclaimed(owner.tgid, 1);
-    }
+    events::page_table_freed(config, owner.as_ref(), cause, level);
+}
+
+/// The context of this thread, copied (the entry may be released below).
+#[inline(always)]
+fn context_of(tid: u32) -> (Option<*mut ThreadContext>, Option<ThreadContext>) {
+    let pointer = context::get(tid);
+    // SAFETY: a live map value of this thread's key, copied at once.
+    (pointer, pointer.map(|p| unsafe { *p }))
 }
 
 /// `tlb_remove_table(tlb, table)`.
 #[inline(always)]
 fn on_tlb_remove_table(tlb: u64) {
     let config = config();
-    let tid = CurrentTask::get().tid;
-    let mut named = level::UNKNOWN;
-    if let Some(pending) = PENDING_LEVEL.get_ptr_mut(0) {
-        // SAFETY: per-CPU value of this CPU.
-        let pending = unsafe { &mut *pending };
-        if pending[0] == u64::from(tid) + 1 {
-            named = pending[1] as u32;
-        }
-        pending[0] = 0;
-    }
-    let level_of_table = match config.free_source {
+    let task = CurrentTask::get();
+    let (pointer, context) = context_of(task.tid);
+    let level = if config.free_source == FreeSource::TlbRemoveTable as u64 {
         // A table no PMD/PUD/P4D function announced is a PTE table.
-        free_source::TLB_REMOVE_TABLE if named == level::UNKNOWN => level::PTE,
-        free_source::TLB_REMOVE_TABLE => named,
-        _ => level::UNKNOWN,
+        context::take_level(task.tid, pointer).and_then(|l| Level::from_index(l as usize)).unwrap_or(Level::Pte)
+    } else {
+        Level::Unknown
     };
-    on_free(tlb, level_of_table);
+    on_free(&config, task, tlb, level, context);
 }
 
 /// `___p?d_free_tlb(tlb, table)`: count here, or name the level for the
-/// `tlb_remove_table` call that follows.
+/// `tlb_remove_table` call it makes next on this thread.
 #[inline(always)]
-fn on_level_function(tlb: u64, level_of_table: u32) {
+fn on_level_function(tlb: u64, level: Level) {
     let config = config();
-    if config.free_source == free_source::LEVEL_FUNCTIONS {
-        on_free(tlb, level_of_table);
-    } else if let Some(pending) = PENDING_LEVEL.get_ptr_mut(0) {
-        // SAFETY: per-CPU value of this CPU.
-        unsafe { *pending = [u64::from(CurrentTask::get().tid) + 1, u64::from(level_of_table)] };
+    let task = CurrentTask::get();
+    if config.free_source == FreeSource::LevelFunctions as u64 {
+        let (_, context) = context_of(task.tid);
+        on_free(&config, task, tlb, level, context);
+    } else {
+        context::announce_level(task, level as u32);
     }
 }
 
@@ -200,38 +157,32 @@ fn on_level_function(tlb: u64, level_of_table: u32) {
 /// collapsed into a PMD-mapped THP; freed after an RCU grace period.
 #[inline(always)]
 fn on_pte_free_defer(mm: u64) {
-    record_free(&config(), mm, cause::COLLAPSE, level::PTE);
+    record_free(&config(), mm, Cause::Collapse, Level::Pte);
 }
 
-/// x86 `_PAGE_PSE`: the PMD maps a huge page rather than a PTE table.
-const PMD_HUGE: u64 = 1 << 7;
-
-/// `zap_huge_pmd(tlb, vma, pmd, addr)`. When the PMD maps an anonymous THP
-/// (or the huge zero page), the kernel frees the PTE table deposited with it
-/// (`zap_deposited_table`, an inline `pte_free` with no hook of its own).
-/// File THPs carry no deposited table on x86. A huge PMD that is being
-/// migrated (not present, no PSE bit) is missed: rare and short-lived.
+/// `zap_huge_pmd` zapped a huge PMD (`ret` 1) of a VMA: for an anonymous
+/// one (no `vm_ops`) the kernel freed the PTE table deposited with the THP
+/// (`zap_deposited_table`, an inline `pte_free` with no hook of its own),
+/// also when the PMD was a migration entry. Architecture-neutral: no page
+/// table bit is decoded.
 #[inline(always)]
-fn on_zap_huge_pmd(tlb: u64, vma: u64, pmd: u64) {
-    let config = config();
-    let anonymous = read_kernel::<u64>(vma, config.vma_vm_ops_offset) == Some(0);
-    let huge = read_kernel::<u64>(pmd, 0).is_some_and(|entry| entry & PMD_HUGE != 0);
-    if !(anonymous && huge) {
-        return;
-    }
-    if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) {
-        record_free(&config, mm, cause::THP, level::PTE);
-    }
+fn on_huge_pmd_zapped(config: &KernelConfig, mm: u64) {
+    record_free(config, mm, Cause::Thp, Level::Pte);
 }
 
 #[inline(always)]
-fn on_free_pgtables_entry(_tlb: u64) {
-    let _ = IN_FREE_PGTABLES.insert(CurrentTask::get().tid, 1, 0);
+fn anonymous(config: &KernelConfig, vma: u64) -> bool {
+    read_kernel::<u64>(vma, config.vma_vm_ops_offset) == Some(0)
+}
+
+#[inline(always)]
+fn on_free_pgtables_entry(tlb: u64) {
+    context::begin_free_pgtables(CurrentTask::get(), tlb);
 }
 
 #[inline(always)]
 fn on_free_pgtables_exit() {
-    let _ = IN_FREE_PGTABLES.remove(CurrentTask::get().tid);
+    context::end_free_pgtables(CurrentTask::get().tid);
 }
 
 /// Defines each entry hook twice, as fentry and as kprobe, from one body
@@ -260,13 +211,12 @@ macro_rules! entry_hooks {
 
 entry_hooks! {
     "tlb_remove_table"(tlb = 0) => tlb_remove_table_fentry, tlb_remove_table_kprobe, on_tlb_remove_table(tlb);
-    "___pte_free_tlb"(tlb = 0) => pte_free_tlb_fentry, pte_free_tlb_kprobe, on_level_function(tlb, level::PTE);
-    "___pmd_free_tlb"(tlb = 0) => pmd_free_tlb_fentry, pmd_free_tlb_kprobe, on_level_function(tlb, level::PMD);
-    "___pud_free_tlb"(tlb = 0) => pud_free_tlb_fentry, pud_free_tlb_kprobe, on_level_function(tlb, level::PUD);
-    "___p4d_free_tlb"(tlb = 0) => p4d_free_tlb_fentry, p4d_free_tlb_kprobe, on_level_function(tlb, level::P4D);
+    "___pte_free_tlb"(tlb = 0) => pte_free_tlb_fentry, pte_free_tlb_kprobe, on_level_function(tlb, Level::Pte);
+    "___pmd_free_tlb"(tlb = 0) => pmd_free_tlb_fentry, pmd_free_tlb_kprobe, on_level_function(tlb, Level::Pmd);
+    "___pud_free_tlb"(tlb = 0) => pud_free_tlb_fentry, pud_free_tlb_kprobe, on_level_function(tlb, Level::Pud);
+    "___p4d_free_tlb"(tlb = 0) => p4d_free_tlb_fentry, p4d_free_tlb_kprobe, on_level_function(tlb, Level::P4d);
     "free_pgtables"(tlb = 0) => free_pgtables_fentry, free_pgtables_kprobe, on_free_pgtables_entry(tlb);
     "pte_free_defer"(mm = 0) => pte_free_defer_fentry, pte_free_defer_kprobe, on_pte_free_defer(mm);
-    "zap_huge_pmd"(tlb = 0, vma = 1, pmd = 2) => zap_huge_pmd_fentry, zap_huge_pmd_kprobe, on_zap_huge_pmd(tlb, vma, pmd);
 }
 
 #[fexit(function = "free_pgtables")]
@@ -278,5 +228,43 @@ pub fn free_pgtables_fexit(_ctx: FExitContext) -> u32 {
 #[kretprobe]
 pub fn free_pgtables_kretprobe(_ctx: RetProbeContext) -> u32 {
     on_free_pgtables_exit();
+    0
+}
+
+/// `int zap_huge_pmd(tlb, vma, pmd, addr)`: arguments and result at once.
+#[fexit(function = "zap_huge_pmd")]
+pub fn zap_huge_pmd_fexit(ctx: FExitContext) -> u32 {
+    let (tlb, vma): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let ret: i32 = ctx.arg(4);
+    let config = config();
+    if ret == 1 && anonymous(&config, vma) {
+        if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) {
+            on_huge_pmd_zapped(&config, mm);
+        }
+    }
+    0
+}
+
+/// kprobe plan: note an anonymous VMA's mm for the kretprobe.
+#[kprobe]
+pub fn zap_huge_pmd_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(tlb), Some(vma)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    let config = config();
+    let mm = if anonymous(&config, vma) { read_kernel::<u64>(tlb, config.tlb_mm_offset) } else { None };
+    // Also for a non-anonymous VMA: clears what a missed kretprobe left.
+    context::begin_huge_zap(CurrentTask::get(), mm);
+    0
+}
+
+#[kretprobe]
+pub fn zap_huge_pmd_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret = ctx.ret::<i32>();
+    if let Some(mm) = context::end_huge_zap(CurrentTask::get().tid) {
+        if ret == 1 {
+            on_huge_pmd_zapped(&config(), mm);
+        }
+    }
     0
 }

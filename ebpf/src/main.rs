@@ -15,15 +15,17 @@ mod agent_request;
 #[cfg(target_arch = "bpf")]
 mod atomic;
 #[cfg(target_arch = "bpf")]
+mod context;
+#[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod dontneed;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod frees;
 #[cfg(target_arch = "bpf")]
 mod kernel;
-#[cfg(target_arch = "bpf")]
-mod madvise;
 #[cfg(target_arch = "bpf")]
 mod pagetable;
 

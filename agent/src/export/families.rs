@@ -302,7 +302,7 @@ pub const PROBE_INFO: Family = family(
     "",
     &["event", "attach"],
     All,
-    "Always 1; for each event (pagetable_free, pt_reclaim), how it is probed: fentry, kprobe, tracepoint, or none when this kernel cannot show it.",
+    "Always 1; for each event (dontneed, io_uring_dontneed, pt_reclaim, pagetable_free), how it is probed: fentry, kprobe, tracepoint, or none when this plan cannot show it on this kernel.",
 );
 pub const PT_RECLAIM_SUPPORTED: Family = family(
     "ptwatch_pt_reclaim_supported",
@@ -326,7 +326,7 @@ pub const PROBE_ATTACHED: Family = family(
     "",
     &["event"],
     All,
-    "1 when the event (pagetable_free, pt_reclaim, dontneed) has a working probe, else 0.",
+    "1 when the event (dontneed, io_uring_dontneed, pt_reclaim, pagetable_free) has a working probe, else 0.",
 );
 pub const SCRAPE_ERRORS: Family = family(
     "ptwatch_scrape_errors_total",
@@ -375,6 +375,14 @@ pub const BPF_PROGRAM_RUNS: Family = family(
     &["program"],
     All,
     "Runs of each attached eBPF program counted by the kernel (run_cnt) while kernel.bpf_stats_enabled=1; exported only then.",
+);
+pub const BPF_PROGRAM_MISSES: Family = family(
+    "ptwatch_bpf_program_misses_total",
+    Counter,
+    "runs",
+    &["program"],
+    All,
+    "Runs of each attached eBPF program the kernel skipped (recursion_misses: another program was running on that CPU, e.g. a preempted one); their events were not counted. Always exported.",
 );
 pub const BPF_PROGRAM_RUN_SECONDS: Family = family(
     "ptwatch_bpf_program_run_seconds_total",
@@ -442,6 +450,7 @@ pub const FAMILIES: &[&Family] = &[
     &BPF_STATS_ENABLED,
     &BPF_PROGRAM_RUNS,
     &BPF_PROGRAM_RUN_SECONDS,
+    &BPF_PROGRAM_MISSES,
     &PROCESS_CPU_SECONDS,
     &PROCESS_RESIDENT_MEMORY,
     &PROCESS_START_TIME,

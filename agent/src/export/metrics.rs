@@ -36,14 +36,12 @@ pub struct AgentInfo {
     /// [`crate::probes::ReclaimAccounting::method`].
     pub reclaim_accounting: &'static str,
     pub pt_reclaim_supported: bool,
-    /// Each planned event and how it is attached (None: the kernel cannot
-    /// show it with this plan).
+    /// Each event and how it is attached (None: the kernel cannot show it
+    /// with this plan).
     pub probes: Vec<(&'static str, Option<Attach>)>,
     /// Page-table frees are probed (fentry or kprobe plan): the families
     /// with [`f::Plans::FreeProbes`] are exported.
     pub frees_probed: bool,
-    /// The DONTNEED programs are attached.
-    pub dontneed_attached: bool,
     /// Turns process start times into the `start_time` label.
     pub clock: BootClock,
 }
@@ -57,14 +55,8 @@ impl AgentInfo {
             probe_mode: probes.mode(),
             reclaim_accounting: probes.accounting().method(),
             pt_reclaim_supported,
-            probes: vec![
-                (plan.pagetable_free.event, plan.pagetable_free.attach),
-                (plan.pt_reclaim.event, plan.pt_reclaim.attach),
-            ],
-            frees_probed: plan.pagetable_free.attach.is_some(),
-            dontneed_attached: ptwatch_common::names::MADVISE_PROGRAMS
-                .iter()
-                .all(|(_, walk, plain)| probes.attached().iter().any(|(name, _)| name == walk || name == plain)),
+            probes: plan.events().into_iter().map(|(event, attach)| (event.as_str(), attach)).collect(),
+            frees_probed: plan.frees_observed(),
             clock: BootClock::detect(),
         }
     }
@@ -386,7 +378,6 @@ fn render_health(out: &mut Exposition, view: &View<'_>, info: &AgentInfo, scrape
         for (event, attach) in &info.probes {
             samples.values(&[event], attach.is_some());
         }
-        samples.values(&["dontneed"], info.dontneed_attached);
     }
     {
         let mut entries = out.family(&f::MAP_ENTRIES);

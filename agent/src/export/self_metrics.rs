@@ -18,7 +18,10 @@ use super::{
     exposition::{Exposition, Value},
     families as f,
 };
-use crate::{aggregate::identity::Stat, probes::Probes};
+use crate::{
+    aggregate::identity::Stat,
+    probes::{Probes, ProgramStats},
+};
 
 pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -33,37 +36,37 @@ pub struct ProcessStats {
     pub open_fds: u64,
 }
 
-/// Run statistics of one attached eBPF program.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProgramRuns {
-    pub name: String,
-    pub runs: u64,
-    pub run_seconds: f64,
-}
-
 /// One reading of everything in this module.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SelfReading {
     pub process: Option<ProcessStats>,
     /// `kernel.bpf_stats_enabled`; None when the sysctl cannot be read.
     pub bpf_stats_enabled: Option<bool>,
-    /// Only while bpf_stats is enabled: the kernel does not count otherwise.
-    pub programs: Vec<ProgramRuns>,
+    /// The kernel's statistics of each attached program.
+    pub programs: Vec<ProgramStats>,
 }
 
 impl SelfReading {
-    /// The agent's own families: eBPF run statistics and `process_*`.
+    /// The agent's own families: eBPF program statistics and `process_*`.
     pub fn render(&self, out: &mut Exposition) {
         if let Some(enabled) = self.bpf_stats_enabled {
             out.family(&f::BPF_STATS_ENABLED).sample("", "", enabled);
         }
-        let mut runs = out.family(&f::BPF_PROGRAM_RUNS);
-        for program in &self.programs {
-            runs.values(&[&program.name], program.runs);
+        // Runs and run time are counted only while bpf_stats is enabled:
+        // exported only then. Recursion misses are always counted.
+        if self.bpf_stats_enabled == Some(true) {
+            let mut runs = out.family(&f::BPF_PROGRAM_RUNS);
+            for program in &self.programs {
+                runs.values(&[program.name], program.runs);
+            }
+            let mut seconds = out.family(&f::BPF_PROGRAM_RUN_SECONDS);
+            for program in &self.programs {
+                seconds.values(&[program.name], program.run_time_ns as f64 / 1e9);
+            }
         }
-        let mut seconds = out.family(&f::BPF_PROGRAM_RUN_SECONDS);
+        let mut misses = out.family(&f::BPF_PROGRAM_MISSES);
         for program in &self.programs {
-            seconds.values(&[&program.name], program.run_seconds);
+            misses.values(&[program.name], program.recursion_misses);
         }
         if let Some(process) = &self.process {
             out.family(&f::PROCESS_CPU_SECONDS).sample("", "", process.cpu_seconds);
@@ -105,37 +108,13 @@ impl SelfSource for AgentSelf {
         let Some(probes) = self.probes.upgrade() else {
             return SelfReading { process, bpf_stats_enabled, ..SelfReading::default() };
         };
-        let programs = if bpf_stats_enabled == Some(true) { program_runs(&probes) } else { Vec::new() };
-        SelfReading { process, bpf_stats_enabled, programs }
+        SelfReading { process, bpf_stats_enabled, programs: probes.program_stats() }
     }
 }
 
 /// `kernel.bpf_stats_enabled`: whether the kernel counts program runs.
 pub fn bpf_stats_enabled() -> Option<bool> {
     fs::read_to_string(BPF_STATS_SYSCTL).ok().map(|text| text.trim() != "0")
-}
-
-/// Run count and time of every attached program, from the kernel's
-/// `bpf_prog_info` (the numbers `bpftool prog show` prints).
-fn program_runs(probes: &Probes) -> Vec<ProgramRuns> {
-    probes
-        .attached()
-        .iter()
-        .filter_map(|(name, _)| {
-            let info = probes.object().program(name)?.info();
-            match info {
-                Ok(info) => Some(ProgramRuns {
-                    name: (*name).to_owned(),
-                    runs: info.run_count(),
-                    run_seconds: info.run_time().as_secs_f64(),
-                }),
-                Err(err) => {
-                    tracing::debug!(program = name, error = %err, "reading program info failed");
-                    None
-                }
-            }
-        })
-        .collect()
 }
 
 /// Reads `/proc/self`, with the constants that turn its ticks and pages

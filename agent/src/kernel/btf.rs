@@ -1,17 +1,50 @@
-//! Struct member offsets from the running kernel's BTF.
+//! Struct member offsets and functions from the running kernel's BTF.
 //!
 //! Rust eBPF has no CO-RE relocations, so the agent resolves every offset the
 //! programs need here, at start-up, and hands them over before load. A member
 //! may sit inside anonymous structs or unions (`mm_struct` wraps almost all
 //! of its fields in one, for struct randomisation); the search descends into
 //! those and adds their offsets.
+//!
+//! The reader is deliberately small: it keeps the raw BTF (5–6 MiB for a
+//! distribution kernel) plus one offset per type, and answers the few
+//! questions ptwatch asks by scanning. A general BTF library that builds a
+//! Rust value per type peaked at 40 MiB for the same blob, the largest part
+//! of the agent's start-up footprint. The raw bytes are handed on to aya
+//! when fentry programs need them ([`KernelBtf::into_aya`]), so the blob is
+//! read once.
 
 use std::path::{Path, PathBuf};
 
-use btf_rs::{Btf, Type};
-
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+const TYPE_HEADER_LEN: usize = 12;
+
+/// BTF kinds (`BTF_KIND_*` of include/uapi/linux/btf.h).
+mod kind {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -19,39 +52,92 @@ pub enum BtfError {
         "no kernel BTF at {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); ptwatch reads struct layouts from it"
     )]
     Missing { path: PathBuf },
-    #[error("cannot parse BTF from {path}")]
-    Parse {
+    #[error("cannot read BTF from {path}")]
+    Read {
         path: PathBuf,
         #[source]
-        source: btf_rs::Error,
+        source: std::io::Error,
     },
+    #[error("{path} is not valid BTF: {problem}")]
+    Invalid { path: PathBuf, problem: String },
     #[error("BTF has no struct {0}")]
     NoStruct(String),
     #[error("BTF struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
     #[error("BTF member {strukt}.{member} is a bitfield, not byte-addressable")]
     Bitfield { strukt: String, member: String },
-    #[error("BTF lookup of {what} failed")]
-    Lookup {
-        what: String,
-        #[source]
-        source: btf_rs::Error,
-    },
 }
 
 /// A parsed BTF blob with the queries ptwatch needs.
 pub struct KernelBtf {
-    btf: Btf,
+    path: PathBuf,
+    data: Vec<u8>,
+    /// Where the type section and the string section start in `data`.
+    types_start: usize,
+    strings: std::ops::Range<usize>,
+    /// Offset in `data` of type id `i` at index `i - 1`.
+    offsets: Vec<u32>,
+}
+
+/// One type's header.
+#[derive(Clone, Copy)]
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, depending on the kind.
+    size_or_type: u32,
+    /// Offset of the kind-specific data that follows the header.
+    extra: usize,
 }
 
 impl KernelBtf {
-    /// Parse the BTF at `path` (normally [`VMLINUX_BTF`]).
+    /// Read and index the BTF at `path` (normally [`VMLINUX_BTF`]).
     pub fn load(path: &Path) -> Result<Self, BtfError> {
         if !path.exists() {
             return Err(BtfError::Missing { path: path.to_owned() });
         }
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse { path: path.to_owned(), source })?;
-        Ok(Self { btf })
+        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, data)
+    }
+
+    fn parse(path: &Path, data: Vec<u8>) -> Result<Self, BtfError> {
+        let invalid = |problem: String| BtfError::Invalid { path: path.to_owned(), problem };
+        let u16_at = |at: usize| data.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let magic = u16_at(0).ok_or_else(|| invalid("shorter than a BTF header".into()))?;
+        if magic != MAGIC {
+            return Err(invalid(format!("bad magic {magic:#06x} (expected {MAGIC:#06x}, little-endian)")));
+        }
+        let header = |index: usize| read_u32(&data, 4 + index * 4).ok_or_else(|| invalid("truncated header".into()));
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (header(0)? as usize, header(1)? as usize, header(2)? as usize, header(3)? as usize, header(4)? as usize);
+        if hdr_len < HEADER_LEN {
+            return Err(invalid(format!("header length {hdr_len}")));
+        }
+        let types_start = hdr_len + type_off;
+        let types_end = types_start + type_len;
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if types_end > data.len() || strings.end > data.len() {
+            return Err(invalid("sections extend past the end of the file".into()));
+        }
+        let mut btf = Self { path: path.to_owned(), data, types_start, strings, offsets: Vec::new() };
+        let mut at = types_start;
+        while at < types_end {
+            let header = btf.header_at(at).ok_or_else(|| invalid(format!("truncated type at byte {at}")))?;
+            btf.offsets.push(at as u32);
+            at = header.extra
+                + extra_len(&header).ok_or_else(|| invalid(format!("unknown BTF kind {}", header.kind)))?;
+        }
+        Ok(btf)
+    }
+
+    /// The raw blob, for aya's own parser (fentry programs need the
+    /// kernel's BTF ids of their target functions).
+    pub fn into_aya(self) -> Result<aya::Btf, BtfError> {
+        let path = self.path;
+        aya::Btf::parse(&self.data, aya::Endianness::default())
+            .map_err(|err| BtfError::Invalid { path, problem: err.to_string() })
     }
 
     /// Byte offset of `member` in `struct strukt`, searching through
@@ -64,79 +150,157 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
-    /// Like [`Self::member_offset`], `None` when the member does not exist
-    /// on this kernel (e.g. `mm_struct::owner` without CONFIG_MEMCG).
+    /// Like [`Self::member_offset`], `None` when the struct or the member
+    /// does not exist on this kernel (e.g. `mm_struct::owner` without
+    /// CONFIG_MEMCG).
     pub fn optional_member_offset(&self, strukt: &str, member: &str) -> Result<Option<u64>, BtfError> {
         match self.member_offset(strukt, member) {
             Ok(offset) => Ok(Some(offset)),
-            Err(BtfError::NoMember { .. }) => Ok(None),
+            Err(BtfError::NoMember { .. } | BtfError::NoStruct(_)) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
     /// Bit offset of `member` in `struct strukt`; bitfields allowed.
     pub fn member_bit_offset(&self, strukt: &str, member: &str) -> Result<u64, BtfError> {
-        let lookup = |source| BtfError::Lookup { what: format!("struct {strukt}"), source };
-        let types = self.btf.resolve_types_by_name(strukt).map_err(lookup)?;
-        // Several types can share a name (e.g. a forward declaration); the
-        // struct with members is the definition.
-        let definition = types
-            .iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        self.find_member_bits(definition, member, 0)?
-            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
+        self.member(strukt, member).map(|(bits, _)| bits)
+    }
+
+    /// Size in bytes of `member` of `struct strukt` (through typedefs).
+    pub fn member_size(&self, strukt: &str, member: &str) -> Result<u64, BtfError> {
+        let (_, type_id) = self.member(strukt, member)?;
+        Ok(self.size_of(type_id).unwrap_or(0))
     }
 
     /// Whether BTF describes a function named `name` (fentry needs it).
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
+        self.find(name, |h| h.kind == kind::FUNC).is_some()
     }
 
-    fn find_member_bits(&self, strukt: &btf_rs::Struct, wanted: &str, base_bits: u64) -> Result<Option<u64>, BtfError> {
-        let lookup = |source| BtfError::Lookup { what: format!("member {wanted}"), source };
-        for member in &strukt.members {
-            let name = self.btf.resolve_name(member).map_err(lookup)?;
-            let bits = base_bits + u64::from(member.bit_offset());
+    /// The parameter names of function `name`, in order (`None`: no such
+    /// function). Hooks read arguments by position: this confirms the
+    /// position on the running kernel.
+    pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
+        let func = self.find(name, |h| h.kind == kind::FUNC)?;
+        let proto = self.header(func.size_or_type)?;
+        if proto.kind != kind::FUNC_PROTO {
+            return None;
+        }
+        (0..proto.vlen)
+            .map(|i| read_u32(&self.data, proto.extra + i * 8).map(|name_off| self.name(name_off).to_owned()))
+            .collect()
+    }
+
+    /// (bit offset, type id) of a member of the struct definition `strukt`.
+    fn member(&self, strukt: &str, member: &str) -> Result<(u64, u32), BtfError> {
+        // Several types can share a name (e.g. a forward declaration); the
+        // struct with members is the definition.
+        let definition = self
+            .find(strukt, |h| h.kind == kind::STRUCT && h.vlen > 0)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        self.find_member(&definition, member, 0)
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
+    }
+
+    fn find_member(&self, strukt: &TypeHeader, wanted: &str, base_bits: u64) -> Option<(u64, u32)> {
+        for i in 0..strukt.vlen {
+            let at = strukt.extra + i * 12;
+            let (name_off, type_id, offset) =
+                (read_u32(&self.data, at)?, read_u32(&self.data, at + 4)?, read_u32(&self.data, at + 8)?);
+            // With kind_flag, the top 8 bits are the bitfield size.
+            let bits = base_bits + u64::from(if strukt.kind_flag { offset & 0x00ff_ffff } else { offset });
+            let name = self.name(name_off);
             if name == wanted {
-                return Ok(Some(bits));
+                return Some((bits, type_id));
             }
             if name.is_empty() {
                 // Anonymous struct or union: look inside.
-                let inner = self.btf.resolve_chained_type(member).map_err(lookup)?;
-                if let Type::Struct(s) | Type::Union(s) = self.skip_modifiers(inner)? {
-                    if let Some(found) = self.find_member_bits(&s, wanted, bits)? {
-                        return Ok(Some(found));
+                let inner = self.header(self.skip_modifiers(type_id)?)?;
+                if matches!(inner.kind, kind::STRUCT | kind::UNION) {
+                    if let Some(found) = self.find_member(&inner, wanted, bits) {
+                        return Some(found);
                     }
                 }
             }
         }
-        Ok(None)
+        None
     }
 
-    /// Follow typedefs and qualifiers to the underlying type.
-    fn skip_modifiers(&self, mut t: Type) -> Result<Type, BtfError> {
-        loop {
-            match &t {
-                Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_) | Type::TypeTag(_) => {
-                    let Some(inner) = t.as_btf_type() else {
-                        return Ok(t);
-                    };
-                    t = self
-                        .btf
-                        .resolve_chained_type(inner)
-                        .map_err(|source| BtfError::Lookup { what: "typedef".to_owned(), source })?;
+    /// Follow typedefs and qualifiers to the underlying type id.
+    fn skip_modifiers(&self, mut type_id: u32) -> Option<u32> {
+        for _ in 0..32 {
+            let header = self.header(type_id)?;
+            match header.kind {
+                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
+                    type_id = header.size_or_type;
                 }
-                _ => return Ok(t),
+                _ => return Some(type_id),
             }
         }
+        None
     }
+
+    fn size_of(&self, type_id: u32) -> Option<u64> {
+        let header = self.header(self.skip_modifiers(type_id)?)?;
+        match header.kind {
+            kind::INT | kind::STRUCT | kind::UNION | kind::ENUM | kind::ENUM64 | kind::FLOAT => {
+                Some(u64::from(header.size_or_type))
+            }
+            kind::PTR => Some(8),
+            _ => None,
+        }
+    }
+
+    /// The first type named `name` that `wanted` accepts.
+    fn find(&self, name: &str, wanted: impl Fn(&TypeHeader) -> bool) -> Option<TypeHeader> {
+        self.offsets
+            .iter()
+            .filter_map(|&at| self.header_at(at as usize))
+            .find(|header| header.name_off != 0 && wanted(header) && self.name(header.name_off) == name)
+    }
+
+    fn header(&self, type_id: u32) -> Option<TypeHeader> {
+        let at = *self.offsets.get((type_id as usize).checked_sub(1)?)?;
+        self.header_at(at as usize)
+    }
+
+    fn header_at(&self, at: usize) -> Option<TypeHeader> {
+        let info = read_u32(&self.data, at + 4)?;
+        Some(TypeHeader {
+            name_off: read_u32(&self.data, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: read_u32(&self.data, at + 8)?,
+            extra: at + TYPE_HEADER_LEN,
+        })
+        .filter(|_| at >= self.types_start || self.offsets.is_empty())
+    }
+
+    fn name(&self, name_off: u32) -> &str {
+        let start = self.strings.start + name_off as usize;
+        let bytes = self.data.get(start..self.strings.end).unwrap_or_default();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        std::str::from_utf8(&bytes[..end]).unwrap_or_default()
+    }
+}
+
+/// Bytes of kind-specific data after a type's header (`None`: unknown kind).
+fn extra_len(header: &TypeHeader) -> Option<usize> {
+    let vlen = header.vlen;
+    Some(match header.kind {
+        kind::INT | kind::VAR | kind::DECL_TAG => 4,
+        kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::FUNC => 0,
+        kind::FLOAT | kind::TYPE_TAG => 0,
+        kind::ARRAY => 12,
+        kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => vlen * 12,
+        kind::ENUM | kind::FUNC_PROTO => vlen * 8,
+        _ => return None,
+    })
+}
+
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 #[cfg(test)]
@@ -157,6 +321,8 @@ mod tests {
         // `state` (__state since 5.14) comes before it.
         let state = btf.member_offset("task_struct", "__state").unwrap();
         assert!(state < mm);
+        assert_eq!(btf.member_size("task_struct", "mm").unwrap(), 8);
+        assert_eq!(btf.member_size("task_struct", "comm").unwrap(), 0, "arrays have no scalar size here");
     }
 
     #[test]
@@ -190,6 +356,7 @@ mod tests {
     fn optional_members() {
         let btf = vmlinux();
         assert!(btf.optional_member_offset("mm_struct", "no_such_member_ptwatch").unwrap().is_none());
+        assert!(btf.optional_member_offset("no_such_struct_ptwatch", "x").unwrap().is_none());
         assert!(btf.optional_member_offset("mm_struct", "pgd").unwrap().is_some());
     }
 
@@ -207,9 +374,24 @@ mod tests {
     }
 
     #[test]
-    fn functions_are_found() {
+    fn not_btf_is_one_clear_error() {
+        let err = KernelBtf::load(Path::new("/etc/passwd")).err().unwrap();
+        assert_eq!(err.to_string(), "/etc/passwd is not valid BTF: bad magic 0x6f72 (expected 0xeb9f, little-endian)");
+    }
+
+    #[test]
+    fn functions_and_their_parameters_are_found() {
         let btf = vmlinux();
         assert!(btf.has_function("tlb_remove_table"));
         assert!(!btf.has_function("no_such_function_ptwatch"));
+        assert_eq!(btf.function_params("do_madvise").unwrap(), ["mm", "start", "len_in", "behavior"]);
+        assert_eq!(btf.function_params("zap_huge_pmd").unwrap(), ["tlb", "vma", "pmd", "addr"]);
+        assert!(btf.function_params("no_such_function_ptwatch").is_none());
+    }
+
+    #[test]
+    fn hands_the_same_blob_to_aya() {
+        let aya = vmlinux().into_aya().unwrap();
+        assert!(aya.id_by_type_name_kind("do_madvise", aya_obj::btf::BtfKind::Func).is_ok(), "aya finds the function");
     }
 }

@@ -5,3 +5,4 @@ pub mod kallsyms;
 pub mod mapping;
 pub mod procfs;
 pub mod support;
+pub mod tracefs;

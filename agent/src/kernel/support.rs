@@ -57,7 +57,7 @@ const PROBE_EVENT_ID: &str = "events/syscalls/sys_enter_madvise/id";
 /// Tracepoints are found through tracefs: mount it when no place has it
 /// (many hosts boot without it; mounting needs CAP_SYS_ADMIN), and check
 /// that this process can read it (it is root-only: mode 0700).
-pub fn ensure_tracefs() -> Result<(), SupportError> {
+pub fn ensure_tracefs() -> Result<&'static Path, SupportError> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mounted = TRACEFS_PLACES.into_iter().find(|place| tracefs_mounted_at(&mountinfo, place));
     let place = match mounted {
@@ -69,13 +69,13 @@ pub fn ensure_tracefs() -> Result<(), SupportError> {
     };
     let id = Path::new(place).join(PROBE_EVENT_ID);
     match fs::read_to_string(&id) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Path::new(place)),
         Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
             Err(SupportError::TracefsUnreadable { path: place.to_owned(), source })
         }
         // A kernel without syscall tracepoints fails later with the name of
         // the missing event; this check is about permission.
-        Err(_) => Ok(()),
+        Err(_) => Ok(Path::new(place)),
     }
 }
 

@@ -18,7 +18,7 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use ptwatch_common::{names, request::op as request, AgentRequest};
+use ptwatch_common::{names, request::op, AgentRequest};
 
 use super::plan::describe_error;
 use crate::kernel::mapping::{AnonMapping, PTE_TABLE_SPAN};
@@ -84,7 +84,7 @@ impl<'a> RequestChannel<'a> {
         // this enters the kernel and fires the tracepoint.
         unsafe { libc::getppid() };
         let answer = array.get(&0, 0).map_err(|e| CalibrationError::Program(format!("{e}")))?;
-        if answer.op != request::IDLE {
+        if answer.op != op::IDLE {
             return Err(CalibrationError::Program(format!("{}: request was not answered", self.program)));
         }
         Ok(answer)
@@ -150,7 +150,7 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
     // linear scan of the whole randomisation range also works but faults on
     // every unmapped candidate, which takes minutes under emulation.)
     let lowest_slot = (DIRECT_MAP_LOWEST_L4 >> 39) & 511;
-    let slot = channel.ask(request::FIRST_KERNEL_SLOT, [lowest_slot, 0, 0, 0, 0, 0])?;
+    let slot = channel.ask(op::FIRST_KERNEL_SLOT, [lowest_slot, 0, 0, 0, 0, 0])?;
     if slot.status != 1 {
         return Err(CalibrationError::NotFound);
     }
@@ -159,7 +159,7 @@ pub fn find_direct_map(channel: &mut RequestChannel<'_>) -> Result<(u64, u64), C
     let mut remaining = (slot_base + (512 * GIB) - first) / GIB;
     while remaining > 0 {
         let count = remaining.min(CANDIDATES_PER_REQUEST);
-        let answer = channel.ask(request::FIND_DIRECT_MAP, [physical, magic[0], magic[1], first, GIB, count])?;
+        let answer = channel.ask(op::FIND_DIRECT_MAP, [physical, magic[0], magic[1], first, GIB, count])?;
         if answer.result != 0 {
             return Ok((answer.result, 4));
         }
@@ -189,7 +189,7 @@ pub fn self_test(channel: &mut RequestChannel<'_>) -> Result<(), CalibrationErro
         (start + SPAN / 2, SPAN, 0),
     ];
     for (from, len, expected) in cases {
-        let answer = channel.ask(request::COUNT_PTE_TABLES, [from as u64, len as u64, 0, 0, 0, 0])?;
+        let answer = channel.ask(op::COUNT_PTE_TABLES, [from as u64, len as u64, 0, 0, 0, 0])?;
         if answer.status != 1 || answer.result != expected {
             return Err(CalibrationError::SelfTest(format!(
                 "expected {expected} PTE tables, the walk found {} (status {})",

@@ -1,13 +1,23 @@
 //! The programs' [`KernelConfig`], resolved from the running kernel.
 
+use std::path::Path;
+
 use ptwatch_common::{FreeSource, KernelConfig};
 
-use crate::kernel::btf::{BtfError, KernelBtf};
+use crate::kernel::{
+    btf::{BtfError, KernelBtf},
+    tracefs,
+};
 
-/// Offsets from BTF plus the page size and the agent's own tgid. The
-/// page-table walk starts disabled (`direct_map_base` 0) until calibrated,
-/// and page-table frees unprobed until a plan attaches them.
-pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
+/// Offsets from BTF (and tracefs, for the io_uring records) plus the page
+/// size and the agent's own tgid. The page-table walk starts disabled
+/// (`direct_map_base` 0) until calibrated, and page-table frees unprobed
+/// until a plan attaches them.
+pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>) -> Result<KernelConfig, BtfError> {
+    let io_madvise = IoMadvise::resolve(btf)?;
+    let io_field = |event: &str, field: &str| {
+        tracefs_root.and_then(|root| tracefs::field_offset(root, "io_uring", event, field)).unwrap_or(u64::MAX)
+    };
     Ok(KernelConfig {
         task_mm_offset: btf.member_offset("task_struct", "mm")?,
         mm_pgtables_bytes_offset: btf.member_offset("mm_struct", "pgtables_bytes")?,
@@ -16,7 +26,6 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
         agent_tgid: u64::from(std::process::id()),
         direct_map_base: 0,
         pgtable_levels: 4,
-        reclaim_from_frees: 0,
         free_source: FreeSource::None as u64,
         // Without CONFIG_MEMCG an mm has no owner: frees are then attributed
         // to the running task.
@@ -26,8 +35,18 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
         task_in_execve_bit: btf.member_bit_offset("task_struct", "in_execve").unwrap_or(u64::MAX),
         task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
+        task_group_leader_offset: btf.member_offset("task_struct", "group_leader")?,
+        task_start_boottime_offset: btf.member_offset("task_struct", "start_boottime")?,
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
         vma_vm_ops_offset: btf.member_offset("vm_area_struct", "vm_ops")?,
+        io_madvise_addr_offset: io_madvise.addr,
+        io_madvise_len_offset: io_madvise.len,
+        io_madvise_advice_offset: io_madvise.advice,
+        io_madvise_len_mask: io_madvise.len_mask,
+        io_submit_req_offset: io_field("io_uring_submit_req", "req"),
+        io_submit_opcode_offset: io_field("io_uring_submit_req", "opcode"),
+        io_complete_req_offset: io_field("io_uring_complete", "req"),
+        io_complete_res_offset: io_field("io_uring_complete", "res"),
         // Set only by `ptwatch trace` (see `LoadOptions`).
         emit_events: 0,
         trace_tgid: 0,
@@ -35,8 +54,78 @@ pub fn kernel_config(btf: &KernelBtf) -> Result<KernelConfig, BtfError> {
     })
 }
 
+/// Where an io_uring madvise request keeps its range and advice: `struct
+/// io_madvise` at the start of the request (`struct io_kiocb` begins with
+/// the union of per-opcode data on every kernel with io_uring).
+struct IoMadvise {
+    addr: u64,
+    len: u64,
+    advice: u64,
+    len_mask: u64,
+}
+
+impl IoMadvise {
+    fn resolve(btf: &KernelBtf) -> Result<Self, BtfError> {
+        let absent = Self { addr: u64::MAX, len: u64::MAX, advice: u64::MAX, len_mask: 0 };
+        let (Some(addr), Some(len), Some(advice)) = (
+            btf.optional_member_offset("io_madvise", "addr")?,
+            btf.optional_member_offset("io_madvise", "len")?,
+            btf.optional_member_offset("io_madvise", "advice")?,
+        ) else {
+            return Ok(absent);
+        };
+        // The request data must sit at the start of the request.
+        if btf.optional_member_offset("io_kiocb", "file")? != Some(0) {
+            return Ok(absent);
+        }
+        let len_mask = match btf.member_size("io_madvise", "len")? {
+            4 => u64::from(u32::MAX),
+            _ => u64::MAX,
+        };
+        Ok(Self { addr, len, advice, len_mask })
+    }
+
+    /// Whether the tracepoint plan can read io_uring madvise requests.
+    pub fn readable(config: &KernelConfig) -> bool {
+        config.io_madvise_advice_offset != u64::MAX
+            && config.io_submit_req_offset != u64::MAX
+            && config.io_submit_opcode_offset != u64::MAX
+            && config.io_complete_req_offset != u64::MAX
+            && config.io_complete_res_offset != u64::MAX
+    }
+}
+
+/// Whether the tracepoint plan can measure io_uring DONTNEED requests with
+/// this configuration (`struct io_madvise` in BTF, and the io_uring
+/// tracepoints carrying the request).
+pub fn io_uring_readable(config: &KernelConfig) -> bool {
+    IoMadvise::readable(config)
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::*;
+    use crate::kernel::btf::VMLINUX_BTF;
+
+    #[test]
+    fn this_kernel_resolves_every_offset_and_io_uring() {
+        crate::kernel::support::ensure_tracefs().unwrap();
+        let btf = KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap();
+        let config = kernel_config(&btf, Some(Path::new("/sys/kernel/tracing"))).unwrap();
+        assert_eq!(config.tlb_mm_offset, 0);
+        assert!(config.task_start_boottime_offset > 0 && config.task_group_leader_offset > 0);
+        // 6.18: struct io_madvise { file; u64 addr; u64 len; u32 advice; }.
+        assert_eq!((config.io_madvise_addr_offset, config.io_madvise_len_offset), (8, 16));
+        assert_eq!(config.io_madvise_advice_offset, 24);
+        assert_eq!(config.io_madvise_len_mask, u64::MAX);
+        assert!(io_uring_readable(&config));
+        assert_eq!((config.io_submit_req_offset, config.io_complete_req_offset), (16, 16));
+    }
 }

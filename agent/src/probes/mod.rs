@@ -1,44 +1,47 @@
 //! Loading and attaching the kernel programs.
 //!
-//! `object` embeds the eBPF object, `config` turns kernel facts into the
-//! programs' [`KernelConfig`], `plan` chooses the probes per event,
-//! `calibrate` enables the exact page-table walk of the tracepoint method,
-//! and [`Probes`] owns the loaded object: while it lives the programs stay
-//! attached, dropping it detaches everything.
+//! `plan` checks each plan's attach points on the running kernel, `attach`
+//! loads the object and attaches a plan's programs, `config` turns kernel
+//! facts into the programs' [`KernelConfig`], `calibrate` enables the exact
+//! page-table walk of the tracepoint plan, `stats` reads the kernel's
+//! statistics of the attached programs, and [`Probes`] owns the loaded
+//! object: while it lives the programs stay attached, dropping it detaches
+//! everything.
 
+mod attach;
 mod calibrate;
 mod config;
 mod object;
 pub mod plan;
+mod stats;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, TracePoint},
-    Btf, Ebpf, EbpfLoader,
+    Ebpf,
 };
 use ptwatch_common::{
-    names, overflow_capacity, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext,
-    DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
+    names, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext, DEFAULT_MAX_TRACKED_PROCESSES,
 };
 
 pub use config::kernel_config;
-use plan::{describe_error, hook_set, Attach, EventChoice, HookSet, PlanReport, ProbeMode, Rejected};
+use plan::{Attach, KernelSymbols, Outcome, PlanReport, PlanResult, ProbeMode};
+pub use stats::ProgramStats;
 
-use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
+use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, support};
 
-/// How PTE pages reclaimed by a DONTNEED call are counted.
+/// How PTE pages reclaimed by a DONTNEED request are counted.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "method")]
 pub enum ReclaimAccounting {
-    /// Each PTE table freed inside a DONTNEED call and outside
-    /// `free_pgtables` (fentry and kprobe plans): exact.
+    /// Each PTE table freed inside a DONTNEED request on its address space
+    /// and outside `free_pgtables` (fentry and kprobe plans): exact.
     FreeClassification,
-    /// Tables under the call's range at entry minus at exit (tracepoint
+    /// Tables under the request's range at entry minus at exit (tracepoint
     /// plan): exact, also for multi-threaded processes.
     PageTableWalk,
-    /// Drop of `mm->pgtables_bytes` across the call (tracepoint plan without
-    /// the walk): exact only when no other thread changes the process' page
-    /// tables meanwhile.
+    /// Drop of `mm->pgtables_bytes` across the request (tracepoint plan
+    /// without the walk): exact only when no other thread changes the
+    /// process' page tables meanwhile. `why`: why the walk is not used.
     PgtablesBytes { why: String },
 }
 
@@ -91,7 +94,7 @@ pub struct ProbeMaps {
     /// seen the process exit and kept its counts.
     pub processes: HashMap<MapData, ProcessKey, ProcessCounters>,
     /// Per cgroup id: what processes could not count in `processes` (full),
-    /// and under [`UNATTRIBUTED_CGROUP`] frees of address spaces with no
+    /// and under `UNATTRIBUTED_CGROUP` frees of address spaces with no
     /// owner left. Entries are never removed.
     pub overflow: HashMap<MapData, u64, ProcessCounters>,
     pub node: PerCpuArray<MapData, NodeCounters>,
@@ -104,7 +107,7 @@ pub struct ProbeMaps {
 /// does. The default is the agent's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Send a [`ptwatch_common::TraceEvent`] per DONTNEED call and per
+    /// Send a [`ptwatch_common::TraceEvent`] per DONTNEED request and per
     /// page-table free (`ptwatch trace`).
     pub events: Option<EventOptions>,
     /// Entries of `PROCESS_COUNTERS` (`--max-tracked-processes`); the
@@ -159,143 +162,109 @@ pub struct Probes {
     attached: AttachedPrograms,
 }
 
+/// What a successful plan attempt yields.
+struct Attempt {
+    ebpf: Ebpf,
+    accounting: ReclaimAccounting,
+    attached: AttachedPrograms,
+    /// Tracepoint plan: why the walk is or is not used.
+    walk: Option<String>,
+}
+
 impl Probes {
     /// Choose and attach a plan for `mode` on this kernel.
-    pub fn load(btf: &KernelBtf, mode: ProbeMode) -> Result<Self, ProbeError> {
+    pub fn load(btf: KernelBtf, mode: ProbeMode) -> Result<Self, ProbeError> {
         Self::load_with(btf, mode, LoadOptions::default())
     }
 
     /// [`Probes::load`] with options: the same plans, in the same order.
-    pub fn load_with(btf: &KernelBtf, mode: ProbeMode, options: LoadOptions) -> Result<Self, ProbeError> {
-        let base = options.apply(kernel_config(btf)?);
+    ///
+    /// The BTF is consumed: after the offsets and attach points are
+    /// resolved its bytes go to aya (fentry programs need the kernel's BTF
+    /// ids) and are freed before this returns, which keeps the agent's
+    /// start-up peak memory to one copy of the blob.
+    pub fn load_with(btf: KernelBtf, mode: ProbeMode, options: LoadOptions) -> Result<Self, ProbeError> {
+        // Tracepoints need tracefs; the other plans do not, so a failure
+        // here only rules out the tracepoint plan.
+        let tracefs = support::ensure_tracefs().map_err(|err| err.to_string());
+        let base = options.apply(kernel_config(&btf, tracefs.as_ref().ok().copied())?);
         let kallsyms = Kallsyms::load()
-            .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: kprobe plans unavailable"))
+            .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: the kprobe plan is unavailable"))
             .ok();
-        let mut rejected = Vec::new();
-        for &attach in mode.alternatives() {
-            let attempt = match attach {
-                Attach::Fentry | Attach::Kprobe => hook_set(attach, btf, kallsyms.as_ref())
-                    .and_then(|set| Self::try_hooks(base, attach, &set, &options).map_err(|e| describe_error(&e))),
-                Attach::Tracepoint => return Self::tracepoint_plan(base, rejected, &options),
-            };
-            match attempt {
-                Ok(mut probes) => {
-                    probes.plan.pagetable_free.rejected = rejected.clone();
-                    probes.plan.pt_reclaim.rejected = rejected;
-                    return Ok(probes);
-                }
-                Err(reason) => {
-                    tracing::info!(attach = attach.as_str(), %reason, "probe plan not usable, trying the next");
-                    rejected.push(Rejected { attach, reason });
-                }
-            }
-        }
-        Err(ProbeError::NoPlan {
-            mode: attach_list(mode),
-            reasons: rejected
-                .iter()
-                .map(|r| format!("{}: {}", r.attach.as_str(), r.reason))
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
-    }
-
-    /// Load the object for a fentry or kprobe plan and attach every hook.
-    fn try_hooks(base: KernelConfig, attach: Attach, set: &HookSet, options: &LoadOptions) -> Result<Self, ProbeError> {
-        let config = KernelConfig { reclaim_from_frees: 1, free_source: set.source as u64, ..base };
-        let mut ebpf = load_object(&config, options)?;
-        let mut attached = attach_madvise(&mut ebpf, false)?;
-        let kernel_btf = match attach {
-            Attach::Fentry => Some(Btf::from_sys_fs().map_err(|e| ProbeError::Load(aya::EbpfError::BtfError(e)))?),
-            _ => None,
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: kallsyms.as_ref(),
+            tracefs: tracefs.as_ref().ok().copied(),
+            io_uring_readable: config::io_uring_readable(&base),
         };
-        for hook in &set.hooks {
-            let name = match attach {
-                Attach::Fentry => hook.fentry,
-                _ => hook.kprobe,
+        let mut checks: Vec<_> = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]
+            .into_iter()
+            .map(|attach| plan::check(attach, &kernel))
+            .collect();
+        drop(kallsyms);
+        if let (Err(reason), Some(tracepoint)) = (&tracefs, checks.last_mut()) {
+            tracepoint.usable = Err(reason.clone());
+        }
+        let mut btf = Some(btf);
+        let mut aya_btf = None;
+        let mut results = Vec::new();
+        let mut chosen: Option<Attempt> = None;
+        for check in checks {
+            let attach = check.attach;
+            let outcome = if !mode.alternatives().contains(&attach) {
+                Outcome::Excluded
+            } else if chosen.is_some() {
+                Outcome::NotTried
+            } else if let Err(reason) = &check.usable {
+                Outcome::Unusable(reason.clone())
+            } else {
+                if attach == Attach::Fentry && aya_btf.is_none() {
+                    if let Some(btf) = btf.take() {
+                        aya_btf = Some(btf.into_aya()?);
+                    }
+                }
+                match attach::attempt(base, &check, aya_btf.as_ref(), &options) {
+                    Ok(attempt) => {
+                        chosen = Some(attempt);
+                        Outcome::Chosen
+                    }
+                    Err(reason) => Outcome::Failed(reason),
+                }
             };
-            let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
-            let err = |source| ProbeError::Program { name, source };
-            match (&kernel_btf, hook.at_return) {
-                (Some(btf), false) => {
-                    let program: &mut FEntry = program.try_into().map_err(err)?;
-                    program.load(hook.function, btf).map_err(err)?;
-                    program.attach().map_err(err)?;
+            match &outcome {
+                Outcome::Chosen => {
+                    tracing::info!(plan = attach.as_str(), detail = %check.describe(), "probe plan attached")
                 }
-                (Some(btf), true) => {
-                    let program: &mut FExit = program.try_into().map_err(err)?;
-                    program.load(hook.function, btf).map_err(err)?;
-                    program.attach().map_err(err)?;
+                Outcome::Failed(reason) | Outcome::Unusable(reason) => {
+                    tracing::info!(plan = attach.as_str(), %reason, "probe plan not usable");
                 }
-                (None, _) => {
-                    let program: &mut KProbe = program.try_into().map_err(err)?;
-                    program.load().map_err(err)?;
-                    program.attach(hook.function, 0).map_err(err)?;
-                }
+                Outcome::NotTried | Outcome::Excluded => {}
             }
-            attached.push((
-                name,
-                format!("{}:{}{}", attach.as_str(), hook.function, if hook.at_return { " (return)" } else { "" }),
-            ));
+            results.push(PlanResult { bystander_cost: attach.bystander_cost(), check, outcome });
         }
-        let detail = set.describe();
-        tracing::info!(attach = attach.as_str(), %detail, "page-table free probes attached");
+        drop((btf, aya_btf));
+        let Some(attempt) = chosen else {
+            let reasons = results
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Failed(reason) | Outcome::Unusable(reason) => {
+                        Some(format!("{}: {reason}", r.check.attach.as_str()))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProbeError::NoPlan { mode: mode.as_str(), reasons });
+        };
+        let chosen_attach = results
+            .iter()
+            .find(|r| matches!(r.outcome, Outcome::Chosen))
+            .map_or(Attach::Tracepoint, |r| r.check.attach);
         Ok(Self {
-            ebpf,
-            plan: PlanReport {
-                pagetable_free: EventChoice {
-                    event: "pagetable_free",
-                    attach: Some(attach),
-                    detail: detail.clone(),
-                    rejected: Vec::new(),
-                },
-                pt_reclaim: EventChoice {
-                    event: "pt_reclaim",
-                    attach: Some(attach),
-                    detail: "PTE tables freed inside MADV_DONTNEED and outside free_pgtables".into(),
-                    rejected: Vec::new(),
-                },
-            },
-            accounting: ReclaimAccounting::FreeClassification,
-            attached,
-        })
-    }
-
-    /// The tracepoint method: reclaim by page-table walk (or the
-    /// `pgtables_bytes` fallback); page-table frees are not observable.
-    fn tracepoint_plan(base: KernelConfig, rejected: Vec<Rejected>, options: &LoadOptions) -> Result<Self, ProbeError> {
-        let (ebpf, accounting, attached) = load_calibrated(base, options)?;
-        match &accounting {
-            ReclaimAccounting::PgtablesBytes { why } => tracing::warn!(
-                reason = %why,
-                "page-table walk unavailable: reclaim measured through pgtables_bytes, approximate for multi-threaded processes"
-            ),
-            _ => tracing::info!("reclaim measured exactly by page-table walks"),
-        }
-        let mut free_rejected = rejected.clone();
-        free_rejected
-            .push(Rejected { attach: Attach::Tracepoint, reason: "no tracepoint reports page-table frees".into() });
-        Ok(Self {
-            ebpf,
-            plan: PlanReport {
-                pagetable_free: EventChoice {
-                    event: "pagetable_free",
-                    attach: None,
-                    detail: "not observable with this plan: ptwatch_pagetable_pages_freed_total is not exported".into(),
-                    rejected: free_rejected,
-                },
-                pt_reclaim: EventChoice {
-                    event: "pt_reclaim",
-                    attach: Some(Attach::Tracepoint),
-                    detail: format!(
-                        "syscalls:sys_{{enter,exit}}_{{madvise,process_madvise}}, counted by {}",
-                        accounting.method()
-                    ),
-                    rejected,
-                },
-            },
-            accounting,
-            attached,
+            ebpf: attempt.ebpf,
+            plan: PlanReport { chosen: chosen_attach, plans: results, walk: attempt.walk },
+            accounting: attempt.accounting,
+            attached: attempt.attached,
         })
     }
 
@@ -344,97 +313,4 @@ impl Probes {
         let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
         T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
-}
-
-fn attach_list(mode: ProbeMode) -> &'static str {
-    match mode {
-        ProbeMode::Auto => "auto",
-        ProbeMode::Fentry => "fentry",
-        ProbeMode::Kprobe => "kprobe",
-        ProbeMode::Tracepoint => "tracepoint",
-    }
-}
-
-/// Attach the DONTNEED programs (every plan needs them: call counts, and the
-/// DONTNEED context of the free classification), with or without the
-/// page-table walk.
-fn attach_madvise(ebpf: &mut Ebpf, walk: bool) -> Result<AttachedPrograms, ProbeError> {
-    let mut attached = Vec::new();
-    for (event, with_walk, plain) in names::MADVISE_PROGRAMS {
-        let name = if walk { with_walk } else { plain };
-        let err = |source| ProbeError::Program { name, source };
-        let program: &mut TracePoint =
-            ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?.try_into().map_err(err)?;
-        program.load().map_err(err)?;
-        program.attach("syscalls", event).map_err(err)?;
-        attached.push((name, format!("tracepoint:syscalls:{event}")));
-    }
-    Ok(attached)
-}
-
-fn load_object(config: &KernelConfig, options: &LoadOptions) -> Result<Ebpf, ProbeError> {
-    let object = object::bytes();
-    if object.is_empty() {
-        return Err(ProbeError::NoObject);
-    }
-    tracing::debug!(?config, "kernel configuration for the programs");
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::KERNEL_CONFIG, config, true);
-    // The object's ring buffer is one page (what the agent, which sends no
-    // events, keeps); `trace` asks for its own size.
-    if let Some(events) = options.events {
-        loader.map_max_entries(names::TRACE_EVENTS, events.ring_bytes);
-    }
-    loader.map_max_entries(names::PROCESS_COUNTERS, options.max_tracked_processes);
-    loader.map_max_entries(names::OVERFLOW_COUNTERS, overflow_capacity(options.max_tracked_processes));
-    let mut ebpf = loader.load(object).map_err(ProbeError::Load)?;
-    create_unattributed_slot(&mut ebpf)?;
-    Ok(ebpf)
-}
-
-/// Create the overflow slot that must always exist (see
-/// `ptwatch_common::UNATTRIBUTED_CGROUP`) before any program can run.
-fn create_unattributed_slot(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let name = names::OVERFLOW_COUNTERS;
-    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
-    let mut overflow: HashMap<&mut MapData, u64, ProcessCounters> =
-        HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
-    overflow
-        .insert(UNATTRIBUTED_CGROUP, ProcessCounters::default(), 0)
-        .map_err(|source| ProbeError::Map { name, source })
-}
-
-/// Load the object and attach the DONTNEED programs with the page-table
-/// walk if calibration, the self-test and the kernel's verifier all accept
-/// it; else without it. The configuration is a frozen global, so each
-/// attempt is a fresh load of the object.
-fn load_calibrated(
-    mut config: KernelConfig,
-    options: &LoadOptions,
-) -> Result<(Ebpf, ReclaimAccounting, AttachedPrograms), ProbeError> {
-    let why = match try_walk(&mut config, options) {
-        Ok((ebpf, attached)) => return Ok((ebpf, ReclaimAccounting::PageTableWalk, attached)),
-        Err(why) => why,
-    };
-    config.direct_map_base = 0;
-    let mut ebpf = load_object(&config, options)?;
-    let attached = attach_madvise(&mut ebpf, false)?;
-    Ok((ebpf, ReclaimAccounting::PgtablesBytes { why }, attached))
-}
-
-fn try_walk(config: &mut KernelConfig, options: &LoadOptions) -> Result<(Ebpf, AttachedPrograms), String> {
-    let mut probe = load_object(config, options).map_err(|e| describe_error(&e))?;
-    let (base, levels) = calibrate::RequestChannel::open(&mut probe, names::PROG_AGENT_REQUEST)
-        .and_then(|mut channel| calibrate::find_direct_map(&mut channel))
-        .map_err(|e| e.to_string())?;
-    drop(probe);
-    config.direct_map_base = base;
-    config.pgtable_levels = levels;
-    let mut ebpf = load_object(config, options).map_err(|e| describe_error(&e))?;
-    calibrate::RequestChannel::open(&mut ebpf, names::PROG_WALK_SELF_TEST)
-        .and_then(|mut channel| calibrate::self_test(&mut channel))
-        .map_err(|e| e.to_string())?;
-    let attached = attach_madvise(&mut ebpf, true)
-        .map_err(|e| format!("the walk does not load on this kernel: {}", describe_error(&e)))?;
-    Ok((ebpf, attached))
 }

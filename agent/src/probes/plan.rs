@@ -1,15 +1,29 @@
-//! Probe plans: for each event, ordered alternatives (fentry, then kprobe,
-//! then the tracepoint method), each checked against the running kernel's
-//! BTF and kallsyms before anything is loaded. An alternative that fails to
-//! load or attach falls through to the next, and the reason is kept for
-//! `ptwatch check`, the logs and `ptwatch_probe_info`.
+//! Probe plans: which kernel functions or tracepoints each plan attaches,
+//! checked against the running kernel's BTF, kallsyms and tracefs before
+//! anything is loaded.
+//!
+//! Three plans, tried in this order by `--probe-mode auto`:
+//! - fentry: BPF trampolines on kernel functions (cheapest; needs BTF and a
+//!   kernel that lets this process load tracing programs);
+//! - kprobe: the same functions through kprobes (needs CONFIG_KPROBES);
+//! - tracepoint: syscall and io_uring tracepoints, plus a page-table walk
+//!   around each DONTNEED request (works almost everywhere, sees no frees,
+//!   and makes every syscall on the node take the slow path).
+//!
+//! A plan whose required attach points are missing is not tried; one that
+//! fails to load or attach falls through to the next. Every attach point of
+//! every plan, whether it exists and why each plan was or was not used, is
+//! kept for `ptwatch check`, the logs and `ptwatch_probe_info`.
 
-use ptwatch_common::{hooks, hooks::Hook, Cause, FreeSource};
+use std::path::Path;
+
+use ptwatch_common::{hooks, hooks::Hook, names, Cause, FreeSource};
+use serde::Serialize;
 
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
 
-/// How a probe attaches to the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// A probe plan (what `--probe-mode` forces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attach {
     Fentry,
@@ -25,10 +39,18 @@ impl Attach {
             Self::Tracepoint => "tracepoint",
         }
     }
+
+    /// What this plan costs processes it does not trace.
+    pub fn bystander_cost(self) -> BystanderCost {
+        match self {
+            Self::Fentry | Self::Kprobe => BystanderCost::HookedFunctionsOnly,
+            Self::Tracepoint => BystanderCost::EverySyscall,
+        }
+    }
 }
 
 /// What the user asked for with `--probe-mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeMode {
     /// The most precise plan the kernel allows.
@@ -40,7 +62,7 @@ pub enum ProbeMode {
 }
 
 impl ProbeMode {
-    /// Alternatives to try, in order.
+    /// Plans to try, in order.
     pub fn alternatives(self) -> &'static [Attach] {
         match self {
             Self::Auto => &[Attach::Fentry, Attach::Kprobe, Attach::Tracepoint],
@@ -49,157 +71,480 @@ impl ProbeMode {
             Self::Tracepoint => &[Attach::Tracepoint],
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
 }
 
-/// The functions a fentry or kprobe plan hooks, and how frees are counted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookSet {
-    pub source: FreeSource,
-    pub hooks: Vec<&'static Hook>,
+/// What a plan costs work it does not trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BystanderCost {
+    /// Only calls of the hooked kernel functions run a program.
+    HookedFunctionsOnly,
+    /// A `syscalls:*` tracepoint is attached: every syscall of every process
+    /// on the node takes the kernel's slow path (SYSCALL_WORK) while it is.
+    EverySyscall,
 }
 
-impl HookSet {
-    /// One line for humans.
+impl BystanderCost {
+    /// One line for `ptwatch check`, with what the benchmark measured.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::HookedFunctionsOnly => "none outside the hooked functions: processes that make no DONTNEED request and free no page table run no ptwatch code",
+            Self::EverySyscall => "every syscall of every process on the node takes the kernel's slow path while syscall tracepoints are attached (measured on the CI host: a getppid loop +42 %; docs/benchmarks.md)",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HookedFunctionsOnly => "hooked_functions_only",
+            Self::EverySyscall => "every_syscall",
+        }
+    }
+}
+
+/// What the agent observes; each plan provides some of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// DONTNEED requests of madvise(2) and process_madvise(2): calls, bytes.
+    Dontneed,
+    /// io_uring `IORING_OP_MADVISE` DONTNEED requests.
+    IoUringDontneed,
+    /// PTE tables freed by PT_RECLAIM, per request.
+    PtReclaim,
+    /// Every page-table page freed, by cause and level.
+    PagetableFree,
+}
+
+impl Event {
+    pub const ALL: [Self; 4] = [Self::Dontneed, Self::IoUringDontneed, Self::PtReclaim, Self::PagetableFree];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dontneed => "dontneed",
+            Self::IoUringDontneed => "io_uring_dontneed",
+            Self::PtReclaim => "pt_reclaim",
+            Self::PagetableFree => "pagetable_free",
+        }
+    }
+}
+
+/// Where an attach point is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registry {
+    /// fentry/fexit need the function's BTF.
+    Btf,
+    /// A kprobe needs the symbol.
+    Kallsyms,
+    /// A tracepoint needs its tracefs event.
+    Tracefs,
+}
+
+impl Registry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Btf => "BTF",
+            Self::Kallsyms => "kallsyms",
+            Self::Tracefs => "tracefs",
+        }
+    }
+}
+
+/// Why a plan needs an attach point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// DONTNEED requests of madvise(2), io_uring, and process_madvise(2)
+    /// before 6.15: calls, bytes, and the context that marks reclaim.
+    DontneedRequests,
+    /// process_madvise(2) DONTNEED requests since 6.15.
+    ProcessMadvise,
+    /// io_uring DONTNEED requests (tracepoint plan).
+    IoUring,
+    /// Tells `unmap` frees from the rest (`free_pgtables`).
+    UnmapContext,
+    /// Counts page-table frees (and names their level where it can).
+    FreeCounting,
+    /// Names the level of frees counted at `tlb_remove_table`.
+    LevelNaming,
+    /// `collapse` frees (`pte_free_defer`, 6.5+).
+    Collapse,
+    /// `thp` frees (tables deposited with anonymous THPs).
+    Thp,
+}
+
+/// Whether a plan can do without an attach point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Need {
+    Required,
+    /// Used when present; what it adds is missing otherwise.
+    Optional,
+    /// Not used by this plan on this kernel (an alternative is).
+    Unused,
+}
+
+/// One function or tracepoint a plan attaches to, checked on this kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachPoint {
+    /// `do_madvise`, `syscalls:sys_enter_madvise`, ...
+    pub name: String,
+    /// Attached at return (fexit, kretprobe).
+    pub at_return: bool,
+    pub role: Role,
+    pub need: Need,
+    pub registry: Registry,
+    /// Present in `registry` on this kernel.
+    pub found: bool,
+    /// The eBPF program attached there (fentry/kprobe plans).
+    #[serde(skip)]
+    pub program: Option<&'static str>,
+}
+
+/// A plan as checked on this kernel, before loading.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanCheck {
+    pub attach: Attach,
+    pub points: Vec<AttachPoint>,
+    /// fentry/kprobe plans: where frees are counted.
+    #[serde(skip)]
+    pub free_source: FreeSource,
+    /// `Err`: why the plan cannot work here (a required point is missing).
+    #[serde(serialize_with = "serialize_usable")]
+    pub usable: Result<(), String>,
+    /// What the plan cannot see on this kernel although it works.
+    pub limitations: Vec<String>,
+}
+
+fn serialize_usable<S: serde::Serializer>(usable: &Result<(), String>, s: S) -> Result<S::Ok, S::Error> {
+    match usable {
+        Ok(()) => s.serialize_none(),
+        Err(reason) => s.serialize_some(reason),
+    }
+}
+
+impl PlanCheck {
+    /// The points to attach: present, and required or optional.
+    pub fn to_attach(&self) -> impl Iterator<Item = &AttachPoint> {
+        self.points.iter().filter(|p| p.found && p.need != Need::Unused)
+    }
+
+    /// Whether an attach point with this role is attached.
+    pub fn has(&self, role: Role) -> bool {
+        self.to_attach().any(|p| p.role == role)
+    }
+
+    /// The causes this plan can tell apart, in [`Cause`] order: the
+    /// mmu_gather ones always (fentry/kprobe), `collapse` and `thp` with
+    /// their hooks; none in the tracepoint plan (it sees no frees).
+    pub fn causes(&self) -> Vec<Cause> {
+        if self.attach == Attach::Tracepoint {
+            return Vec::new();
+        }
+        Cause::ALL
+            .into_iter()
+            .filter(|cause| match cause {
+                Cause::Collapse => self.has(Role::Collapse),
+                Cause::Thp => self.has(Role::Thp),
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The events this plan observes.
+    pub fn events(&self) -> Vec<Event> {
+        match self.attach {
+            Attach::Fentry | Attach::Kprobe => Event::ALL.to_vec(),
+            Attach::Tracepoint => {
+                let mut events = vec![Event::Dontneed, Event::PtReclaim];
+                if self.has(Role::IoUring) {
+                    events.insert(1, Event::IoUringDontneed);
+                }
+                events
+            }
+        }
+    }
+
+    /// One line for logs and `check`: where frees are counted and the
+    /// functions hooked.
     pub fn describe(&self) -> String {
-        let counted_at = match self.source {
+        let mut names: Vec<&str> = self.to_attach().map(|p| p.name.as_str()).collect();
+        names.dedup();
+        let counted_at = match self.free_source {
+            FreeSource::None => "no page-table frees observable (no tracepoint reports them)",
             FreeSource::LevelFunctions => "frees counted at ___p?d_free_tlb (level known)",
             FreeSource::TlbRemoveTable => "frees counted at tlb_remove_table, level from ___p?d_free_tlb",
-            _ => "frees counted at tlb_remove_table, level unknown",
+            FreeSource::TlbRemoveTableNoLevel => {
+                "frees counted at tlb_remove_table; level known for reclaim, collapse and thp (PTE), else unknown"
+            }
         };
-        let mut functions: Vec<&str> = self.hooks.iter().map(|h| h.function).collect();
-        functions.dedup();
-        format!("{counted_at}; causes {}; hooks {}", self.causes().join(", "), functions.join(", "))
+        format!("{counted_at}; attaches {}", names.join(", "))
     }
 }
 
-/// Where an attach type looks functions up.
-enum Symbols<'a> {
-    /// fentry needs the function's BTF.
-    Btf(&'a KernelBtf),
-    /// A kprobe needs the symbol.
-    Kallsyms(&'a Kallsyms),
-}
-
-impl Symbols<'_> {
-    fn has_function(&self, function: &str) -> bool {
-        match self {
-            Self::Btf(btf) => btf.has_function(function),
-            Self::Kallsyms(kallsyms) => kallsyms.has_function(function),
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Btf(_) => "BTF",
-            Self::Kallsyms(_) => "kallsyms",
-        }
-    }
+/// What the running kernel offers, for checking attach points.
+pub struct KernelSymbols<'a> {
+    pub btf: &'a KernelBtf,
+    pub kallsyms: Option<&'a Kallsyms>,
+    /// Root of tracefs (`/sys/kernel/tracing`), if mounted.
+    pub tracefs: Option<&'a Path>,
+    /// The tracepoint plan can read io_uring madvise requests (`struct
+    /// io_madvise` in BTF, the io_uring tracepoints carry the request).
+    pub io_uring_readable: bool,
 }
 
 /// The perf PMU through which kprobes attach; absent without CONFIG_KPROBES.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
-/// An error and all its causes on one line, without the empty verifier log
-/// aya appends when the kernel refused a program before verifying it.
-pub fn describe_error(err: &dyn std::error::Error) -> String {
-    let text = crate::error_chain::ErrorChain(err).to_string();
-    let text = text.replace(". Verifier output: \n", "").replace(". Verifier output: ", ": ");
-    text.trim_end_matches([':', ' ', '\n']).to_owned()
+impl KernelSymbols<'_> {
+    fn has(&self, registry: Registry, name: &str) -> bool {
+        match registry {
+            Registry::Btf => self.btf.has_function(name),
+            Registry::Kallsyms => self.kallsyms.is_some_and(|k| k.has_function(name)),
+            Registry::Tracefs => self.tracefs.is_some_and(|root| {
+                let (category, event) = name.split_once(':').unwrap_or(("", name));
+                root.join("events").join(category).join(event).join("id").exists()
+            }),
+        }
+    }
 }
 
-/// Pick the hooks for `attach` from what the kernel offers: functions in BTF
-/// for fentry, in kallsyms for kprobes. `Err` says why the plan cannot work.
-pub fn hook_set(attach: Attach, btf: &KernelBtf, kallsyms: Option<&Kallsyms>) -> Result<HookSet, String> {
-    let symbols = match attach {
-        Attach::Fentry => Symbols::Btf(btf),
-        Attach::Kprobe if !std::path::Path::new(KPROBE_PMU).exists() => {
-            return Err(format!(
-                "kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"
-            ))
-        }
-        Attach::Kprobe => match kallsyms {
-            Some(kallsyms) => Symbols::Kallsyms(kallsyms),
-            None => return Err("/proc/kallsyms is not readable".into()),
-        },
-        Attach::Tracepoint => return Err("page-table frees have no tracepoint".into()),
+/// Check `attach` on this kernel.
+pub fn check(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
+    match attach {
+        Attach::Fentry | Attach::Kprobe => check_functions(attach, kernel),
+        Attach::Tracepoint => check_tracepoints(kernel),
+    }
+}
+
+fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
+    let fentry = attach == Attach::Fentry;
+    let registry = if fentry { Registry::Btf } else { Registry::Kallsyms };
+    let point = |hook: &'static Hook, role: Role, need: Need| AttachPoint {
+        name: hook.function.to_owned(),
+        at_return: hook.at_return,
+        role,
+        need,
+        registry,
+        found: kernel.has(registry, hook.function),
+        program: hook.program(fentry),
     };
-    let has = |function: &str| symbols.has_function(function);
-    let where_ = symbols.name();
+    let mut points = Vec::new();
+    for hook in &hooks::DONTNEED {
+        points.push(point(hook, Role::DontneedRequests, Need::Required));
+    }
+    for hook in &hooks::DONTNEED_VECTOR {
+        points.push(point(hook, Role::ProcessMadvise, Need::Optional));
+    }
     for hook in &hooks::CONTEXT {
-        if !has(hook.function) {
-            return Err(format!("{} is not in {where_} (needed to tell unmap from other frees)", hook.function));
+        points.push(point(hook, Role::UnmapContext, Need::Required));
+    }
+    points.push(point(&hooks::PTE_FREE_DEFER, Role::Collapse, Need::Optional));
+    for hook in [&hooks::ZAP_HUGE_PMD_ENTRY, &hooks::ZAP_HUGE_PMD_EXIT] {
+        points.push(point(hook, Role::Thp, Need::Optional));
+    }
+    // Count where the level is known when the PTE function can be hooked:
+    // on 6.1 x86 native, tables never reach tlb_remove_table at all. Else
+    // count at tlb_remove_table; the other level functions name the level.
+    let pte_function = kernel.has(registry, hooks::PTE_FREE_TLB.function);
+    let upper_levels = hooks::LEVEL_FUNCTIONS[1..].iter().any(|h| kernel.has(registry, h.function));
+    let free_source = match (pte_function, upper_levels) {
+        (true, _) => FreeSource::LevelFunctions,
+        (false, true) => FreeSource::TlbRemoveTable,
+        (false, false) => FreeSource::TlbRemoveTableNoLevel,
+    };
+    let (level_role, level_need) = match free_source {
+        FreeSource::LevelFunctions => (Role::FreeCounting, Need::Required),
+        _ => (Role::LevelNaming, Need::Optional),
+    };
+    points.push(point(
+        &hooks::PTE_FREE_TLB,
+        Role::FreeCounting,
+        if pte_function { Need::Required } else { Need::Unused },
+    ));
+    for hook in &hooks::LEVEL_FUNCTIONS[1..] {
+        points.push(point(hook, level_role, level_need));
+    }
+    points.push(point(
+        &hooks::TLB_REMOVE_TABLE,
+        Role::FreeCounting,
+        if free_source == FreeSource::LevelFunctions { Need::Unused } else { Need::Required },
+    ));
+    // Hooks this flavour has no program for (an fexit sees what the kprobe
+    // plan needs an entry hook for) are not used.
+    for p in &mut points {
+        if p.program.is_none() {
+            p.need = Need::Unused;
         }
     }
-    // Frees outside the mmu_gather add their own causes where the kernel has
-    // the function (pte_free_defer: 6.5+); without them the plan still works.
-    let context = hooks::CONTEXT.iter().chain(hooks::OUTSIDE_MMU_GATHER.iter().filter(|h| has(h.function)));
-    // Count where the level is known when the PTE function can be hooked:
-    // on 6.1 x86 native, tables never reach tlb_remove_table at all.
-    let levels: Vec<&'static Hook> = hooks::LEVEL_FUNCTIONS.iter().filter(|h| has(h.function)).collect();
-    if has(hooks::PTE_FREE_TLB.function) {
-        return Ok(HookSet { source: FreeSource::LevelFunctions, hooks: context.chain(levels).collect() });
+    let mut limitations = Vec::new();
+    let vector = kernel.has(registry, hooks::VECTOR_MADVISE_ENTRY.function);
+    if !vector && kernel.btf.has_function("madvise_do_behavior") {
+        // 6.15+ splits madvise into these helpers; without vector_madvise
+        // to hook, process_madvise(2) requests pass no hooked function.
+        limitations.push(format!(
+            "process_madvise(2) DONTNEED requests are not seen: vector_madvise is not in {}",
+            registry.as_str()
+        ));
     }
-    if !has(hooks::TLB_REMOVE_TABLE.function) {
-        return Err(format!("neither ___pte_free_tlb nor tlb_remove_table is in {where_}"));
+    if !kernel.has(registry, hooks::PTE_FREE_DEFER.function) {
+        limitations.push(format!("collapse frees are not seen: pte_free_defer is not in {} (6.5+)", registry.as_str()));
     }
-    // PTE tables go through tlb_remove_table without a level function we can
-    // hook: the PMD/PUD/P4D ones name the other levels.
-    let source = if levels.is_empty() { FreeSource::TlbRemoveTableNoLevel } else { FreeSource::TlbRemoveTable };
-    Ok(HookSet { source, hooks: context.chain([&hooks::TLB_REMOVE_TABLE]).chain(levels).collect() })
+    if free_source == FreeSource::TlbRemoveTableNoLevel {
+        limitations.push(
+            "the level of unmap, exit and other frees is unknown: this architecture frees every level through tlb_remove_table".into(),
+        );
+    }
+    let usable = if attach == Attach::Kprobe && !Path::new(KPROBE_PMU).exists() {
+        Err(format!("kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"))
+    } else if attach == Attach::Kprobe && kernel.kallsyms.is_none() {
+        Err("/proc/kallsyms is not readable".to_owned())
+    } else {
+        missing_required(&points)
+    };
+    PlanCheck { attach, points, free_source, usable, limitations }
 }
 
-impl HookSet {
-    /// The causes this set can tell apart, in [`ptwatch_common::cause`]
-    /// order: the mmu_gather ones always, `collapse` and `thp` with their hooks.
-    pub fn causes(&self) -> Vec<&'static str> {
-        let hooked = |hook: &Hook| self.hooks.iter().any(|h| h.function == hook.function);
-        Cause::ALL
+fn check_tracepoints(kernel: &KernelSymbols<'_>) -> PlanCheck {
+    let point = |name: String, role: Role, need: Need| AttachPoint {
+        found: kernel.has(Registry::Tracefs, &name),
+        name,
+        at_return: false,
+        role,
+        need,
+        registry: Registry::Tracefs,
+        program: None,
+    };
+    let mut points: Vec<AttachPoint> = names::MADVISE_PROGRAMS
+        .iter()
+        .map(|(event, _, _)| point(format!("syscalls:{event}"), Role::DontneedRequests, Need::Required))
+        .collect();
+    let io_need = if kernel.io_uring_readable { Need::Optional } else { Need::Unused };
+    points.extend(
+        names::IO_URING_PROGRAMS
             .iter()
-            .map(|cause| cause.name())
-            .filter(|&name| match name {
-                "collapse" => hooked(&hooks::PTE_FREE_DEFER),
-                "thp" => hooked(&hooks::ZAP_HUGE_PMD),
-                _ => true,
-            })
-            .collect()
+            .map(|(category, event, _, _)| point(format!("{category}:{event}"), Role::IoUring, io_need)),
+    );
+    let mut limitations = vec!["page-table frees are not seen: no tracepoint reports them".to_owned()];
+    if !points.iter().any(|p| p.role == Role::IoUring && p.found && p.need != Need::Unused) {
+        limitations.push(
+            "io_uring DONTNEED requests are not seen: needs the io_uring_submit_req and io_uring_complete tracepoints with their `req` field and struct io_madvise in BTF".into(),
+        );
+    }
+    let usable =
+        if kernel.tracefs.is_none() { Err("tracefs is not mounted".to_owned()) } else { missing_required(&points) };
+    PlanCheck { attach: Attach::Tracepoint, points, free_source: FreeSource::None, usable, limitations }
+}
+
+fn missing_required(points: &[AttachPoint]) -> Result<(), String> {
+    let missing: Vec<String> = points
+        .iter()
+        .filter(|p| p.need == Need::Required && !p.found)
+        .map(|p| format!("{} is not in {}", p.name, p.registry.as_str()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        let mut unique = missing;
+        unique.dedup();
+        Err(unique.join("; "))
     }
 }
 
-/// Which alternative an event uses and why the others were not used.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EventChoice {
-    pub event: &'static str,
-    /// `None`: the event cannot be observed on this kernel.
-    pub attach: Option<Attach>,
-    pub detail: String,
-    pub rejected: Vec<Rejected>,
+/// What happened to a plan at start-up.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "reason")]
+pub enum Outcome {
+    /// Loaded and attached: the agent uses it.
+    Chosen,
+    /// Its attach points were there but loading or attaching failed.
+    Failed(String),
+    /// A required attach point is missing.
+    Unusable(String),
+    /// An earlier plan was chosen.
+    NotTried,
+    /// `--probe-mode` excludes it.
+    Excluded,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Rejected {
-    pub attach: Attach,
-    pub reason: String,
+/// A plan, checked and (maybe) tried.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanResult {
+    #[serde(flatten)]
+    pub check: PlanCheck,
+    pub bystander_cost: BystanderCost,
+    pub outcome: Outcome,
 }
 
-/// The plan in force, as reported by `check` and the metrics.
-#[derive(Clone, Debug, serde::Serialize)]
+/// Every plan as checked and tried on this kernel, for `check`, the logs
+/// and the metrics.
+#[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
-    pub pagetable_free: EventChoice,
-    pub pt_reclaim: EventChoice,
+    pub chosen: Attach,
+    pub plans: Vec<PlanResult>,
+    /// Why the page-table walk of the tracepoint plan is or is not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walk: Option<String>,
 }
 
 impl PlanReport {
-    /// The attach type that defines the agent's mode (`probe_mode` label).
+    /// The plan the agent uses.
     pub fn mode(&self) -> Attach {
-        self.pt_reclaim.attach.unwrap_or(Attach::Tracepoint)
+        self.chosen
     }
+
+    pub fn chosen(&self) -> &PlanResult {
+        // `new` guarantees the chosen plan is in the list.
+        self.plans.iter().find(|p| p.check.attach == self.chosen).unwrap_or(&self.plans[0])
+    }
+
+    /// Each event and how it is observed (`None`: not on this kernel).
+    pub fn events(&self) -> Vec<(Event, Option<Attach>)> {
+        let observed = self.chosen().check.events();
+        Event::ALL.into_iter().map(|e| (e, observed.contains(&e).then_some(self.chosen))).collect()
+    }
+
+    /// Page-table frees are observed (fentry and kprobe plans).
+    pub fn frees_observed(&self) -> bool {
+        self.chosen != Attach::Tracepoint
+    }
+
+    /// The causes the chosen plan can tell apart.
+    pub fn causes(&self) -> Vec<Cause> {
+        self.chosen().check.causes()
+    }
+}
+
+/// An error and all its causes on one line, each cause once, without the
+/// empty verifier log aya appends when the kernel refused a program before
+/// verifying it.
+pub fn describe_error(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let text = text.replace(". Verifier output: \n", "").replace(". Verifier output: ", ": ");
+    text.trim_end_matches([':', ' ', '\n']).to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
-    use std::path::Path;
-
     use super::*;
     use crate::kernel::btf::VMLINUX_BTF;
 
@@ -207,37 +552,72 @@ mod tests {
         KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap()
     }
 
-    #[test]
-    fn fentry_hooks_follow_the_running_kernels_btf() {
-        let btf = btf();
-        let set = hook_set(Attach::Fentry, &btf, None).unwrap();
-        let functions: Vec<&str> = set.hooks.iter().map(|h| h.function).collect();
-        assert!(functions.contains(&"free_pgtables"), "{functions:?}");
-        match set.source {
-            FreeSource::LevelFunctions => {
-                assert!(functions.contains(&"___pte_free_tlb"));
-                assert!(!functions.contains(&"tlb_remove_table"), "counted once, at the level functions");
-            }
-            FreeSource::TlbRemoveTable => {
-                assert!(functions.contains(&"tlb_remove_table"));
-                assert!(!functions.contains(&"___pte_free_tlb"));
-                assert!(functions.contains(&"___pmd_free_tlb"));
-            }
-            other => assert_eq!(other, FreeSource::TlbRemoveTableNoLevel),
-        }
-        // This kernel (6.18) has both functions outside the mmu_gather.
-        assert!(functions.contains(&"pte_free_defer") && functions.contains(&"zap_huge_pmd"), "{functions:?}");
-        assert_eq!(set.causes(), Cause::ALL.map(Cause::name));
-        // Every hook has a program of each flavour in the object's naming.
-        for hook in &set.hooks {
-            assert!(hook.fentry.ends_with("_fentry") || hook.fentry.ends_with("_fexit"));
-            assert!(hook.kprobe.ends_with("_kprobe") || hook.kprobe.ends_with("_kretprobe"));
-        }
+    fn names(check: &PlanCheck) -> Vec<&str> {
+        check.to_attach().map(|p| p.name.as_str()).collect()
     }
 
     #[test]
-    fn tracepoints_cannot_see_frees() {
-        assert!(hook_set(Attach::Tracepoint, &btf(), None).unwrap_err().contains("no tracepoint"));
+    fn fentry_plan_follows_the_running_kernels_btf() {
+        let btf = btf();
+        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        let check = check(Attach::Fentry, &kernel);
+        assert!(check.usable.is_ok(), "{:?}", check.usable);
+        let names = names(&check);
+        // No syscall tracepoint: DONTNEED requests come from kernel functions.
+        assert!(names.iter().all(|n| !n.contains(':')), "{names:?}");
+        assert!(names.contains(&"do_madvise") && names.contains(&"free_pgtables"), "{names:?}");
+        // This kernel (6.18) has vector_madvise: process_madvise bypasses do_madvise.
+        assert!(names.contains(&"vector_madvise"), "{names:?}");
+        match check.free_source {
+            FreeSource::LevelFunctions => {
+                assert!(names.contains(&"___pte_free_tlb"));
+                assert!(!names.contains(&"tlb_remove_table"), "counted once, at the level functions");
+            }
+            FreeSource::TlbRemoveTable => assert!(names.contains(&"tlb_remove_table")),
+            other => panic!("unexpected {other:?}"),
+        }
+        // fexit sees zap_huge_pmd's arguments and result: no entry hook.
+        let thp: Vec<_> = check.to_attach().filter(|p| p.role == Role::Thp).collect();
+        assert_eq!(thp.len(), 1, "{thp:?}");
+        assert!(thp[0].at_return);
+        assert_eq!(check.causes(), Cause::ALL.to_vec());
+        assert!(check.to_attach().all(|p| p.program.is_some()));
+    }
+
+    #[test]
+    fn a_missing_required_function_makes_the_plan_unusable_and_says_which() {
+        let btf = btf();
+        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        let mut plan = check(Attach::Fentry, &kernel);
+        for p in &mut plan.points {
+            if p.name == "do_madvise" {
+                p.found = false;
+            }
+        }
+        assert_eq!(missing_required(&plan.points).unwrap_err(), "do_madvise is not in BTF");
+    }
+
+    #[test]
+    fn kprobe_plan_needs_kallsyms() {
+        let btf = btf();
+        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        assert!(check(Attach::Kprobe, &kernel).usable.is_err());
+    }
+
+    #[test]
+    fn tracepoint_plan_lists_syscall_and_io_uring_tracepoints() {
+        crate::kernel::support::ensure_tracefs().unwrap();
+        let btf = btf();
+        let tracefs = Path::new("/sys/kernel/tracing");
+        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: Some(tracefs), io_uring_readable: true };
+        let check = check(Attach::Tracepoint, &kernel);
+        assert!(check.usable.is_ok(), "{:?}", check.usable);
+        let names = names(&check);
+        assert!(names.contains(&"syscalls:sys_enter_madvise"), "{names:?}");
+        assert!(names.contains(&"io_uring:io_uring_submit_req"), "{names:?}");
+        assert_eq!(check.events(), vec![Event::Dontneed, Event::IoUringDontneed, Event::PtReclaim]);
+        assert!(check.causes().is_empty());
+        assert_eq!(Attach::Tracepoint.bystander_cost(), BystanderCost::EverySyscall);
     }
 
     #[test]

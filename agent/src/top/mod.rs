@@ -42,7 +42,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     support::require_privileges()?;
     let btf = KernelBtf::load(&args.probes.btf)?;
     support::ensure_tracefs()?;
-    let mut probes = Probes::load(&btf, args.probes.probe_mode)?;
+    let mut probes = Probes::load(btf, args.probes.probe_mode)?;
     let started = Instant::now();
     let maps = probes.take_maps()?;
     let mut sampler = Sampler::new(KernelMaps::new(maps), started);

@@ -64,11 +64,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let mode = args.probes.probe_mode;
-    let mut probes = tokio::task::spawn_blocking(move || Probes::load_with(&btf, mode, options))
+    let mut probes = tokio::task::spawn_blocking(move || Probes::load_with(btf, mode, options))
         .await
         .context("probe loading task failed")??;
     let maps = probes.take_events()?;
-    if probes.plan().pagetable_free.attach.is_none() {
+    if !probes.plan().frees_observed() {
         tracing::info!("the {} plan cannot see page-table frees: only dontneed events", probes.mode().as_str());
     }
     tracing::info!(mode = probes.mode().as_str(), "probes attached; tracing until Ctrl-C");

@@ -111,7 +111,7 @@ impl Attached {
         ptwatch::kernel::support::require_privileges().expect("integration tests must run as root");
         ptwatch::kernel::support::ensure_tracefs().expect("tracefs");
         let btf = ptwatch::kernel::btf::KernelBtf::load(Path::new(VMLINUX_BTF)).expect("kernel BTF");
-        let mut probes = Probes::load_with(&btf, probe_mode(), options).expect("load and attach the eBPF programs");
+        let mut probes = Probes::load_with(btf, probe_mode(), options).expect("load and attach the eBPF programs");
         let maps = probes.take_maps().expect("maps");
         let every_process = ptwatch::aggregate::Selection { top: 0, ..ptwatch::aggregate::Selection::default() };
         let aggregator =

@@ -19,6 +19,7 @@ pub mod exec_step;
 pub mod fleet;
 pub mod huge;
 pub mod phases;
+pub mod uring;
 
 pub const MIB: usize = 1 << 20;
 /// Span of one PTE table on x86_64 and arm64 with 4 KiB pages.

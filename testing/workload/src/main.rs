@@ -10,13 +10,14 @@
 //! ptwatch-workload phases MIB    # per stdin line: touch, DONTNEED, print the phase's report; EOF ends
 //! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
 //! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
+//! ptwatch-workload io-uring MIB CUT_KIB ROUNDS  # touch, then IORING_OP_MADVISE DONTNEED in cuts
 //! ptwatch-workload crowd CHILDREN SPANS  # CHILDREN processes alive at once, each reclaiming SPANS tables, until stdin closes
 //! ptwatch-workload exec-step MIB [PROGRAM ARGS...]  # paced by stdin: DONTNEED MIB, then execve PROGRAM
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, Advice};
+use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -36,6 +37,9 @@ fn run() -> Result<()> {
         Some("exit") => exit_with_tables(arg(&args, 1, "MIB")?)?,
         Some("thp") => huge::thp_dontneed(arg(&args, 1, "MIB")?)?,
         Some("collapse") => huge::collapse_shmem(arg(&args, 1, "MIB")?)?,
+        Some("io-uring") => {
+            uring::io_uring_dontneed(arg(&args, 1, "MIB")?, arg(&args, 2, "CUT_KIB")?, arg(&args, 3, "ROUNDS")?)?
+        }
         Some("hold") => {
             let (report, region) = hold_dontneeded(arg(&args, 1, "MIB")?)?;
             hold(&report)?;
@@ -53,7 +57,7 @@ fn run() -> Result<()> {
         Some("exec-step") => return ptwatch_workload::exec_step::exec_step(arg(&args, 1, "MIB")?, &args[2..]),
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

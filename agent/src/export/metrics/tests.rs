@@ -18,9 +18,13 @@ fn info(frees_probed: bool) -> AgentInfo {
         probe_mode: Attach::Fentry,
         reclaim_accounting: "free_classification",
         pt_reclaim_supported: true,
-        probes: vec![("pagetable_free", frees_probed.then_some(Attach::Fentry)), ("pt_reclaim", Some(Attach::Fentry))],
+        probes: vec![
+            ("dontneed", Some(Attach::Fentry)),
+            ("io_uring_dontneed", Some(Attach::Fentry)),
+            ("pt_reclaim", Some(Attach::Fentry)),
+            ("pagetable_free", frees_probed.then_some(Attach::Fentry)),
+        ],
         frees_probed,
-        dontneed_attached: true,
         clock: BootClock::new(10_000_000, 1_764_000_000),
     }
 }

@@ -1,0 +1,181 @@
+//! Per-thread context: what a thread is inside of (a DONTNEED request, a
+//! `free_pgtables` call, a level announced for the next free), kept in one
+//! plain hash map so that an entry is never evicted while its call runs.
+//!
+//! A DONTNEED request and a `free_pgtables` call never nest, so a thread
+//! starting one while marked as inside the other (or inside an earlier one)
+//! missed an exit hook: the stale mark is counted and dropped, never
+//! trusted. An entry is deleted when nothing is pending in it.
+
+use aya_ebpf::{macros::map, maps::HashMap};
+use ptwatch_common::{context::NONE, ThreadContext, MAX_THREAD_CONTEXTS};
+
+use crate::{
+    counters::{count, Diagnostic},
+    kernel::CurrentTask,
+};
+
+#[map(name = "THREAD_CONTEXT")]
+static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entries(MAX_THREAD_CONTEXTS, 0);
+
+/// The context of thread `tid`, if it has one.
+#[inline(always)]
+pub fn get(tid: u32) -> Option<*mut ThreadContext> {
+    THREAD_CONTEXT.get_ptr_mut(tid)
+}
+
+/// The context of `task`, created empty if it has none (`None`: map full,
+/// counted).
+#[inline(always)]
+fn get_or_create(task: CurrentTask) -> Option<*mut ThreadContext> {
+    if let Some(context) = get(task.tid) {
+        return Some(context);
+    }
+    let fresh = ThreadContext { tgid: task.tgid, ..ThreadContext::default() };
+    if THREAD_CONTEXT.insert(task.tid, fresh, 0).is_err() {
+        count(Diagnostic::ContextUpdateFailure);
+        return None;
+    }
+    get(task.tid)
+}
+
+/// Delete `task`'s entry if nothing is pending in it any more.
+#[inline(always)]
+fn release_if_idle(tid: u32, context: &ThreadContext) {
+    if context.dontneed_mm == NONE
+        && context.free_pgtables_tlb == NONE
+        && context.pending_level == NONE
+        && context.huge_zap_mm == NONE
+    {
+        let _ = THREAD_CONTEXT.remove(tid);
+    }
+}
+
+/// Forget a DONTNEED request or `free_pgtables` call still marked: its exit
+/// was missed (the two never nest, and neither nests in itself).
+#[inline(always)]
+fn drop_stale(context: &mut ThreadContext) {
+    if context.dontneed_mm != NONE || context.free_pgtables_tlb != NONE {
+        count(Diagnostic::ContextExitMiss);
+    }
+    let tgid = context.tgid;
+    *context = ThreadContext { tgid, ..ThreadContext::default() };
+}
+
+/// A DONTNEED request on address space `mm` starts on `task`: the returned
+/// context is marked; the caller fills in what it measures.
+#[inline(always)]
+pub fn begin_dontneed(task: CurrentTask, mm: u64, start: u64, len: u64) -> Option<*mut ThreadContext> {
+    let pointer = get_or_create(task)?;
+    // SAFETY: a pointer into a live map value of this thread's key; only
+    // this thread's programs touch it.
+    let context = unsafe { &mut *pointer };
+    drop_stale(context);
+    context.dontneed_mm = mm;
+    context.start = start;
+    context.len = len;
+    Some(pointer)
+}
+
+/// The DONTNEED request of thread `tid` ends: its context, if it had one.
+#[inline(always)]
+pub fn end_dontneed(tid: u32) -> Option<ThreadContext> {
+    let pointer = get(tid)?;
+    // SAFETY: as in begin_dontneed.
+    let context = unsafe { &mut *pointer };
+    if context.dontneed_mm == NONE {
+        return None;
+    }
+    let ended = *context;
+    context.dontneed_mm = NONE;
+    context.call_reclaimed = 0;
+    release_if_idle(tid, context);
+    Some(ended)
+}
+
+/// `free_pgtables(tlb, …)` starts on `task`.
+#[inline(always)]
+pub fn begin_free_pgtables(task: CurrentTask, tlb: u64) {
+    let Some(pointer) = get_or_create(task) else {
+        return;
+    };
+    // SAFETY: as in begin_dontneed.
+    let context = unsafe { &mut *pointer };
+    drop_stale(context);
+    context.free_pgtables_tlb = tlb;
+}
+
+/// `free_pgtables` returns on thread `tid`.
+#[inline(always)]
+pub fn end_free_pgtables(tid: u32) {
+    let Some(pointer) = get(tid) else {
+        return;
+    };
+    // SAFETY: as in begin_dontneed.
+    let context = unsafe { &mut *pointer };
+    context.free_pgtables_tlb = NONE;
+    release_if_idle(tid, context);
+}
+
+/// Count a PTE table reclaimed inside the request `tid` is in (for the
+/// request's `ptwatch trace` event).
+#[inline(always)]
+pub fn count_reclaimed_in_call(tid: u32) {
+    if let Some(pointer) = get(tid) {
+        // SAFETY: as in begin_dontneed.
+        unsafe { (*pointer).call_reclaimed += 1 };
+    }
+}
+
+/// A `___p?d_free_tlb` call names `level` for the `tlb_remove_table` call
+/// it makes next on this thread.
+#[inline(always)]
+pub fn announce_level(task: CurrentTask, level: u32) {
+    if let Some(pointer) = get_or_create(task) {
+        // SAFETY: as in begin_dontneed.
+        unsafe { (*pointer).pending_level = u64::from(level) + 1 };
+    }
+}
+
+/// The level announced for this free, if any (consumed).
+#[inline(always)]
+pub fn take_level(tid: u32, context: Option<*mut ThreadContext>) -> Option<u32> {
+    let pointer = context?;
+    // SAFETY: as in begin_dontneed.
+    let context = unsafe { &mut *pointer };
+    if context.pending_level == NONE {
+        return None;
+    }
+    let level = (context.pending_level - 1) as u32;
+    context.pending_level = NONE;
+    release_if_idle(tid, context);
+    Some(level)
+}
+
+/// kprobe plan: `zap_huge_pmd` starts, on an anonymous VMA of `mm`
+/// (`Some`) or on another VMA (`None`: only clear a stale mark).
+#[inline(always)]
+pub fn begin_huge_zap(task: CurrentTask, mm: Option<u64>) {
+    let pointer = match mm {
+        Some(_) => get_or_create(task),
+        None => get(task.tid),
+    };
+    if let Some(pointer) = pointer {
+        // SAFETY: as in begin_dontneed.
+        let context = unsafe { &mut *pointer };
+        context.huge_zap_mm = mm.unwrap_or(NONE);
+        release_if_idle(task.tid, context);
+    }
+}
+
+/// kprobe plan: `zap_huge_pmd` returns; the address space noted at entry.
+#[inline(always)]
+pub fn end_huge_zap(tid: u32) -> Option<u64> {
+    let pointer = get(tid)?;
+    // SAFETY: as in begin_dontneed.
+    let context = unsafe { &mut *pointer };
+    let mm = context.huge_zap_mm;
+    context.huge_zap_mm = NONE;
+    release_if_idle(tid, context);
+    (mm != NONE).then_some(mm)
+}

@@ -1,0 +1,170 @@
+//! DONTNEED requests through the kernel functions every one of them passes
+//! (fentry and kprobe plans): nothing is attached to syscalls, so processes
+//! that make no such request pay nothing.
+//!
+//! `do_madvise(mm, start, len_in, behavior)` serves madvise(2) and io_uring
+//! `IORING_OP_MADVISE` (in the io-wq worker thread of the submitting
+//! process) on every kernel, and process_madvise(2) before 6.15, one call
+//! per iovec; `vector_madvise(mm, iter, behavior)` serves process_madvise(2)
+//! since 6.15 and returns the bytes advised.
+//!
+//! The context that classifies frees as `reclaim` is needed only while a
+//! request can reclaim, i.e. when its range covers a whole 2 MiB span. An
+//! fexit program sees the arguments again, so the fentry plan stores
+//! nothing at all for smaller requests (an allocator's 4 KiB purges cost
+//! two trampolines and a counter); a kretprobe does not, so the kprobe plan
+//! keeps every DONTNEED request's length in the context.
+
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+
+use super::{finish, is_dontneed, measure::covers_a_span};
+use crate::{
+    context,
+    kernel::{config, CurrentTask},
+};
+
+/// Start of a request on `mm`; `range` is `None` when the kernel does not
+/// pass it (several iovecs).
+#[inline(always)]
+fn begin(mm: u64, range: Option<(u64, u64)>, always: bool) {
+    let config = config();
+    let Some(task) = CurrentTask::observed(&config) else {
+        return;
+    };
+    let (start, len) = range.unwrap_or((0, 0));
+    if always || range.is_none() || covers_a_span(start, len) {
+        let _ = context::begin_dontneed(task, mm, start, len);
+    }
+}
+
+/// End of a request: the context, if `begin` stored one, gives what the
+/// trace event reports. `bytes`: what the request advised, `None` if it
+/// failed.
+#[inline(always)]
+fn end(range: Option<(u64, u64)>, bytes: Option<u64>) {
+    let config = config();
+    let Some(task) = CurrentTask::observed(&config) else {
+        return;
+    };
+    let stored = context::end_dontneed(task.tid);
+    let reclaimed = stored.map_or(0, |c| c.call_reclaimed);
+    let range = range.or(stored.map(|c| (c.start, c.len))).unwrap_or((0, 0));
+    finish(&config, task, range, reclaimed, false, bytes);
+}
+
+/// madvise returns 0 on success; the bytes are the length asked for.
+#[inline(always)]
+fn madvise_bytes(ret: i64, len: u64) -> Option<u64> {
+    (ret == 0).then_some(len)
+}
+
+/// process_madvise returns the bytes advised, or an error.
+#[inline(always)]
+fn vector_bytes(ret: i64) -> Option<u64> {
+    u64::try_from(ret).ok()
+}
+
+#[fentry(function = "do_madvise")]
+pub fn do_madvise_fentry(ctx: FEntryContext) -> u32 {
+    let (mm, start, len, behavior): (u64, u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    if is_dontneed(behavior) {
+        begin(mm, Some((start, len)), false);
+    }
+    0
+}
+
+#[fexit(function = "do_madvise")]
+pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
+    let (start, len, behavior): (u64, u64, u64) = (ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    if !is_dontneed(behavior) {
+        return 0;
+    }
+    // `int do_madvise(...)`: the return value follows the four arguments.
+    let ret: i64 = i64::from(ctx.arg::<i32>(4));
+    if covers_a_span(start, len) {
+        end(Some((start, len)), madvise_bytes(ret, len));
+    } else {
+        // Nothing stored at entry: count the request without a map lookup.
+        let config = config();
+        if let Some(task) = CurrentTask::observed(&config) {
+            finish(&config, task, (start, len), 0, false, madvise_bytes(ret, len));
+        }
+    }
+    0
+}
+
+#[kprobe]
+pub fn do_madvise_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(mm), Some(start), Some(len), Some(behavior)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2), ctx.arg::<u64>(3))
+    else {
+        return 0;
+    };
+    if is_dontneed(behavior) {
+        begin(mm, Some((start, len)), true);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn do_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret = i64::from(ctx.ret::<i32>());
+    let config = config();
+    let Some(task) = CurrentTask::observed(&config) else {
+        return 0;
+    };
+    // Only DONTNEED requests stored a context; the length comes from it.
+    let Some(stored) = context::end_dontneed(task.tid) else {
+        return 0;
+    };
+    finish(&config, task, (stored.start, stored.len), stored.call_reclaimed, false, madvise_bytes(ret, stored.len));
+    0
+}
+
+#[fentry(function = "vector_madvise")]
+pub fn vector_madvise_fentry(ctx: FEntryContext) -> u32 {
+    let (mm, behavior): (u64, u64) = (ctx.arg(0), ctx.arg(2));
+    if is_dontneed(behavior) {
+        begin(mm, None, true);
+    }
+    0
+}
+
+#[fexit(function = "vector_madvise")]
+pub fn vector_madvise_fexit(ctx: FExitContext) -> u32 {
+    let behavior: u64 = ctx.arg(2);
+    if is_dontneed(behavior) {
+        // `ssize_t vector_madvise(...)`: the result follows three arguments.
+        let ret: i64 = ctx.arg(3);
+        end(None, vector_bytes(ret));
+    }
+    0
+}
+
+#[kprobe]
+pub fn vector_madvise_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(mm), Some(behavior)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    if is_dontneed(behavior) {
+        begin(mm, None, true);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn vector_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret::<i64>();
+    let config = config();
+    let Some(task) = CurrentTask::observed(&config) else {
+        return 0;
+    };
+    let Some(stored) = context::end_dontneed(task.tid) else {
+        return 0;
+    };
+    finish(&config, task, (stored.start, stored.len), stored.call_reclaimed, false, vector_bytes(ret));
+    0
+}
