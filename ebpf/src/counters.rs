@@ -34,6 +34,25 @@ static OVERFLOW_COUNTERS: HashMap<u64, ProcessCounters> =
 #[map(name = "NODE_COUNTERS")]
 static NODE_COUNTERS: PerCpuArray<NodeCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a new entry is put together before it is inserted: at 280 bytes
+/// it would take more than half of the 512-byte BPF stack.
+#[map(name = "NEW_ENTRY")]
+static NEW_ENTRY: PerCpuArray<ProcessCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed entry in this CPU's scratch slot, with `cgroup_id` and `comm`.
+#[inline(always)]
+fn fresh_entry(cgroup_id: u64, comm: [u8; COMM_LEN]) -> Option<&'static ProcessCounters> {
+    let slot = NEW_ENTRY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch value; programs do not migrate while they
+    // run, and the value is copied into the map right after.
+    unsafe {
+        core::ptr::write_bytes(slot, 0, 1);
+        (*slot).cgroup_id = cgroup_id;
+        (*slot).comm = comm;
+        Some(&*slot)
+    }
+}
+
 /// Where a process' name for a new entry comes from: its thread-group
 /// leader's `comm`, which is what `/proc/<pid>/comm` shows (a worker thread
 /// such as io_uring's `iou-wrk-*` has its own).
@@ -117,7 +136,7 @@ fn process_entry(owner: &Owner) -> Option<*mut ProcessCounters> {
     }
     // SAFETY: no preconditions; 0 without cgroup v2.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let fresh = ProcessCounters { comm: owner.comm.read(&config()), cgroup_id, ..ProcessCounters::default() };
+    let fresh = fresh_entry(cgroup_id, owner.comm.read(&config()))?;
     // BPF_NOEXIST: another CPU may have created it meanwhile; then its entry
     // is used. A full map fails here, and the caller overflows.
     let _ = PROCESS_COUNTERS.insert(owner.key, fresh, u64::from(BPF_NOEXIST));
@@ -132,8 +151,9 @@ fn overflow_entry() -> Option<*mut ProcessCounters> {
     if let Some(slot) = OVERFLOW_COUNTERS.get_ptr_mut(cgroup_id) {
         return Some(slot);
     }
-    let fresh = ProcessCounters { cgroup_id, ..ProcessCounters::default() };
-    let _ = OVERFLOW_COUNTERS.insert(cgroup_id, fresh, u64::from(BPF_NOEXIST));
+    if let Some(fresh) = fresh_entry(cgroup_id, [0; COMM_LEN]) {
+        let _ = OVERFLOW_COUNTERS.insert(cgroup_id, fresh, u64::from(BPF_NOEXIST));
+    }
     if let Some(slot) = OVERFLOW_COUNTERS.get_ptr_mut(cgroup_id) {
         return Some(slot);
     }
