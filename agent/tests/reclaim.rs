@@ -71,7 +71,7 @@ fn madv_free_reclaims_nothing_and_is_not_a_dontneed() {
     assert!(counted.is_none(), "MADV_FREE must not be counted: {counted:?}");
     // Positive control: the same workload with DONTNEED is counted.
     let control = run_workload(&["cuts", "32", "0", "2048", "1", "dontneed"]);
-    assert_eq!(attached.process(control.pid).counts.dontneed_calls, 1);
+    assert_eq!(attached.process(control.pid).counts.dontneed_calls, control.calls);
 }
 
 #[test]
@@ -120,7 +120,14 @@ fn multi_threaded_fault_and_dontneed_concurrently_are_counted_exactly() {
     let record = attached.process(report.pid);
     assert_eq!(report.expected_tables, 4 * 16 * 60, "{report:?}");
     assert_eq!(record.reclaimed(), report.expected_tables);
-    assert_eq!(record.counts.dontneed_calls, report.calls);
+    // glibc also advises away the unused stack of each exiting thread
+    // (MADV_DONTNEED): real calls of the process, on top of the workload's.
+    assert!(
+        (report.calls..=report.calls + 4).contains(&record.counts.dontneed_calls),
+        "{} calls counted, the workload made {} (and 4 threads exited)",
+        record.counts.dontneed_calls,
+        report.calls
+    );
     // Every table the threads created was freed again: the kernel's VmPTE
     // confirms the expectation (threads' stacks account for the rest).
     assert!(report.vmpte_end_kib < 200, "VmPTE at the end: {} kB", report.vmpte_end_kib);
