@@ -31,37 +31,39 @@ fn by_pid(metrics: &Metrics, name: &str) -> Vec<(String, f64)> {
 fn top_one_gives_one_own_series_and_other_and_sums_equal_the_node_totals() {
     assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
     let agent = AgentProcess::start(&["--top-processes", "1", "--rank-processes-by", "reclaimed"]);
-    // 4 and 128 PTE tables reclaimed; both stay alive, so both are counted.
+    // 512 and 4 PTE tables reclaimed; both stay alive, so both are counted.
+    // The big one starts first and reclaims more than anything else on the
+    // machine, so the small one is never the biggest: it never gets a series.
+    let big = Held::start(1024);
     let small = Held::start(8);
-    let big = Held::start(256);
     assert!(big.report.expected_tables > small.report.expected_tables);
     let (big_pid, small_pid) = (big.report.pid.to_string(), small.report.pid.to_string());
 
     // Other tests may DONTNEED at the same moment: an event that lands
-    // between the agent's read of the node counters and of the process
-    // counters shows in one and not yet in the other. A few scrapes find a
-    // quiet moment; each is checked in full.
+    // between the agent's read of the maps and of the node counters shows in
+    // one and not yet in the other. A few scrapes find a quiet moment; each
+    // is checked in full.
     let mut mismatch = String::new();
     for _ in 0..20 {
         let metrics = agent.metrics();
         promtool_check(&metrics.text);
-        assert_eq!(metrics.value("ptwatch_tracked_processes", &[]), 1.0);
+        assert_eq!(metrics.value("ptwatch_tracked_processes", &[]), 1.0, "one growing series: --top-processes 1");
         assert!(metrics.value("ptwatch_folded_processes", &[]) >= 1.0, "the small workload is folded");
         for (family, _) in PROCESS_FAMILIES {
             let series = by_pid(&metrics, family);
-            assert_eq!(series.len(), 2, "one own series and other in {family}: {series:?}");
             assert!(series.iter().any(|(pid, _)| pid == "other"), "{series:?}");
             assert!(!series.iter().any(|(pid, _)| *pid == small_pid), "small workload folded: {series:?}");
         }
-        // The biggest reclaimer on the node has the series: the big workload,
-        // with everything it did (it was selected when first seen, or took
-        // the place from the small one then).
+        // The biggest reclaimer on the node has the growing series: the big
+        // workload, with everything it did (selected when first seen).
         let reclaimed = by_pid(&metrics, "ptwatch_pte_pages_reclaimed_total");
-        let own = reclaimed.iter().find(|(pid, _)| *pid != "other").expect("own series");
-        assert_eq!(own.0, big_pid, "the biggest reclaimer has the series: {reclaimed:?}");
+        let own = reclaimed.iter().find(|(pid, _)| *pid == big_pid).unwrap_or_else(|| panic!("{reclaimed:?}"));
         assert_eq!(own.1, (big.report.vmpte_drop_kib / 4) as f64, "{reclaimed:?}");
         let gauge = by_pid(&metrics, "ptwatch_process_pagetable_bytes");
-        assert_eq!(gauge.len(), 2, "{gauge:?}");
+        assert!(
+            gauge.iter().any(|(pid, _)| *pid == big_pid) && gauge.iter().any(|(pid, _)| pid == "other"),
+            "{gauge:?}"
+        );
 
         mismatch = sum_mismatch(&metrics);
         if mismatch.is_empty() {

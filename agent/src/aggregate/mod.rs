@@ -93,7 +93,8 @@ pub struct Snapshot {
     pub node_pagetable_bytes: Option<u64>,
     /// Everything not in a series of its own.
     pub folded: Folded,
-    /// Processes whose current series is exported on its own.
+    /// Processes whose current series grows on its own (at most
+    /// `--top-processes`); the others are [`Folded::processes`].
     pub own_series: u64,
     /// The maps: entries left once exited processes were taken out.
     pub maps: Vec<MapUsage>,
@@ -438,7 +439,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 folded.counts.add(&series.in_other());
                 total.add(&series.counts);
             }
-            if record.series.exported().is_some() {
+            if record.series.export == Export::Own {
                 own_series += 1;
             } else {
                 folded.pagetable_bytes += record.pagetable_bytes.unwrap_or(0);

@@ -70,9 +70,10 @@ impl Default for Selection {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
     pub counts: Counts,
-    /// Page-table memory of the live processes without their own series.
+    /// Page-table memory of the live processes without a growing series.
     pub pagetable_bytes: u64,
-    /// Processes (live, or exited within the TTL) without their own series.
+    /// Processes (live, or exited within the TTL) without a growing series
+    /// of their own (a frozen one counts here).
     pub processes: u64,
 }
 

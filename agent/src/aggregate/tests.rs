@@ -399,9 +399,8 @@ fn a_challenger_must_beat_the_weakest_by_a_quarter_and_a_demoted_series_freezes(
     world.reclaim(a, "a", 0, 2);
     agg.harvest(t0 + Duration::from_secs(5)).unwrap();
     assert_eq!(only(&agg, 1).series.exported().map(Counts::reclaimed), Some(3));
-    // Gauges fold by plain sum: the live unselected process' VmPTE... b is
-    // frozen (it still has a series), so nothing is folded.
-    assert_eq!(agg.snapshot().folded.pagetable_bytes, 0);
+    // Gauges fold by plain sum: b's series is frozen, its VmPTE is other's.
+    assert_eq!(agg.snapshot().folded.pagetable_bytes, 130 << 10);
     assert_eq!(exported_sum(&agg), Counts::of_node(&agg.snapshot().node));
 }
 

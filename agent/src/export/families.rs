@@ -275,7 +275,7 @@ pub const TRACKED_PROCESSES: Family = family(
     "processes",
     &[],
     All,
-    "Processes with their own per-process series, including exited ones kept for --exited-ttl.",
+    "Processes whose per-process series grow on their own (at most --top-processes), including exited ones kept for --exited-ttl.",
 );
 pub const FOLDED_PROCESSES: Family = family(
     "ptwatch_folded_processes",
@@ -283,7 +283,7 @@ pub const FOLDED_PROCESSES: Family = family(
     "processes",
     &[],
     All,
-    "Processes counted by the agent (live, or exited within --exited-ttl) without their own series: their counts are in the pid=\"other\" series.",
+    "Processes counted by the agent (live, or exited within --exited-ttl) without a growing series of their own: what they count goes to the pid=\"other\" series.",
 );
 
 // --- The agent -------------------------------------------------------------

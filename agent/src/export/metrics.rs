@@ -21,7 +21,7 @@ use super::{
     self_metrics::SelfSource,
 };
 use crate::{
-    aggregate::{BootClock, Counts, ProcessRecord, Series, View},
+    aggregate::{BootClock, Counts, Export, ProcessRecord, Series, View},
     probes::{plan::Attach, ProbeError},
 };
 
@@ -275,8 +275,10 @@ fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
     }
     {
         let mut samples = out.family(&f::PROCESS_PAGETABLE_BYTES);
+        // A gauge only for series that grow: a frozen series' process is
+        // counted in `other`'s page-table memory (a gauge may just stop).
         for record in view.records() {
-            if let (Some(_), Some(bytes)) = (record.series.exported(), record.pagetable_bytes) {
+            if let (Export::Own, Some(bytes)) = (record.series.export, record.pagetable_bytes) {
                 samples.sample(series_labels(record, &record.series, &info.clock), "", bytes);
             }
         }
