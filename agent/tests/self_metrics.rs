@@ -119,7 +119,12 @@ fn scrape_duration_probe_status_and_kernel_maps() {
         let expected = if labels["attach"] == "none" { 0.0 } else { 1.0 };
         assert_eq!(scrape.value("ptwatch_probe_attached", &[("event", event)]), expected, "{event}");
     }
-    assert_eq!(scrape.samples("ptwatch_probe_attached", &[]).len(), 3, "{text}");
+    // One sample per event of the plan report.
+    assert_eq!(scrape.samples("ptwatch_probe_attached", &[]).len(), ptwatch::probes::plan::Event::ALL.len(), "{text}");
+    assert_eq!(scrape.samples("ptwatch_probe_info", &[]).len(), ptwatch::probes::plan::Event::ALL.len(), "{text}");
+    // Recursion misses are counted by the kernel at all times: one series
+    // per attached program, whatever bpf_stats says.
+    assert!(!scrape.samples("ptwatch_bpf_program_misses_total", &[]).is_empty(), "{text}");
 
     // Capacities are the kernel's, as bpftool shows them for this agent,
     // and the per-process map's is the user's setting.

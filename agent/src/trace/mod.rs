@@ -93,8 +93,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         Err(err) if is_broken_pipe(&err) => return Ok(()),
         Err(err) => return Err(err),
     }
-    let lost = tracer.lost();
-    let summary = tracer.tally.summary(started.elapsed().as_secs_f64(), lost);
+    // With the programs detached nothing more can be lost: announce the
+    // final count, so that the summary's and the last notice agree.
+    match tracer.show_lost() {
+        Err(err) if is_broken_pipe(&err) => return Ok(()),
+        result => result?,
+    }
+    let summary = tracer.tally.summary(started.elapsed().as_secs_f64(), tracer.lost_shown);
     let text = if tracer.json {
         let mut value = serde_json::to_value(&summary)?;
         value["type"] = "summary".into();
