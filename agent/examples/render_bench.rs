@@ -38,7 +38,7 @@ impl CounterSource for Script {
         }
         Ok(node)
     }
-    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
+    fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
         let mut entries = self.0.borrow_mut();
         for (_, c) in entries.iter_mut() {
             c.dontneed_calls += 1;
@@ -48,7 +48,7 @@ impl CounterSource for Script {
         into.extend(entries.iter().copied());
         Ok(())
     }
-    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
+    fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
         into.clear();
         into.push((0, ProcessCounters::default()));
         Ok(())
@@ -56,7 +56,7 @@ impl CounterSource for Script {
     fn take(&mut self, _key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError> {
         Ok(None)
     }
-    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
+    fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
         into.clear();
         Ok(())
     }

@@ -54,16 +54,33 @@ struct ElemAttr {
     flags: u64,
 }
 
+/// The buffers the kernel copies a batch into, kept from one harvest to the
+/// next: a scrape then allocates (and page-faults in) nothing.
+pub struct Scratch<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K: Default + Clone, V: Default + Clone> Default for Scratch<K, V> {
+    fn default() -> Self {
+        Self { keys: Vec::new(), values: Vec::new() }
+    }
+}
+
 /// Replace `entries` with every entry of `map` (an entry updated meanwhile
-/// may show either value, as with iteration). The vector's allocation is
-/// reused from one harvest to the next.
-pub fn entries<K, V>(map: &HashMap<MapData, K, V>, entries: &mut Vec<(K, V)>) -> Result<(), MapError>
+/// may show either value, as with iteration). The allocations of `entries`
+/// and `scratch` are reused from one harvest to the next.
+pub fn entries<K, V>(
+    map: &HashMap<MapData, K, V>,
+    scratch: &mut Scratch<K, V>,
+    entries: &mut Vec<(K, V)>,
+) -> Result<(), MapError>
 where
     K: aya::Pod + Default,
     V: aya::Pod + Default,
 {
     entries.clear();
-    match lookup_batch(map, entries) {
+    match lookup_batch(map, scratch, entries) {
         Ok(()) => Ok(()),
         Err(err) => {
             tracing::debug!(error = %err, "BPF_MAP_LOOKUP_BATCH failed; iterating the map instead");
@@ -165,7 +182,11 @@ fn raw_fd<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> io::Result<
     u32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn lookup_batch<K, V>(map: &HashMap<MapData, K, V>, entries: &mut Vec<(K, V)>) -> io::Result<()>
+fn lookup_batch<K, V>(
+    map: &HashMap<MapData, K, V>,
+    scratch: &mut Scratch<K, V>,
+    entries: &mut Vec<(K, V)>,
+) -> io::Result<()>
 where
     K: aya::Pod + Default,
     V: aya::Pod + Default,
@@ -178,13 +199,13 @@ where
     loop {
         // aya checked at load time that the map's key and value sizes are
         // those of K and V, so the kernel writes `count` of each, packed.
-        let mut keys = vec![K::default(); chunk as usize];
-        let mut values = vec![V::default(); chunk as usize];
+        scratch.keys.resize(chunk as usize, K::default());
+        scratch.values.resize(chunk as usize, V::default());
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { std::ptr::from_mut(&mut token) as u64 },
             out_batch: std::ptr::from_mut(&mut next_token) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
+            keys: scratch.keys.as_mut_ptr() as u64,
+            values: scratch.values.as_mut_ptr() as u64,
             count: chunk,
             map_fd,
             ..BatchAttr::default()
@@ -210,7 +231,7 @@ where
             }
             // ENOENT: the end of the map, with the last entries copied.
             None | Some(libc::ENOENT) => {
-                entries.extend(keys.into_iter().zip(values).take(copied));
+                entries.extend(scratch.keys.iter().copied().zip(scratch.values.iter().copied()).take(copied));
                 if error.is_some() {
                     return Ok(());
                 }

@@ -4,21 +4,21 @@
 
 use ptwatch_common::{names, NodeCounters, ProcessCounters, ProcessKey, ThreadContext};
 
-use super::batch::{self, TakeMethod};
+use super::batch::{self, Scratch, TakeMethod};
 use crate::probes::{ProbeError, ProbeMaps};
 
 pub trait CounterSource {
     /// Node totals, summed over CPUs.
     fn node(&self) -> Result<NodeCounters, ProbeError>;
     /// Replace `into` with every `PROCESS_COUNTERS` entry.
-    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError>;
+    fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError>;
     /// Replace `into` with every `OVERFLOW_COUNTERS` slot (cgroup id, counts).
-    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError>;
+    fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError>;
     /// Remove the entry of an exited process and return the value it had
     /// when removed (None: no entry).
     fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError>;
     /// Replace `into` with every `THREAD_CONTEXT` entry.
-    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError>;
+    fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError>;
     /// Remove the context of thread `tid` (an absent one is fine).
     fn forget_thread(&mut self, tid: u32);
     /// Capacity of the maps, fixed when they were created.
@@ -34,15 +34,25 @@ pub struct MapCapacity {
     pub threads: Option<u32>,
 }
 
-/// The real maps, with how this kernel lets entries be taken out.
+/// The real maps, with how this kernel lets entries be taken out and the
+/// buffers their batches are read into.
 pub struct KernelMaps {
     maps: ProbeMaps,
     take: TakeMethod,
+    processes: Scratch<ProcessKey, ProcessCounters>,
+    overflow: Scratch<u64, ProcessCounters>,
+    threads: Scratch<u32, ThreadContext>,
 }
 
 impl KernelMaps {
     pub fn new(maps: ProbeMaps) -> Self {
-        Self { maps, take: TakeMethod::default() }
+        Self {
+            maps,
+            take: TakeMethod::default(),
+            processes: Scratch::default(),
+            overflow: Scratch::default(),
+            threads: Scratch::default(),
+        }
     }
 }
 
@@ -59,20 +69,20 @@ impl CounterSource for KernelMaps {
         }))
     }
 
-    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
-        batch::entries(&self.maps.processes, into).map_err(map_error(names::PROCESS_COUNTERS))
+    fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.processes, &mut self.processes, into).map_err(map_error(names::PROCESS_COUNTERS))
     }
 
-    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
-        batch::entries(&self.maps.overflow, into).map_err(map_error(names::OVERFLOW_COUNTERS))
+    fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.overflow, &mut self.overflow, into).map_err(map_error(names::OVERFLOW_COUNTERS))
     }
 
     fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError> {
         batch::take(&mut self.maps.processes, key, &mut self.take).map_err(map_error(names::PROCESS_COUNTERS))
     }
 
-    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
-        batch::entries(&self.maps.threads, into).map_err(map_error(names::THREAD_CONTEXT))
+    fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
+        batch::entries(&self.maps.threads, &mut self.threads, into).map_err(map_error(names::THREAD_CONTEXT))
     }
 
     fn forget_thread(&mut self, tid: u32) {

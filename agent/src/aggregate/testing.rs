@@ -66,12 +66,12 @@ impl CounterSource for Shared {
     fn node(&self) -> Result<NodeCounters, ProbeError> {
         Ok(self.0.borrow().node)
     }
-    fn processes(&self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
+    fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
         into.clear();
         into.extend(self.0.borrow().processes.iter().map(|(k, v)| (*k, *v)));
         Ok(())
     }
-    fn overflow(&self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
+    fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
         into.clear();
         into.extend(self.0.borrow().overflow.iter().map(|(k, v)| (*k, *v)));
         Ok(())
@@ -81,7 +81,7 @@ impl CounterSource for Shared {
         kernel.taken.push(*key);
         Ok(kernel.processes.remove(key))
     }
-    fn threads(&self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
+    fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {
         into.clear();
         into.extend(self.0.borrow().threads.iter().map(|(k, v)| (*k, *v)));
         Ok(())
