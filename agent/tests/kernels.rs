@@ -22,7 +22,7 @@ use ptwatch::{
     },
 };
 use ptwatch_common::{Cause, Level, NodeCounters, ProcessCounters, ProcessKey};
-use ptwatch_workload::{fleet::FleetReport, Report};
+use ptwatch_workload::{churn::ChurnReport, fleet::FleetReport, Report};
 use support::{expect_pt_reclaim, probe_mode, run_workload, workload_bin, Held};
 
 /// The real probes of the plan under test, and their maps.
@@ -400,8 +400,21 @@ fn a_full_process_map_overflows_into_the_cgroup_slot_exactly() {
         },
     );
     let overflow = kernel.overflow().get(&cgroup.id()).copied().unwrap_or_default();
-    assert!(overflow.dontneed_calls > 0, "the map was full: some children overflowed");
-    assert_eq!(own.dontneed_calls + overflow.dontneed_calls, fleet.calls, "every request counted once");
+    let misses: Vec<_> = kernel
+        .probes
+        .program_stats()
+        .into_iter()
+        .filter(|s| s.recursion_misses > 0)
+        .map(|s| (s.name, s.recursion_misses))
+        .collect();
+    let context = format!(
+        "cgroup {}: own {own:?}\noverflow {:?}\nprocesses {processes:?}\nnode {:?}\nrecursion misses {misses:?}",
+        cgroup.id(),
+        kernel.overflow(),
+        kernel.node()
+    );
+    assert!(overflow.dontneed_calls > 0, "the map was full: some children overflowed\n{context}");
+    assert_eq!(own.dontneed_calls + overflow.dontneed_calls, fleet.calls, "every request counted once\n{context}");
     assert_eq!(own.dontneed_bytes + overflow.dontneed_bytes, fleet.bytes);
     let reclaimed = own.frees.reclaimed() + overflow.frees.reclaimed();
     if expect_pt_reclaim() {
@@ -413,4 +426,35 @@ fn a_full_process_map_overflows_into_the_cgroup_slot_exactly() {
     let after = kernel.node();
     assert!(after.dontneed_calls - before.dontneed_calls >= fleet.calls, "node counts everything");
     assert!(after.process_map_overflows > before.process_map_overflows, "overflows are counted");
+}
+
+/// Threads faulting, DONTNEEDing and unmapping their own regions of one
+/// address space at the same time (on a preemptible kernel, programs
+/// interleave on one CPU too): every free is counted once, under the right
+/// cause, for the right process.
+#[test]
+fn concurrent_faults_dontneed_and_munmap_are_classified_exactly() {
+    let kernel = Kernel::attach();
+    let misses_before = kernel.node().context_exit_misses;
+    let output = Command::new(workload_bin()).args(["churn", "4", "8", "30"]).output().expect("spawn churn");
+    assert!(output.status.success(), "churn: {}", String::from_utf8_lossy(&output.stderr));
+    let report: ChurnReport = serde_json::from_slice(&output.stdout).expect("churn report");
+    let counters = kernel.process(report.pid);
+    // glibc also DONTNEEDs the unused stack of each exiting thread.
+    assert!(
+        (report.dontneed_calls..=report.dontneed_calls + 4).contains(&counters.dontneed_calls),
+        "{counters:?} vs {report:?}"
+    );
+    let expected_reclaim = if expect_pt_reclaim() { report.reclaimable_tables } else { 0 };
+    let exact_reclaim = !matches!(kernel.probes.accounting(), ReclaimAccounting::PgtablesBytes { .. });
+    if exact_reclaim {
+        assert_eq!(counters.frees.reclaimed(), expected_reclaim, "{counters:?} vs {report:?}");
+    }
+    if kernel.frees_seen() {
+        assert_eq!(counters.frees.get(Cause::Unmap, pte_level(&kernel)), report.unmapped_tables, "{counters:?}");
+        assert_eq!(frees_of(&counters, Cause::Other), 0, "nothing unexplained: {counters:?}");
+        assert_eq!(frees_of(&counters, Cause::Exit), 0, "the process was alive: {counters:?}");
+    }
+    let node = kernel.node();
+    assert_eq!(node.context_exit_misses, misses_before, "no exit hook missed: {node:?}");
 }

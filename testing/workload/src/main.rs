@@ -11,11 +11,14 @@
 //! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
 //! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
 //! ptwatch-workload io-uring MIB CUT_KIB ROUNDS  # touch, then IORING_OP_MADVISE DONTNEED in cuts
+//! ptwatch-workload churn THREADS MIB ROUNDS  # threads map, touch, DONTNEED, touch, unmap concurrently
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice};
+use ptwatch_workload::{
+    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice,
+};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -51,9 +54,14 @@ fn run() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
         }
+        Some("churn") => {
+            let report = churn::churn(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | churn THREADS MIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);
