@@ -48,8 +48,8 @@ enum Command {
         args: Vec<String>,
     },
     /// Set up, build, then run the integration tests inside real Debian
-    /// kernels (6.1, newest 6.x, newest 7.x) booted under qemu, with each
-    /// probe plan forced in turn. `cargo xtask test` runs this too.
+    /// kernels of x86_64, arm64 and riscv64 booted under qemu, with the
+    /// probe plans forced in turn. `cargo xtask test` runs this too.
     VmTest(vmtest::VmTestArgs),
     /// Real Debian kernels in a VM: fetch them, boot one and run a command.
     #[command(subcommand)]
