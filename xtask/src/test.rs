@@ -107,6 +107,9 @@ fn tests(mut command: Command) -> Result<(Stage, Tally)> {
 pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
     let ws = &built.workspace;
     let mut stages = Vec::new();
+    // Kernel downloads overlap the host stages.
+    let vm_args = crate::vmtest::VmTestArgs::default();
+    let prefetch = crate::vmtest::prefetch(&vm_args);
 
     let mut fmt = ws.cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -139,7 +142,8 @@ pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
     // The plans this host cannot attach, in real kernels.
     eprintln!("[test] vm-test: fentry and kprobe plans in Debian kernels of x86_64, arm64 and riscv64 under qemu");
     let start = Instant::now();
-    let vm = crate::vmtest::run(built, &crate::vmtest::VmTestArgs::default());
+    let _ = prefetch.join();
+    let vm = crate::vmtest::run(built, &vm_args);
     stages.push(Stage {
         name: "vm-test",
         ok: matches!(vm, Ok(true)),

@@ -208,6 +208,7 @@ fn mirrors_from_sources(deb822: &str, one_line: &str) -> Mirrors {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
     use crate::vm::kernel::Series;

@@ -141,6 +141,7 @@ pub fn run(cmd: VmCommand) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     #[test]
     fn probe_symbols_come_from_the_hook_table() {

@@ -152,6 +152,7 @@ pub fn version_cmp(a: &str, b: &str) -> Ordering {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 

@@ -203,6 +203,7 @@ pub fn parse(stream: &str) -> GuestLog {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 

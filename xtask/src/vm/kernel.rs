@@ -112,17 +112,13 @@ impl KernelLine {
         Self::new(Arch::Riscv64, Series::Sid7),
     ];
 
-    /// `x86_64/sid-7`.
-    pub fn name(self) -> String {
-        format!("{}/{}", self.arch, self.series.name())
-    }
-
     /// Whether the boot needs the kernel's modules prepared.
     pub fn needs_modules(self) -> bool {
         self.arch.boot_method() == BootMethod::Virtme
     }
 }
 
+/// `x86_64/sid-7`.
 impl fmt::Display for KernelLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.arch, self.series.name())
@@ -249,6 +245,7 @@ pub fn choose_kernel(index: &[PackageInfo], line: KernelLine) -> Result<Resolved
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 
@@ -351,7 +348,7 @@ mod tests {
     #[test]
     fn line_names_round_trip() {
         for line in KernelLine::MATRIX {
-            assert_eq!(line.name().parse::<KernelLine>().unwrap(), line);
+            assert_eq!(line.to_string().parse::<KernelLine>().unwrap(), line);
         }
         assert_eq!("sid".parse::<KernelLine>().unwrap(), KernelLine::new(Arch::X86_64, Series::Sid7));
         assert_eq!("aarch64/newest".parse::<KernelLine>().unwrap(), KernelLine::new(Arch::Arm64, Series::Newest7));

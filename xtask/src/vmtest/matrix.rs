@@ -138,6 +138,7 @@ pub fn jobs(lines: &[KernelLine], both_arm64_geometries: bool) -> Vec<Job> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 

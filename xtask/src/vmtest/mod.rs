@@ -99,21 +99,19 @@ pub fn run(built: &Built, args: &VmTestArgs) -> Result<bool> {
     let outcomes = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| loop {
-                let Some(job) =
-                    queue.lock().map(|mut q| if q.is_empty() { None } else { Some(q.remove(0)) }).ok().flatten()
-                else {
-                    break;
-                };
-                let t = Instant::now();
-                let result = match &binaries[&job.line.arch] {
-                    Ok(bins) => test_job(built, &job, bins, guest_cpus).map_err(|e| format!("{e:#}")),
-                    Err(e) => Err(e.clone()),
-                };
-                let outcome = Outcome { job, result, took: t.elapsed() };
-                print_outcome(&outcome);
-                if let Ok(mut all) = outcomes.lock() {
-                    all.push(outcome);
+            scope.spawn(|| {
+                let next = || queue.lock().ok().and_then(|mut q| (!q.is_empty()).then(|| q.remove(0)));
+                while let Some(job) = next() {
+                    let t = Instant::now();
+                    let result = match &binaries[&job.line.arch] {
+                        Ok(bins) => test_job(built, &job, bins, guest_cpus).map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let outcome = Outcome { job, result, took: t.elapsed() };
+                    print_outcome(&outcome);
+                    if let Ok(mut all) = outcomes.lock() {
+                        all.push(outcome);
+                    }
                 }
             });
         }
@@ -135,6 +133,26 @@ pub fn run(built: &Built, args: &VmTestArgs) -> Result<bool> {
         eprintln!("[vm-test] all kernels passed; results and per-program costs in {}", json.display());
     }
     Ok(ok)
+}
+
+/// Fetch the kernels of `args` in the background (downloads and module
+/// decompression take about a minute per kernel), so that `cargo xtask
+/// test` overlaps them with its host stages. Errors are left for the
+/// vm-test stage, which fetches again (cached kernels cost nothing) and
+/// fails on them.
+pub fn prefetch(args: &VmTestArgs) -> std::thread::JoinHandle<()> {
+    let mut lines: Vec<KernelLine> = matrix::jobs(&args.kernels, false).into_iter().map(|j| j.line).collect();
+    lines.dedup();
+    std::thread::spawn(move || {
+        let cache = vm::default_cache_dir();
+        for line in lines {
+            let t = Instant::now();
+            match vm::fetch_kernel(line, &cache) {
+                Ok(k) => eprintln!("[vm-test] prefetched {line}: {} in {:.0}s", k.release, t.elapsed().as_secs_f64()),
+                Err(e) => eprintln!("[vm-test] prefetching {line} failed (vm-test will retry): {e:#}"),
+            }
+        }
+    })
 }
 
 /// Fetch, boot, run and judge one job; Err when the kernel cannot be

@@ -259,6 +259,7 @@ pub fn program_costs(exposition: &str) -> BTreeMap<String, (u64, f64)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 

@@ -96,6 +96,7 @@ impl<W: Write> Writer<W> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails with the error it unwraps")]
 mod tests {
     use super::*;
 
