@@ -31,7 +31,9 @@ const INIT: &str = r#"#!/bin/busybox sh
 # --install finds busybox through /proc/self/exe.
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# /usr/bin first: the real tools of EXTRA_PACKAGES (setpriv) are there, the
+# busybox applets of the same name in /bin.
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs -o mode=1777 tmpfs /tmp
@@ -56,21 +58,58 @@ sync
 poweroff -f
 "#;
 
+/// Debian packages unpacked for the guests besides busybox, and the files
+/// of them the guests get: util-linux's `setpriv` (the scan test runs a
+/// process as nobody with it; busybox's applet lacks `--reuid`) with the
+/// dynamic loader and the libraries it needs.
+const EXTRA_PACKAGES: &[&str] = &["util-linux", "libc6", "libcap-ng0"];
+fn wanted(relative: &Path) -> bool {
+    let name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    relative.ends_with("bin/setpriv")
+        || (relative.starts_with("usr/lib") || relative.starts_with("lib"))
+            && (name.starts_with("ld-linux") || name == "libc.so.6" || name.starts_with("libcap-ng.so"))
+}
+
 /// Write the initramfs for a run to `path`.
 pub fn build(kernel: &PreparedKernel, runner: &str, opts: &VmOptions, path: &Path) -> Result<()> {
     let busybox = busybox(kernel)?;
+    let extra = extra_root(kernel)?;
+    let mut extra_files = Vec::new();
+    collect(&extra, &extra, &mut extra_files)?;
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = cpio::Writer::new(BufWriter::new(file));
     let guest = GUEST_FILES_DIR.trim_start_matches('/');
     let write = |w: &mut cpio::Writer<_>| -> std::io::Result<()> {
         for dir in [
-            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root", "boot",
-            guest,
+            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/lib", "dev", "proc", "sys", "tmp", "run", "etc", "root",
+            "boot", guest,
         ] {
             w.dir(dir)?;
         }
         // The kernel opens /dev/console for init before anything is mounted.
         w.char_device("dev/console", 5, 1)?;
+        // Merged /usr: the dynamic loader is /lib/ld-linux-…, installed in
+        // usr/lib.
+        w.symlink("lib", "usr/lib")?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for relative in &extra_files {
+            let mut parents: Vec<&Path> = relative.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
+            parents.reverse();
+            for dir in parents {
+                let dir = dir.display().to_string();
+                if !["usr", "usr/bin", "usr/lib", "lib", "bin", "sbin", "usr/sbin"].contains(&dir.as_str())
+                    && dirs.insert(dir.clone())
+                {
+                    w.dir(&dir)?;
+                }
+            }
+            let host = extra.join(relative);
+            let name = relative.display().to_string();
+            match fs::read_link(&host) {
+                Ok(target) => w.symlink(&name, &target.display().to_string())?,
+                Err(_) => w.host_file(&name, &host)?,
+            }
+        }
         w.host_file("bin/busybox", &busybox)?;
         w.symlink("bin/sh", "busybox")?;
         w.file("init", 0o755, INIT.as_bytes())?;
@@ -95,6 +134,57 @@ pub fn build(kernel: &PreparedKernel, runner: &str, opts: &VmOptions, path: &Pat
     write(&mut w).with_context(|| format!("writing the initramfs {}", path.display()))?;
     w.finish().with_context(|| format!("writing the initramfs {}", path.display()))?;
     Ok(())
+}
+
+/// `root`'s files that [`wanted`] selects, relative to `root` (symlinks
+/// included, not followed).
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            collect(root, &path, out)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            if wanted(relative) {
+                out.push(relative.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+/// [`EXTRA_PACKAGES`] of the guest's architecture unpacked once into
+/// `<cache>/<arch>/guest-root/`.
+fn extra_root(kernel: &PreparedKernel) -> Result<PathBuf> {
+    let arch_dir = kernel.cache_dir.parent().context("kernel cache dir has no parent")?;
+    let root = arch_dir.join("guest-root");
+    let ready = arch_dir.join("guest-root.ready");
+    let _lock = FileLock::exclusive(&arch_dir.join(".guest-root.lock"))?;
+    if ready.is_file() {
+        return Ok(root);
+    }
+    let cache = arch_dir.parent().context("arch cache dir has no parent")?;
+    let apt = AptState::new(cache, kernel.line.arch, &kernel.line.series.spec())?;
+    apt.update()?;
+    let debs = arch_dir.join("guest-debs.partial");
+    for d in [&debs, &root] {
+        if d.exists() {
+            fs::remove_dir_all(d)?;
+        }
+    }
+    fs::create_dir_all(&debs)?;
+    let mut args = vec!["download".to_owned()];
+    args.extend(EXTRA_PACKAGES.iter().map(|p| (*p).to_owned()));
+    apt.get(&args, Some(&debs))?;
+    for deb in fs::read_dir(&debs)?.filter_map(|e| e.ok().map(|e| e.path())) {
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "unpacking a guest package")?;
+    }
+    fs::remove_dir_all(&debs).ok();
+    fs::write(&ready, EXTRA_PACKAGES.join(" "))?;
+    eprintln!("vm: {}: {} unpacked in {}", kernel.line.arch, EXTRA_PACKAGES.join(", "), root.display());
+    Ok(root)
 }
 
 /// The architecture's static busybox, fetched once into
