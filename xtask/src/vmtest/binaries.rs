@@ -46,17 +46,16 @@ pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
     }
 }
 
-/// The host's release build and its test executables (`cargo test
-/// --no-run`, which builds them when needed).
+/// The host's release build and the guest tests' executables (`cargo test
+/// --no-run`, which builds them when needed: after the host stage of
+/// `cargo xtask test` they are up to date).
 fn host(built: &Built) -> Result<GuestBinaries> {
-    let json = cmd::stdout(built.workspace.cargo().args([
-        "test",
-        "--release",
-        "-p",
-        "ptwatch",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]))?;
+    let mut cargo = built.workspace.cargo();
+    cargo.args(["test", "--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
+    for test in GUEST_TESTS {
+        cargo.args(["--test", test.name]);
+    }
+    let json = cmd::stdout(&mut cargo)?;
     let tests = test_executables(&json)?;
     Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
 }
