@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         // BPF ISA v3 (kernel 5.1+): 32-bit sub-registers and jumps give the
         // verifier smaller programs. Debug info feeds the object's BTF.
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2".to_string(), "-Clink-arg=--btf".to_string(), format!("--cfg=bpf_target_arch=\"{}\"", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default())].join("\x1f"));
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"));
     // The outer build's compiler settings belong to the host toolchain.
     for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
         cargo.env_remove(key);
