@@ -9,15 +9,17 @@
 //! of such binaries is taken from `PTWATCH_VM_BINARIES_<ARCH>` and a
 //! missing one fails that architecture's kernels with a message.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::matrix::GUEST_TESTS;
-use crate::{cargo::Built, cmd, vm::Arch};
+use crate::{
+    cargo::{self, Built},
+    cmd, setup,
+    target::Target,
+    vm::Arch,
+};
 
 /// What one architecture's guests run.
 #[derive(Debug, Clone)]
@@ -42,7 +44,8 @@ impl GuestBinaries {
 pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
     match arch {
         Arch::X86_64 => host(built),
-        Arch::Arm64 | Arch::Riscv64 => prebuilt(arch),
+        Arch::Arm64 => cross(Target::Aarch64),
+        Arch::Riscv64 => cross(Target::Riscv64),
     }
 }
 
@@ -50,14 +53,28 @@ pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
 /// --no-run`, which builds them when needed: after the host stage of
 /// `cargo xtask test` they are up to date).
 fn host(built: &Built) -> Result<GuestBinaries> {
-    let mut cargo = built.workspace.cargo();
-    cargo.args(["test", "--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
+    let tests = guest_tests(built.workspace.cargo().arg("test"))?;
+    Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
+}
+
+/// Static builds for `target`: its tools, `ptwatch` and the workload, then
+/// the guest tests' executables.
+fn cross(target: Target) -> Result<GuestBinaries> {
+    setup::cross(target)?;
+    let built = cargo::build_for(target)?;
+    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"))?;
+    Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
+}
+
+/// `cargo test --release -p ptwatch --no-run --test <each guest test>`
+/// (built when needed: after the host stage of `cargo xtask test` the host's
+/// are up to date) → test name → executable.
+fn guest_tests(cargo: &mut std::process::Command) -> Result<BTreeMap<String, PathBuf>> {
+    cargo.args(["--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
     for test in GUEST_TESTS {
         cargo.args(["--test", test.name]);
     }
-    let json = cmd::stdout(&mut cargo)?;
-    let tests = test_executables(&json)?;
-    Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
+    test_executables(&cmd::stdout(cargo)?)
 }
 
 /// Test target name → executable, from cargo's JSON messages.
@@ -78,34 +95,4 @@ pub fn test_executables(cargo_json: &str) -> Result<BTreeMap<String, PathBuf>> {
         wanted.insert(test.name.to_owned(), exe);
     }
     Ok(wanted)
-}
-
-/// `PTWATCH_VM_BINARIES_<ARCH>`: a directory holding `ptwatch`,
-/// `ptwatch-workload` and one executable per guest test, named after it.
-fn prebuilt(arch: Arch) -> Result<GuestBinaries> {
-    let var = format!("PTWATCH_VM_BINARIES_{}", arch.name().to_ascii_uppercase());
-    let Some(dir) = std::env::var_os(&var).map(PathBuf::from) else {
-        bail!(
-            "no {arch} build of ptwatch and its tests: the cross build (`cross:` commits) is not wired into vm-test yet; \
-             set {var} to a directory with static {arch} `ptwatch`, `ptwatch-workload` and {} executables",
-            GUEST_TESTS.iter().map(|t| format!("`{}`", t.name)).collect::<Vec<_>>().join(", ")
-        );
-    };
-    let file = |name: &str| -> Result<PathBuf> {
-        let path = dir.join(name);
-        require_file(&path).with_context(|| format!("{var}={}", dir.display()))?;
-        Ok(path)
-    };
-    let mut tests = BTreeMap::new();
-    for test in GUEST_TESTS {
-        tests.insert(test.name.to_owned(), file(test.name)?);
-    }
-    Ok(GuestBinaries { ptwatch: file("ptwatch")?, workload: file("ptwatch-workload")?, tests })
-}
-
-fn require_file(path: &Path) -> Result<()> {
-    if !path.is_file() {
-        bail!("{} does not exist", path.display());
-    }
-    Ok(())
 }
