@@ -232,12 +232,17 @@ fn prometheus_scrapes_the_agent_and_every_panel_and_rule_has_data() {
 /// CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39).
 const UNIT_CAPABILITIES: u64 = 1 << 2 | 1 << 21 | 1 << 38 | 1 << 39;
 
-/// The `/proc/<pid>/status` of the process whose command line is `cmdline`.
-fn status_of_process_with_cmdline(cmdline: &str) -> Option<String> {
+/// The `/proc/<pid>/status` of a `ptwatch` process with arguments `args`:
+/// argv[0] is whatever its starter chose (systemd passes the unit's bare
+/// `ptwatch`), so only its file name is compared.
+fn status_of_ptwatch_with_args(args: &str) -> Option<String> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let args = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let args = String::from_utf8_lossy(&args).replace('\0', " ");
-        (args.trim_end() == cmdline).then(|| std::fs::read_to_string(entry.path().join("status")).ok()).flatten()
+        let argv = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+        let (argv0, rest) = argv.trim_end().split_once(' ')?;
+        (Path::new(argv0).file_name()? == "ptwatch" && rest == args)
+            .then(|| std::fs::read_to_string(entry.path().join("status")).ok())
+            .flatten()
     })
 }
 
@@ -285,7 +290,7 @@ fn systemd_runs_the_agent_under_the_unit() {
     assert!(metrics.contains("ptwatch_build_info{"), "{metrics}");
     // The process systemd started: unprivileged, with the unit's capabilities
     // and nothing else, no_new_privs, a seccomp filter.
-    let process = status_of_process_with_cmdline("/usr/local/bin/ptwatch agent --config /etc/ptwatch/ptwatch.toml")
+    let process = status_of_ptwatch_with_args("agent --config /etc/ptwatch/ptwatch.toml")
         .expect("the agent process started by systemd");
     let uid = status_field(&process, "Uid:");
     assert!(!uid.starts_with("0\t") && !uid.starts_with("0 "), "runs as a dynamic user, not root: Uid {uid}");
