@@ -7,6 +7,7 @@
 //! `promtool test rules`), and every agent flag, variable and config file the
 //! deploy files use, run through the real binary.
 
+mod deploy_common;
 mod support;
 
 use std::{
@@ -14,35 +15,8 @@ use std::{
     process::{Command, Output},
 };
 
+use deploy_common::{deploy_dir, exposure, kustomize, run, temp_dir, text, venv_tool, EXPOSURE_CEILING};
 use support::{agent_command, free_port, ptwatch_bin, AgentProcess};
-
-/// Highest `systemd-analyze security` exposure accepted for the unit (0 is
-/// best, 10 worst; "OK" ends at 4.9). The unit scores 2.2 with systemd 252:
-/// what remains is the capabilities, host network and the bpf /
-/// perf_event_open system calls the agent cannot do without.
-const EXPOSURE_CEILING: f64 = 2.5;
-
-/// The virtual environment `cargo xtask setup` installs the PyPI tools into
-/// (xtask/src/setup.rs, `PYTHON_VENV`).
-const PYTHON_VENV: &str = "/opt/ptwatch-dev/venv";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn run(command: &mut Command, what: &str) -> Output {
-    command.output().unwrap_or_else(|err| panic!("cannot run {what} ({command:?}): {err}"))
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn venv_tool(name: &str) -> PathBuf {
-    let path = Path::new(PYTHON_VENV).join("bin").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup` (it installs the PyPI tools)", path.display());
-    path
-}
 
 /// The unit with its ExecStart binary replaced by the one under test
 /// (`systemd-analyze verify` checks that the binary exists and is
@@ -55,13 +29,6 @@ fn unit_for_test(dir: &Path) -> PathBuf {
     let path = dir.join("ptwatch.service");
     std::fs::write(&path, unit).expect("write the unit");
     path
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ptwatch-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -85,11 +52,7 @@ fn systemd_unit_exposure_is_below_the_ceiling() {
     );
     let report = text(&output);
     println!("{report}");
-    let score: f64 = report
-        .lines()
-        .find_map(|line| line.split_once("Overall exposure level for ptwatch.service: "))
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    let score = exposure(&report);
     println!("exposure {score} (ceiling {EXPOSURE_CEILING})");
     assert!(score <= EXPOSURE_CEILING, "exposure {score} above {EXPOSURE_CEILING}:\n{report}");
     // The settings the unit is meant to have, as systemd reads them.
@@ -164,15 +127,6 @@ fn example_config_files_are_accepted_by_the_agent() {
         assert!(status.success(), "{file}: {status:?}\n{stderr}");
         assert!(stderr.contains(&path.display().to_string()), "the agent names its config file:\n{stderr}");
     }
-}
-
-fn kustomize() -> String {
-    let output = run(
-        Command::new("kubectl").arg("kustomize").arg(deploy_dir().join("kubernetes")),
-        "kubectl (needed to render deploy/kubernetes)",
-    );
-    assert!(output.status.success(), "kubectl kustomize failed:\n{}", text(&output));
-    String::from_utf8(output.stdout).expect("UTF-8 manifests")
 }
 
 fn kubernetes_validate(manifests: &str, dir: &Path) -> Output {

@@ -63,9 +63,16 @@ const TEST_PACKAGES: &[&str] = &[
 /// `dockerfile` parses deploy/Containerfile with BuildKit's own parser,
 /// `helm-python-sdk` lints and renders the Helm chart with Helm's own Go
 /// code (no helm binary is packaged anywhere reachable), `jsonschema`
-/// validates the dashboard against the vendored Grafana schemas.
-const TEST_PYTHON_TOOLS: &[&str] =
-    &["kubernetes-validate==1.37.0", "dockerfile==3.4.0", "helm-python-sdk==0.2.2", "jsonschema==4.26.0"];
+/// validates the dashboard against the vendored Grafana schemas, which
+/// `grafana-foundation-sdk` (Grafana 11.6's kinds) regenerates
+/// (deploy/grafana/schemas/generate.py).
+const TEST_PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "dockerfile==3.4.0",
+    "helm-python-sdk==0.2.2",
+    "jsonschema==4.26.0",
+    "grafana-foundation-sdk==1769699379!11.6.0",
+];
 
 fn step(what: &str) {
     eprintln!("[setup] {what}");
