@@ -297,8 +297,11 @@ impl Container {
                 // what the unit asks for, and share tracefs and BTF.
                 .args(["--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf perf_event_open"])
                 .args(["--bind-ro=/sys/kernel/tracing", "--bind-ro=/sys/kernel/btf"])
-                // The basic system only, none of the host's services.
-                .args(["--", "systemd.unit=basic.target"]),
+                // The basic system only, none of the host's services, and no
+                // timers: a job the host's image schedules at boot (apt
+                // metrics for node_exporter) would write files while the test
+                // compares the file system before and after the package.
+                .args(["--", "systemd.unit=basic.target", "systemd.mask=timers.target"]),
             "systemd-nspawn (Debian package systemd-container; `cargo xtask setup --for test` installs it)",
             log,
         );
