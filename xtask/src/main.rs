@@ -13,6 +13,7 @@ mod bench;
 mod cargo;
 mod cmd;
 mod dist;
+mod docs;
 mod setup;
 mod target;
 mod test;
@@ -74,6 +75,10 @@ enum Command {
     /// Real Debian kernels in a VM: fetch them, boot one and run a command.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Set up, build, then rewrite docs/cli.md from the CLI definitions (a
+    /// test fails when it is stale) and write the man pages and shell
+    /// completions the packages ship into target/docs/.
+    Docs,
     /// Measure what the attached agent costs a DONTNEED-heavy process.
     Bench(bench::BenchArgs),
     /// The timed loop of `bench`, run in a child process so that it is
@@ -131,6 +136,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // systemd, image under podman, tarball on the host).
             let dist = dist::run()?;
             test::run(&built, &dist, &args)
+        }
+        Command::Docs => {
+            setup::run()?;
+            let built = cargo::build()?;
+            docs::run(&built).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             setup::run_for(setup::Purpose::Test)?;
