@@ -62,7 +62,19 @@ fn tarballs_hold_a_static_binary_and_what_the_install_guide_names() {
         let top = format!("ptwatch-{VERSION}-{arch}-linux/");
         let names: BTreeSet<String> =
             listing.lines().filter_map(|l| l.split_whitespace().last()).map(str::to_owned).collect();
-        for file in ["ptwatch", "ptwatch.service", "ptwatch.toml", "LICENSE-MIT", "LICENSE-APACHE", "README.md"] {
+        for file in [
+            "ptwatch",
+            "ptwatch.service",
+            "ptwatch.toml",
+            "LICENSE-MIT",
+            "LICENSE-APACHE",
+            "README.md",
+            "man/ptwatch.1",
+            "man/ptwatch-agent.1",
+            "completions/ptwatch",
+            "completions/_ptwatch",
+            "completions/ptwatch.fish",
+        ] {
             assert!(names.contains(&format!("{top}{file}")), "{file} missing from {}:\n{listing}", archive.display());
         }
         assert!(names.iter().all(|n| n.starts_with(&top)), "one top-level directory:\n{listing}");

@@ -2,9 +2,11 @@
 //! `target/dist/`:
 //!
 //! - `ptwatch-<version>-<arch>-linux.tar.gz`: the static binary with the
-//!   systemd unit, the example config, the licenses and the README;
+//!   systemd unit, the example config, the licenses, the README, the man
+//!   pages and shell completions;
 //! - `ptwatch_<version>-1_<debian arch>.deb`: `/usr/bin/ptwatch`, the unit
-//!   (enabled and started on installation), the config as a conffile;
+//!   (enabled and started on installation), the config as a conffile, the
+//!   man pages and completions;
 //!   checked by lintian, which must report no error;
 //! - `ptwatch-<version>.oci.tar`: one `FROM scratch` image per architecture
 //!   under one OCI index, built by buildah from deploy/Containerfile without
@@ -81,9 +83,10 @@ pub fn run() -> Result<Dist> {
         let built = cargo::build_for(target)?;
         staged.push(stage(&release, target, &built.ptwatch)?);
     }
-    let docs = docs::generate(&release)?;
+    let docs = docs::generate(&release, &staged)?;
     for binary in &staged {
         tarball::write(&release, binary, &docs)?;
+        docs::stage_for_deb(&release, binary.target, &docs)?;
         deb::write(&release, binary.target)?;
     }
     image::write(&release, &staged)?;

@@ -5,7 +5,10 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
-use super::{docs::Docs, Release, Staged};
+use super::{
+    docs::{self, Docs},
+    Release, Staged,
+};
 use crate::cmd;
 
 /// Files of the repository every tarball carries, and their names there.
@@ -30,14 +33,8 @@ pub fn write(release: &Release<'_>, binary: &Staged, docs: &Docs) -> Result<()> 
     for (from, to) in FILES {
         copy(&release.workspace.root.join(from), &tree.join(to))?;
     }
-    if !docs.man_pages.is_empty() {
-        let man = tree.join("man");
-        fs::create_dir_all(&man)?;
-        for page in &docs.man_pages {
-            let name = page.file_name().context("man page without a file name")?;
-            copy(page, &man.join(name))?;
-        }
-    }
+    docs::copy_all(&docs.man_pages, &tree.join("man"))?;
+    docs::copy_all(&docs.completions, &tree.join("completions"))?;
     let archive = release.out.join(format!("{stem}.tar.gz"));
     cmd::run(
         Command::new("tar")

@@ -42,8 +42,7 @@ const DIST_PACKAGES: &[&str] = &["lintian", "buildah"];
 /// and tests read eBPF programs and their run times with it);
 /// `prometheus-node-exporter` (the dashboard's RAM-share panels);
 /// `systemd-container` (systemd-nspawn boots systemd for the unit and the
-/// .deb), `mmdebstrap` (the root filesystem the .deb is installed into);
-/// `podman` and `runc` (run the image); `python3-venv` (for
+/// .deb); `podman` and `runc` (run the image); `python3-venv` (for
 /// [`TEST_PYTHON_TOOLS`]).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
@@ -51,7 +50,6 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "prometheus-node-exporter",
     "systemd-container",
-    "mmdebstrap",
     "podman",
     "runc",
     "python3-venv",
