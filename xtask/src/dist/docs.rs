@@ -10,12 +10,13 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result};
 
 use super::{Release, Staged};
-use crate::target::Target;
+use crate::{cmd, target::Target};
 
 /// Where the .deb's assets expect the generated files, under a target's
 /// release directory (agent/Cargo.toml, `[package.metadata.deb]`).
@@ -44,13 +45,20 @@ pub fn generate(release: &Release<'_>, staged: &[Staged]) -> Result<Docs> {
     Ok(docs)
 }
 
-/// Copy the files into `target/<triple>/release/dist-docs/{man,completions}`.
+/// Copy the files into `target/<triple>/release/dist-docs/{man,completions}`,
+/// the man pages compressed as Debian policy wants them (`gzip -n -9`: no
+/// name or time in the header, so the package stays reproducible).
 pub fn stage_for_deb(release: &Release<'_>, target: Target, docs: &Docs) -> Result<()> {
     let base = release.workspace.release_dir(Some(target)).join(DEB_DOCS);
     if base.exists() {
         fs::remove_dir_all(&base).with_context(|| format!("removing {}", base.display()))?;
     }
-    copy_all(&docs.man_pages, &base.join("man"))?;
+    let man = base.join("man");
+    copy_all(&docs.man_pages, &man)?;
+    for page in &docs.man_pages {
+        let name = page.file_name().context("man page without a name")?;
+        cmd::run(Command::new("gzip").args(["-n", "-9"]).arg(man.join(name)))?;
+    }
     copy_all(&docs.completions, &base.join("completions"))
 }
 
