@@ -74,7 +74,6 @@ mod tests {
     #[test]
     fn no_error_prints_its_exposed_source() {
         let path = PathBuf::from("/x");
-        let btf_error = btf_rs::Btf::from_bytes(b"not BTF").err().expect("garbage is not BTF");
         let errors: Vec<Box<dyn Error>> = vec![
             Box::new(CgroupError::Read { path: path.clone(), source: io_error() }),
             Box::new(PrivilegeError::Capget(io_error())),
@@ -85,7 +84,7 @@ mod tests {
             Box::new(ServerError::Bind { addr: "127.0.0.1:1".parse().expect("addr"), source: io_error() }),
             Box::new(ServerError::Serve(io_error())),
             Box::new(TlsError::Read { what: "key", path: path.clone(), source: io_error() }),
-            Box::new(BtfError::Parse { path: path.clone(), source: btf_error }),
+            Box::new(BtfError::Read { path: path.clone(), source: io_error() }),
             Box::new(SupportError::Tracefs { path: "/sys/kernel/tracing", source: io_error() }),
             Box::new(SupportError::TracefsUnreadable { path: "/x".into(), source: io_error() }),
             Box::new(ScanError::Io { path: "/x".into(), source: io_error() }),

@@ -214,7 +214,7 @@ impl Probes {
         let mut aya_btf = None;
         let mut results = Vec::new();
         let mut chosen: Option<Attempt> = None;
-        for check in checks {
+        for mut check in checks {
             let attach = check.attach;
             let outcome = if !mode.alternatives().contains(&attach) {
                 Outcome::Excluded
@@ -228,7 +228,7 @@ impl Probes {
                         aya_btf = Some(btf.into_aya()?);
                     }
                 }
-                match attach::attempt(base, &check, aya_btf.as_ref(), &options) {
+                match attach::attempt(base, &mut check, aya_btf.as_ref(), &options) {
                     Ok(attempt) => {
                         chosen = Some(attempt);
                         Outcome::Chosen
