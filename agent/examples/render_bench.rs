@@ -61,6 +61,9 @@ impl CounterSource for Script {
         Ok(())
     }
     fn forget_thread(&mut self, _tid: u32) {}
+    fn reap_io_requests(&mut self) -> u64 {
+        0
+    }
     fn capacity(&self) -> MapCapacity {
         MapCapacity { processes: Some(1 << 20), overflow: Some(1 << 18), threads: Some(16384) }
     }

@@ -35,7 +35,7 @@ fn file_errors_say_their_cause_once() {
     assert_one_line_error(
         &ptwatch(&["agent", "--listen", &port, "--btf", "/etc/passwd"]),
         1,
-        "cannot parse BTF from /etc/passwd",
+        "/etc/passwd is not valid BTF: bad magic 0x6f72",
     );
     assert_one_line_error(
         &ptwatch(&["agent", "--config", "/nonexistent/ptwatch.toml"]),

@@ -55,3 +55,20 @@ pub struct ThreadContext {
     /// for the kretprobe that learns whether a huge PMD was zapped.
     pub huge_zap_mm: u64,
 }
+
+/// An io_uring DONTNEED request between submission and completion
+/// (tracepoint plan; value of `IO_REQUESTS`, keyed by the request's kernel
+/// address). A completion the programs never see (none is expected) leaves
+/// an entry behind: the agent removes entries older than a few minutes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoRequest {
+    pub start: u64,
+    pub len: u64,
+    /// A [`measured`] value, and what was measured at submission.
+    pub measured: u64,
+    pub tables_at_entry: u64,
+    pub pgtables_bytes_at_entry: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at submission.
+    pub submitted_ns: u64,
+}

@@ -121,6 +121,25 @@ pub const DONTNEED_VECTOR: [Hook; 2] = [VECTOR_MADVISE_ENTRY, VECTOR_MADVISE_EXI
 /// hooked when the kernel has the function: `collapse` (6.5+) and `thp`.
 pub const OUTSIDE_MMU_GATHER: [Hook; 3] = [PTE_FREE_DEFER, ZAP_HUGE_PMD_ENTRY, ZAP_HUGE_PMD_EXIT];
 
+/// Every hook the fentry and kprobe plans may attach: the names to look up
+/// in BTF and kallsyms.
+pub const ALL: [&Hook; 14] = [
+    &DO_MADVISE_ENTRY,
+    &DO_MADVISE_EXIT,
+    &VECTOR_MADVISE_ENTRY,
+    &VECTOR_MADVISE_EXIT,
+    &FREE_PGTABLES_ENTRY,
+    &FREE_PGTABLES_EXIT,
+    &TLB_REMOVE_TABLE,
+    &PTE_FREE_TLB,
+    &PMD_FREE_TLB,
+    &PUD_FREE_TLB,
+    &P4D_FREE_TLB,
+    &PTE_FREE_DEFER,
+    &ZAP_HUGE_PMD_ENTRY,
+    &ZAP_HUGE_PMD_EXIT,
+];
+
 impl Hook {
     /// The program of this hook in the fentry (`fentry`) or kprobe flavour.
     pub const fn program(&self, fentry: bool) -> Option<&'static str> {

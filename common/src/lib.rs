@@ -22,7 +22,7 @@ pub mod request;
 pub mod trace;
 
 pub use config::{FreeSource, KernelConfig};
-pub use context::ThreadContext;
+pub use context::{IoRequest, ThreadContext};
 pub use counters::{
     overflow_capacity, Cause, FreeCounts, Level, NodeCounters, ProcessCounters, ProcessKey,
     DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
@@ -52,6 +52,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessCounters {}
     unsafe impl aya::Pod for super::NodeCounters {}
     unsafe impl aya::Pod for super::ThreadContext {}
+    unsafe impl aya::Pod for super::IoRequest {}
     unsafe impl aya::Pod for super::AgentRequest {}
     unsafe impl aya::Pod for super::TraceEvent {}
 }

@@ -231,13 +231,21 @@ pub fn free_pgtables_kretprobe(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `int zap_huge_pmd(tlb, vma, pmd, addr)`: arguments and result at once.
+/// Whether `zap_huge_pmd` zapped a huge PMD: it returns `int` 1 on older
+/// kernels and `bool` true since 7.x. Only the low byte of the return
+/// register is defined for a `bool`.
+#[inline(always)]
+fn zapped(ret: u64) -> bool {
+    ret & 0xff != 0
+}
+
+/// `zap_huge_pmd(tlb, vma, pmd, addr)`: arguments and result at once.
 #[fexit(function = "zap_huge_pmd")]
 pub fn zap_huge_pmd_fexit(ctx: FExitContext) -> u32 {
     let (tlb, vma): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    let ret: i32 = ctx.arg(4);
+    let ret: u64 = ctx.arg(4);
     let config = config();
-    if ret == 1 && anonymous(&config, vma) {
+    if zapped(ret) && anonymous(&config, vma) {
         if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) {
             on_huge_pmd_zapped(&config, mm);
         }
@@ -260,9 +268,9 @@ pub fn zap_huge_pmd_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn zap_huge_pmd_kretprobe(ctx: RetProbeContext) -> u32 {
-    let ret = ctx.ret::<i32>();
+    let ret = ctx.ret::<u64>();
     if let Some(mm) = context::end_huge_zap(CurrentTask::get().tid) {
-        if ret == 1 {
+        if zapped(ret) {
             on_huge_pmd_zapped(&config(), mm);
         }
     }

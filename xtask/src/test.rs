@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo::Built, cmd};
+use crate::{cargo::Built, cmd, dist::Dist};
 
 /// Totals of libtest's `test result:` lines, and the tests that failed.
 #[derive(Debug, Default)]
@@ -104,9 +104,12 @@ fn tests(mut command: Command) -> Result<(Stage, Tally)> {
     Ok((Stage { name: "tests", ok, took: start.elapsed(), detail }, tally))
 }
 
-pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
+pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode> {
     let ws = &built.workspace;
     let mut stages = Vec::new();
+    // Kernel downloads overlap the host stages.
+    let vm_args = crate::vmtest::VmTestArgs::default();
+    let prefetch = crate::vmtest::prefetch(&vm_args);
 
     let mut fmt = ws.cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -132,14 +135,16 @@ pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
     ])
     .args(test_args)
     .env("PTWATCH_BIN", &built.ptwatch)
-    .env("PTWATCH_WORKLOAD_BIN", &built.workload);
+    .env("PTWATCH_WORKLOAD_BIN", &built.workload)
+    .env("PTWATCH_DIST_DIR", &dist.dir);
     let (tests_stage, tally) = tests(test)?;
     stages.push(tests_stage);
 
     // The plans this host cannot attach, in real kernels.
-    eprintln!("[test] vm-test: fentry and kprobe plans in Debian 6.1, 6.x and 7.x kernels under qemu");
+    eprintln!("[test] vm-test: fentry and kprobe plans in Debian kernels of x86_64, arm64 and riscv64 under qemu");
     let start = Instant::now();
-    let vm = crate::vmtest::run(built, &crate::vmtest::VmTestArgs { kernels: Vec::new() });
+    let _ = prefetch.join();
+    let vm = crate::vmtest::run(built, &vm_args);
     stages.push(Stage {
         name: "vm-test",
         ok: matches!(vm, Ok(true)),

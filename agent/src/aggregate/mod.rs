@@ -101,6 +101,9 @@ pub struct Snapshot {
     /// `THREAD_CONTEXT` entries of threads that no longer exist, removed
     /// (left by a missed exit hook), since the agent started.
     pub reaped_thread_contexts: u64,
+    /// `IO_REQUESTS` entries whose completion was missed, removed since the
+    /// agent started.
+    pub reaped_io_requests: u64,
 }
 
 /// Everything a harvest leaves for the exporter, borrowed from the
@@ -357,6 +360,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 }
             }
             self.thread_entries = entries;
+            self.snapshot.reaped_io_requests += self.source.reap_io_requests();
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ pub trait CounterSource {
     fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError>;
     /// Remove the context of thread `tid` (an absent one is fine).
     fn forget_thread(&mut self, tid: u32);
+    /// Remove io_uring requests whose completion was missed; how many.
+    fn reap_io_requests(&mut self) -> u64;
     /// Capacity of the maps, fixed when they were created.
     fn capacity(&self) -> MapCapacity;
 }
@@ -88,6 +90,10 @@ impl CounterSource for KernelMaps {
     fn forget_thread(&mut self, tid: u32) {
         // Absent is fine: the thread's exit hook may have run meanwhile.
         let _ = self.maps.threads.remove(&tid);
+    }
+
+    fn reap_io_requests(&mut self) -> u64 {
+        self.maps.reap_stale_io_requests()
     }
 
     fn capacity(&self) -> MapCapacity {

@@ -89,6 +89,9 @@ impl CounterSource for Shared {
     fn forget_thread(&mut self, tid: u32) {
         self.0.borrow_mut().threads.remove(&tid);
     }
+    fn reap_io_requests(&mut self) -> u64 {
+        0
+    }
     fn capacity(&self) -> MapCapacity {
         let capacity = self.0.borrow().capacity as u32;
         MapCapacity { processes: Some(capacity), overflow: Some(256), threads: Some(16384) }

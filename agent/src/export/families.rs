@@ -269,6 +269,14 @@ pub const THREAD_CONTEXTS_REAPED: Family = family(
     All,
     "Per-thread contexts left in THREAD_CONTEXT by threads that exited after a missed exit hook, removed by the agent.",
 );
+pub const IO_REQUESTS_REAPED: Family = family(
+    "ptwatch_io_requests_reaped_total",
+    Counter,
+    "entries",
+    &[],
+    All,
+    "io_uring madvise requests left in IO_REQUESTS because their completion was not seen, removed by the agent after 10 minutes.",
+);
 pub const TRACKED_PROCESSES: Family = family(
     "ptwatch_tracked_processes",
     Gauge,
@@ -437,6 +445,7 @@ pub const FAMILIES: &[&Family] = &[
     &LOST_EVENTS,
     &CONTEXT_EXIT_MISSES,
     &THREAD_CONTEXTS_REAPED,
+    &IO_REQUESTS_REAPED,
     &TRACKED_PROCESSES,
     &FOLDED_PROCESSES,
     &SCRAPE_ERRORS,

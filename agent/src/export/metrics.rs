@@ -364,6 +364,7 @@ fn render_health(out: &mut Exposition, view: &View<'_>, info: &AgentInfo, scrape
     out.family(&f::LOST_EVENTS).sample("", "", node.lost_events);
     out.family(&f::CONTEXT_EXIT_MISSES).sample("", "", node.context_exit_misses);
     out.family(&f::THREAD_CONTEXTS_REAPED).sample("", "", snapshot.reaped_thread_contexts);
+    out.family(&f::IO_REQUESTS_REAPED).sample("", "", snapshot.reaped_io_requests);
     out.family(&f::TRACKED_PROCESSES).sample("", "", snapshot.own_series);
     out.family(&f::FOLDED_PROCESSES).sample("", "", snapshot.folded.processes);
     out.family(&f::SCRAPE_ERRORS).sample("", "", scrape_errors);

@@ -140,8 +140,8 @@ pub fn pt_reclaim_config() -> ConfigState {
 pub fn pt_reclaim_works() -> io::Result<bool> {
     const TABLES: usize = 8;
     let mapping = AnonMapping::spans(TABLES)?;
-    // One page per span makes its PTE table: touching all 16 MiB would only
-    // add that much to the agent's peak resident memory.
+    // One page per span makes its PTE table (touching every page would
+    // add 16 MiB to the agent's peak memory for nothing).
     for span in 0..TABLES {
         mapping.touch(span * PTE_TABLE_SPAN, 4096);
     }

@@ -9,14 +9,17 @@ use ptwatch_common::{names, overflow_capacity, KernelConfig, ProcessCounters, UN
 
 use super::{
     calibrate, object,
-    plan::{describe_error, Attach, PlanCheck, Role},
+    plan::{describe_error, Attach, Need, PlanCheck, Role},
     AttachedPrograms, Attempt, LoadOptions, ProbeError, ReclaimAccounting,
 };
 
 /// Load and attach the plan `check` describes; `Err` says why it failed.
+/// An optional part of a fentry/kprobe plan that the kernel refuses is
+/// dropped with its reason (added to the plan's limitations) instead of
+/// failing the plan.
 pub(super) fn attempt(
     base: KernelConfig,
-    check: &PlanCheck,
+    check: &mut PlanCheck,
     btf: Option<&Btf>,
     options: &LoadOptions,
 ) -> Result<Attempt, String> {
@@ -26,47 +29,108 @@ pub(super) fn attempt(
     }
 }
 
-/// fentry/kprobe plans: every present hook of the plan.
+/// fentry/kprobe plans: every present hook of the plan, role by role.
 fn functions(
     base: KernelConfig,
-    check: &PlanCheck,
+    check: &mut PlanCheck,
     btf: Option<&Btf>,
     options: &LoadOptions,
 ) -> Result<Attempt, ProbeError> {
     let config = KernelConfig { free_source: check.free_source as u64, ..base };
     let mut ebpf = load_object(&config, options)?;
-    let mut attached = Vec::new();
+    let mut attached: AttachedPrograms = Vec::new();
+    let mut roles: Vec<Role> = Vec::new();
     for point in check.to_attach() {
-        let name = point.program.ok_or(ProbeError::MissingProgram("(no program for this flavour)"))?;
-        let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
-        let err = |source| ProbeError::Program { name, source };
-        let function = point.name.as_str();
-        match (check.attach, btf, point.at_return) {
-            (Attach::Fentry, Some(btf), false) => {
-                let program: &mut FEntry = program.try_into().map_err(err)?;
-                program.load(function, btf).map_err(err)?;
-                program.attach().map_err(err)?;
-            }
-            (Attach::Fentry, Some(btf), true) => {
-                let program: &mut FExit = program.try_into().map_err(err)?;
-                program.load(function, btf).map_err(err)?;
-                program.attach().map_err(err)?;
-            }
-            _ => {
-                let program: &mut KProbe = program.try_into().map_err(err)?;
-                program.load().map_err(err)?;
-                program.attach(function, 0).map_err(err)?;
+        if !roles.contains(&point.role) {
+            roles.push(point.role);
+        }
+    }
+    for role in roles {
+        let points: Vec<(Option<&'static str>, String, bool, Need)> = check
+            .to_attach()
+            .filter(|p| p.role == role)
+            .map(|p| (p.program, p.name.clone(), p.at_return, p.need))
+            .collect();
+        let optional = points.iter().all(|(_, _, _, need)| *need == Need::Optional);
+        let mut done = Vec::new();
+        for (program, function, at_return, _) in &points {
+            let name = program.ok_or(ProbeError::MissingProgram("(no program for this flavour)"))?;
+            match attach_function(&mut ebpf, check.attach, btf, name, function, *at_return) {
+                Ok(point) => done.push((name, point)),
+                Err(err) if optional => {
+                    // Both halves of an entry/return pair, or none.
+                    for (program, _) in &done {
+                        unload(&mut ebpf, program);
+                    }
+                    let reason = describe_error(&err);
+                    tracing::info!(?role, %reason, "optional hook refused by the kernel; the plan goes on without it");
+                    check.limitations.push(format!("{function}: the kernel refused the program ({reason})"));
+                    for point in check.points.iter_mut().filter(|p| p.role == role) {
+                        point.need = Need::Unused;
+                    }
+                    done.clear();
+                    break;
+                }
+                Err(err) => return Err(err),
             }
         }
-        let kind = match (check.attach, point.at_return) {
-            (Attach::Fentry, false) => "fentry",
-            (Attach::Fentry, true) => "fexit",
-            (_, false) => "kprobe",
-            (_, true) => "kretprobe",
-        };
-        attached.push((name, format!("{kind}:{function}")));
+        attached.extend(done);
     }
     Ok(Attempt { ebpf, accounting: ReclaimAccounting::FreeClassification, attached, walk: None })
+}
+
+/// Load and attach one program of a fentry/kprobe plan; returns its attach
+/// point for the records.
+fn attach_function(
+    ebpf: &mut Ebpf,
+    attach: Attach,
+    btf: Option<&Btf>,
+    name: &'static str,
+    function: &str,
+    at_return: bool,
+) -> Result<String, ProbeError> {
+    let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram(name))?;
+    let err = |source| ProbeError::Program { name, source };
+    match (attach, btf, at_return) {
+        (Attach::Fentry, Some(btf), false) => {
+            let program: &mut FEntry = program.try_into().map_err(err)?;
+            program.load(function, btf).map_err(err)?;
+            program.attach().map_err(err)?;
+        }
+        (Attach::Fentry, Some(btf), true) => {
+            let program: &mut FExit = program.try_into().map_err(err)?;
+            program.load(function, btf).map_err(err)?;
+            program.attach().map_err(err)?;
+        }
+        _ => {
+            let program: &mut KProbe = program.try_into().map_err(err)?;
+            program.load().map_err(err)?;
+            program.attach(function, 0).map_err(err)?;
+        }
+    }
+    let kind = match (attach, at_return) {
+        (Attach::Fentry, false) => "fentry",
+        (Attach::Fentry, true) => "fexit",
+        (_, false) => "kprobe",
+        (_, true) => "kretprobe",
+    };
+    Ok(format!("{kind}:{function}"))
+}
+
+/// Detach and unload program `name` (an optional hook being dropped).
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    let Some(program) = ebpf.program_mut(name) else {
+        return;
+    };
+    let unloaded = match program {
+        aya::programs::Program::FEntry(p) => p.unload(),
+        aya::programs::Program::FExit(p) => p.unload(),
+        aya::programs::Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(err) = unloaded {
+        tracing::warn!(program = name, error = %describe_error(&err), "unloading a dropped hook failed");
+    }
 }
 
 /// The tracepoint plan: reclaim by page-table walk if calibration, the

@@ -13,6 +13,7 @@ mod calibrate;
 mod config;
 mod object;
 pub mod plan;
+mod reap;
 mod stats;
 
 use aya::{
@@ -20,11 +21,13 @@ use aya::{
     Ebpf,
 };
 use ptwatch_common::{
-    names, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext, DEFAULT_MAX_TRACKED_PROCESSES,
+    names, IoRequest, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext,
+    DEFAULT_MAX_TRACKED_PROCESSES,
 };
 
 pub use config::kernel_config;
 use plan::{Attach, KernelSymbols, Outcome, PlanReport, PlanResult, ProbeMode};
+pub use reap::STALE_REQUEST_AGE;
 pub use stats::ProgramStats;
 
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, support};
@@ -98,9 +101,12 @@ pub struct ProbeMaps {
     /// owner left. Entries are never removed.
     pub overflow: HashMap<MapData, u64, ProcessCounters>,
     pub node: PerCpuArray<MapData, NodeCounters>,
-    /// Per thread inside a hooked call; entries of threads that exited
-    /// after a missed exit hook are removed by the agent.
+    /// Per thread inside a hooked call, and io_uring requests in flight
+    /// (tracepoint plan): what missed exit hooks leave there is removed by
+    /// the aggregator's full harvests (threads that are gone) and
+    /// [`ProbeMaps::reap_stale_io_requests`].
     pub threads: HashMap<MapData, u32, ThreadContext>,
+    pub io_requests: HashMap<MapData, u64, IoRequest>,
 }
 
 /// What a caller needs from the object besides the aggregation every plan
@@ -188,7 +194,7 @@ impl Probes {
         // here only rules out the tracepoint plan.
         let tracefs = support::ensure_tracefs().map_err(|err| err.to_string());
         let base = options.apply(kernel_config(&btf, tracefs.as_ref().ok().copied())?);
-        let kallsyms = Kallsyms::load()
+        let kallsyms = Kallsyms::load(ptwatch_common::hooks::ALL.iter().map(|hook| hook.function))
             .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: the kprobe plan is unavailable"))
             .ok();
         let kernel = KernelSymbols {
@@ -209,7 +215,7 @@ impl Probes {
         let mut aya_btf = None;
         let mut results = Vec::new();
         let mut chosen: Option<Attempt> = None;
-        for check in checks {
+        for mut check in checks {
             let attach = check.attach;
             let outcome = if !mode.alternatives().contains(&attach) {
                 Outcome::Excluded
@@ -223,7 +229,7 @@ impl Probes {
                         aya_btf = Some(btf.into_aya()?);
                     }
                 }
-                match attach::attempt(base, &check, aya_btf.as_ref(), &options) {
+                match attach::attempt(base, &mut check, aya_btf.as_ref(), &options) {
                     Ok(attempt) => {
                         chosen = Some(attempt);
                         Outcome::Chosen
@@ -297,6 +303,7 @@ impl Probes {
             overflow: self.take(names::OVERFLOW_COUNTERS)?,
             node: self.take(names::NODE_COUNTERS)?,
             threads: self.take(names::THREAD_CONTEXT)?,
+            io_requests: self.take(names::IO_REQUESTS)?,
         })
     }
 

@@ -11,13 +11,13 @@
 //! `do_madvise`, which they hook.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
     EbpfContext as _,
 };
-use ptwatch_common::{context::measured, KernelConfig, MAX_THREAD_CONTEXTS};
+use ptwatch_common::{context::measured, IoRequest, KernelConfig, MAX_THREAD_CONTEXTS};
 
 use super::{
     finish, is_dontneed,
@@ -30,18 +30,6 @@ use crate::{
 
 /// `IORING_OP_MADVISE` of `enum io_uring_op` (uapi; stable).
 const IORING_OP_MADVISE: u8 = 25;
-
-/// A DONTNEED request between submission and completion.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct IoRequest {
-    pub start: u64,
-    pub len: u64,
-    /// A `ptwatch_common::context::measured` value.
-    pub measured: u64,
-    pub tables_at_entry: u64,
-    pub pgtables_bytes_at_entry: u64,
-}
 
 #[map(name = "IO_REQUESTS")]
 static IO_REQUESTS: HashMap<u64, IoRequest> = HashMap::with_max_entries(MAX_THREAD_CONTEXTS, 0);
@@ -76,7 +64,9 @@ fn on_submit<const WALK: bool>(ctx: &TracePointContext) {
         return;
     };
     let len = len & config.io_madvise_len_mask;
-    let mut request = IoRequest { start, len, ..IoRequest::default() };
+    // SAFETY: no preconditions.
+    let submitted_ns = unsafe { bpf_ktime_get_ns() };
+    let mut request = IoRequest { start, len, submitted_ns, ..IoRequest::default() };
     if covers_a_span(start, len) {
         let entry = measure::at_entry::<WALK>(&config, mm, start, len);
         request.measured = entry.method();

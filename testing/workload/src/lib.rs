@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod churn;
 pub mod crowd;
 pub mod exec_step;
 pub mod fleet;

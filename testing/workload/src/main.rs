@@ -13,11 +13,14 @@
 //! ptwatch-workload io-uring MIB CUT_KIB ROUNDS  # touch, then IORING_OP_MADVISE DONTNEED in cuts
 //! ptwatch-workload crowd CHILDREN SPANS  # CHILDREN processes alive at once, each reclaiming SPANS tables, until stdin closes
 //! ptwatch-workload exec-step MIB [PROGRAM ARGS...]  # paced by stdin: DONTNEED MIB, then execve PROGRAM
+//! ptwatch-workload churn THREADS MIB ROUNDS  # threads map, touch, DONTNEED, touch, unmap concurrently
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice};
+use ptwatch_workload::{
+    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice,
+};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -53,11 +56,16 @@ fn run() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
         }
+        Some("churn") => {
+            let report = churn::churn(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         Some("crowd") => return ptwatch_workload::crowd::crowd(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?),
         Some("exec-step") => return ptwatch_workload::exec_step::exec_step(arg(&args, 1, "MIB")?, &args[2..]),
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | churn THREADS MIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

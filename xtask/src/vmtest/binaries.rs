@@ -1,0 +1,98 @@
+//! The executables a guest runs, per architecture: `ptwatch`,
+//! `ptwatch-workload` and the integration-test binaries of
+//! [`super::matrix::GUEST_TESTS`].
+//!
+//! x86_64 guests share the host's root file system, so they run the host's
+//! own release build. arm64 and riscv64 guests need static builds for
+//! their target, made by the project's one cross-build (`cross:` commits,
+//! `cargo::Workspace::cargo_for`); until that is merged here, a directory
+//! of such binaries is taken from `PTWATCH_VM_BINARIES_<ARCH>` and a
+//! missing one fails that architecture's kernels with a message.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::matrix::GUEST_TESTS;
+use crate::{
+    cargo::{self, Built},
+    cmd, setup,
+    target::Target,
+    vm::Arch,
+};
+
+/// What one architecture's guests run.
+#[derive(Debug, Clone)]
+pub struct GuestBinaries {
+    pub ptwatch: PathBuf,
+    pub workload: PathBuf,
+    /// Test target name → executable.
+    pub tests: BTreeMap<String, PathBuf>,
+}
+
+impl GuestBinaries {
+    /// Every file, as (name in an initramfs guest, host path).
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        let mut files =
+            vec![("ptwatch".to_owned(), self.ptwatch.clone()), ("ptwatch-workload".to_owned(), self.workload.clone())];
+        files.extend(self.tests.iter().map(|(name, path)| (name.clone(), path.clone())));
+        files
+    }
+}
+
+/// The binaries for `arch`'s guests.
+pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
+    match arch {
+        Arch::X86_64 => host(built),
+        Arch::Arm64 => cross(Target::Aarch64),
+        Arch::Riscv64 => cross(Target::Riscv64),
+    }
+}
+
+/// The host's release build and the guest tests' executables (`cargo test
+/// --no-run`, which builds them when needed: after the host stage of
+/// `cargo xtask test` they are up to date).
+fn host(built: &Built) -> Result<GuestBinaries> {
+    let tests = guest_tests(built.workspace.cargo().arg("test"))?;
+    Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
+}
+
+/// Static builds for `target`: its tools, `ptwatch` and the workload, then
+/// the guest tests' executables.
+fn cross(target: Target) -> Result<GuestBinaries> {
+    setup::cross(target)?;
+    let built = cargo::build_for(target)?;
+    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"))?;
+    Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
+}
+
+/// `cargo test --release -p ptwatch --no-run --test <each guest test>`
+/// (built when needed: after the host stage of `cargo xtask test` the host's
+/// are up to date) → test name → executable.
+fn guest_tests(cargo: &mut std::process::Command) -> Result<BTreeMap<String, PathBuf>> {
+    cargo.args(["--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
+    for test in GUEST_TESTS {
+        cargo.args(["--test", test.name]);
+    }
+    test_executables(&cmd::stdout(cargo)?)
+}
+
+/// Test target name → executable, from cargo's JSON messages.
+pub fn test_executables(cargo_json: &str) -> Result<BTreeMap<String, PathBuf>> {
+    let mut found = BTreeMap::new();
+    for line in cargo_json.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(exe), Some(name)) = (message["executable"].as_str(), message["target"]["name"].as_str()) else {
+            continue;
+        };
+        if message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")) {
+            found.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    let mut wanted = BTreeMap::new();
+    for test in GUEST_TESTS {
+        let exe = found.remove(test.name).with_context(|| format!("cargo built no test binary `{}`", test.name))?;
+        wanted.insert(test.name.to_owned(), exe);
+    }
+    Ok(wanted)
+}
