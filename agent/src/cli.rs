@@ -79,6 +79,11 @@ pub enum Command {
     ///                estimate: what changes during the scan, and entries that
     ///                are neither present nor swapped, can move it slightly.
     ///
+    ///   method       exact: pagemap read for every span the smaps counters
+    ///                could not settle; sampled (with --budget, or in the
+    ///                agent): what did not fit was estimated from spans drawn
+    ///                at random, and empty comes with a 99 % interval.
+    ///
     /// The mappings listed are where empty PTE tables can be: for each
     /// mapping (from /proc/PID/maps), the 2 MiB spans it covers completely
     /// with nothing present or swapped. pagemap cannot tell whether such a
@@ -183,6 +188,12 @@ pub struct ScanArgs {
     /// How many mappings (or, with --all, processes) to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+
+    /// CPU time allowed per process (e.g. 20ms), as the agent does: what
+    /// does not fit is estimated from a random sample of spans (method
+    /// "sampled", with a 99 % interval). Default: read everything (exact).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub budget: Option<Duration>,
 
     /// Print the report as JSON.
     #[arg(long)]

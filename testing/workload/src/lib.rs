@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod fleet;
 pub mod huge;
 pub mod phases;
+pub mod sparse;
 
 pub const MIB: usize = 1 << 20;
 /// Span of one PTE table on x86_64 and arm64 with 4 KiB pages.

@@ -10,11 +10,13 @@
 //! ptwatch-workload phases MIB    # per stdin line: touch, DONTNEED, print the phase's report; EOF ends
 //! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
 //! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
+//! ptwatch-workload halves MIB    # touch, DONTNEED each 2 MiB span in two 1 MiB halves, hold until stdin closes
+//! ptwatch-workload sparse GIB EVERY  # one page per 2 MiB span, every EVERY-th DONTNEEDed again, hold
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, Advice};
+use ptwatch_workload::{cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, sparse, threads, unmap, Advice};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
     args.get(i).with_context(|| format!("missing {name}"))?.parse().ok().with_context(|| format!("bad {name}"))
@@ -41,6 +43,14 @@ fn run() -> Result<()> {
             // Already printed: the report must be out before the wait.
             return Ok(());
         }
+        Some("halves") => {
+            let (report, region) = sparse::halves(arg(&args, 1, "MIB")?)?;
+            return sparse::print_and_wait(&report).map(|()| drop(region));
+        }
+        Some("sparse") => {
+            let (report, mapping) = sparse::sparse(arg(&args, 1, "GIB")?, arg(&args, 2, "EVERY")?)?;
+            return sparse::print_and_wait(&report).map(|()| drop(mapping));
+        }
         Some("phases") => return phases::phases(arg(&args, 1, "MIB")?),
         Some("fleet") => {
             let report = fleet::fleet(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?, arg(&args, 3, "CONCURRENCY")?)?;
@@ -49,7 +59,7 @@ fn run() -> Result<()> {
         }
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB | halves MIB | sparse GIB EVERY"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);
