@@ -327,6 +327,19 @@ pub struct AgentArgs {
     #[arg(long, value_enum, env = "PTWATCH_PROBE_MODE")]
     pub probe_mode: Option<ProbeMode>,
 
+    /// How often the empty page tables of every process are estimated
+    /// (ptwatch_*_empty_pagetable_bytes): a pass reads the processes that
+    /// changed, in the background, never during a scrape [default: 60s].
+    #[arg(long, value_parser = parse_duration, env = "PTWATCH_EMPTY_TABLES_INTERVAL")]
+    pub empty_tables_interval: Option<Duration>,
+
+    /// CPU time one estimation pass may use, its census of every process
+    /// included: a process too big for what is left is sampled (its
+    /// estimate then has an error bound), the ones not reached wait for the
+    /// next pass [default: 300ms].
+    #[arg(long, value_parser = parse_duration, env = "PTWATCH_EMPTY_TABLES_BUDGET")]
+    pub empty_tables_budget: Option<Duration>,
+
     /// Kernel BTF to read struct layouts from [default: /sys/kernel/btf/vmlinux].
     #[arg(long, env = "PTWATCH_BTF")]
     pub btf: Option<PathBuf>,
@@ -440,6 +453,8 @@ mod tests {
         assert_eq!(RankBy::from_str(&text("rank_processes_by"), false).ok(), Some(defaults.rank_processes_by));
         assert_eq!(LogFormat::from_str(&text("log_format"), false).ok(), Some(log.format));
         assert_eq!(text("log"), log.filter);
+        assert_eq!(parse_duration(&text("empty_tables_interval")), Ok(defaults.empty_tables.interval));
+        assert_eq!(parse_duration(&text("empty_tables_budget")), Ok(defaults.empty_tables.budget));
     }
 
     #[test]

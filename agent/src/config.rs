@@ -96,6 +96,7 @@ pub struct FileConfig {
     pub log: LogSection,
     pub tls: TlsSection,
     pub auth: AuthSection,
+    pub empty_tables: EmptyTablesSection,
 }
 
 impl Default for FileConfig {
@@ -121,7 +122,27 @@ impl Default for FileConfig {
             log: LogSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
+            empty_tables: EmptyTablesSection::default(),
         }
+    }
+}
+
+/// `[empty_tables]`: the periodic estimate of empty page tables
+/// (`--empty-tables-interval`, `--empty-tables-budget`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmptyTablesSection {
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub budget: Duration,
+}
+
+impl Default for EmptyTablesSection {
+    fn default() -> Self {
+        // See `empty_tables::Settings::default`: at most 0.5 % of a core.
+        let settings = crate::empty_tables::Settings::default();
+        Self { interval: settings.interval, budget: settings.budget }
     }
 }
 
@@ -187,6 +208,8 @@ pub struct AgentConfig {
     pub btf: PathBuf,
     /// Which processes get their own series.
     pub selection: Selection,
+    /// How often and how long empty page tables are estimated.
+    pub empty_tables: crate::empty_tables::Settings,
     pub log: LogConfig,
     /// Loaded and checked (certificate and key match).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -281,6 +304,17 @@ impl AgentConfig {
             }
         };
 
+        let empty_tables = crate::empty_tables::Settings {
+            interval: args.empty_tables_interval.unwrap_or(file.empty_tables.interval),
+            budget: args.empty_tables_budget.unwrap_or(file.empty_tables.budget),
+        };
+        if empty_tables.budget >= empty_tables.interval {
+            return Err(ConfigError::Conflict(format!(
+                "the empty-table budget ({:?}) must be shorter than its interval ({:?}) (--empty-tables-budget, --empty-tables-interval, [empty_tables])",
+                empty_tables.budget, empty_tables.interval
+            )));
+        }
+
         Ok(Self {
             listen: args.listen.unwrap_or(file.listen),
             exited_ttl: args.exited_ttl.unwrap_or(file.exited_ttl),
@@ -293,6 +327,7 @@ impl AgentConfig {
                 min_pagetable_bytes: args.min_process_pagetable_bytes.or(file.min_process_pagetable_bytes),
                 min_reclaimed_pages: args.min_process_reclaimed_pages.or(file.min_process_reclaimed_pages),
             },
+            empty_tables,
             log,
             tls,
             auth,
@@ -432,6 +467,9 @@ key = "/k"
 basic_user = "u"
 basic_password_file = "/p"
 bearer_token_file = "/t"
+[empty_tables]
+interval = "2m"
+budget = "50ms"
 "#,
         )
         .unwrap();
@@ -446,6 +484,8 @@ bearer_token_file = "/t"
         assert_eq!(config.log, LogSection { format: LogFormat::Json, filter: "debug".into() });
         assert_eq!(config.tls.key, Some(PathBuf::from("/k")));
         assert_eq!(config.auth.basic_user.as_deref(), Some("u"));
+        assert_eq!(config.empty_tables.interval, Duration::from_secs(120));
+        assert_eq!(config.empty_tables.budget, Duration::from_millis(50));
     }
 
     #[test]
@@ -460,12 +500,27 @@ bearer_token_file = "/t"
             ("rank_processes_by = \"rss\"", "expected one of \"pagetable-bytes\", \"reclaimed\"", 1),
             ("top_processes = -1", "invalid value", 1),
             ("[tls]\ncrt = \"/c\"", "unknown field `crt`", 2),
+            ("[empty_tables]\nbudget = \"1x\"", "invalid duration unit", 2),
         ] {
             let (position, message) = parse(text).unwrap_err();
             assert!(message.contains(needle), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
             assert_eq!(position.0.map(|p| p.0), Some(line), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn the_empty_table_budget_must_fit_its_interval() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["ptwatch", "agent", "--empty-tables-budget", "2m"]).unwrap();
+        let crate::cli::Command::Agent(args) = cli.command else { panic!("agent command") };
+        let err = AgentConfig::resolve(&args, &cli.log).unwrap_err();
+        assert!(err.to_string().contains("empty-table budget"), "{err}");
+        let cli = crate::cli::Cli::try_parse_from(["ptwatch", "agent", "--empty-tables-interval", "5s"]).unwrap();
+        let crate::cli::Command::Agent(args) = cli.command else { panic!("agent command") };
+        let config = AgentConfig::resolve(&args, &cli.log).unwrap();
+        assert_eq!(config.empty_tables.interval, Duration::from_secs(5));
+        assert_eq!(config.empty_tables.budget, crate::empty_tables::Settings::default().budget);
     }
 
     #[test]

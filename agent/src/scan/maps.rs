@@ -53,8 +53,8 @@ pub struct Mapping {
     /// `Private_Hugetlb` + `Shared_Hugetlb`, bytes: hugetlb pages are not in
     /// `Rss`.
     pub hugetlb: u64,
-    /// `VmFlags` two-letter codes.
-    pub flags: Vec<String>,
+    /// The `VmFlags` the estimate cares about.
+    pub flags: VmFlags,
 }
 
 impl Mapping {
@@ -77,7 +77,7 @@ impl Mapping {
 
     /// Hugetlb mappings are mapped by PMD or PUD entries, never by PTE tables.
     pub fn is_hugetlb(&self, page_size: u64) -> bool {
-        self.flags.iter().any(|f| f == "ht") || self.kernel_page_size.is_some_and(|size| size > page_size)
+        self.flags.hugetlb || self.kernel_page_size.is_some_and(|size| size > page_size)
     }
 
     pub fn size(&self) -> u64 {
@@ -128,7 +128,41 @@ impl Mapping {
     /// Raw PFN and mixed maps, userfaultfd write-protect markers, hugetlb:
     /// their entries are not (all) in `Rss` and `Swap`.
     fn is_special(&self) -> bool {
-        self.flags.iter().any(|f| matches!(f.as_str(), "pf" | "io" | "mm" | "uw" | "ht"))
+        let f = self.flags;
+        f.pfn_or_io || f.mixed || f.uffd_wp || f.hugetlb
+    }
+}
+
+/// The `VmFlags` of smaps that change what the counters prove. Kept as
+/// booleans: smaps is parsed for every process at every refresh, and a
+/// string per flag per mapping cost more than reading the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmFlags {
+    /// `pf` (raw PFN map) or `io` (memory-mapped I/O): entries without
+    /// pages, not in `Rss`.
+    pub pfn_or_io: bool,
+    /// `mm`: mixed map, the same.
+    pub mixed: bool,
+    /// `uw`: userfaultfd write-protect, whose markers keep entries without
+    /// a page.
+    pub uffd_wp: bool,
+    /// `ht`: hugetlb.
+    pub hugetlb: bool,
+}
+
+impl VmFlags {
+    pub fn parse(text: &str) -> Self {
+        let mut flags = Self::default();
+        for flag in text.split_ascii_whitespace() {
+            match flag {
+                "pf" | "io" => flags.pfn_or_io = true,
+                "mm" => flags.mixed = true,
+                "uw" => flags.uffd_wp = true,
+                "ht" => flags.hugetlb = true,
+                _ => {}
+            }
+        }
+        flags
     }
 }
 
@@ -147,12 +181,14 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, ParseError> {
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(mapping) = parse_header(line) {
-            mappings.push(mapping);
-            continue;
-        }
         let error = || ParseError { line_no: index + 1, line: line.to_owned() };
-        let (key, value) = line.split_once(':').ok_or_else(error)?;
+        // Counter lines (`Rss:  8 kB`) outnumber mapping lines twenty to
+        // one: tell them apart by a key without spaces before the colon.
+        let counter = line.split_once(':').filter(|(key, _)| !key.contains(' '));
+        let Some((key, value)) = counter else {
+            mappings.push(parse_header(line).ok_or_else(error)?);
+            continue;
+        };
         let current = mappings.last_mut().ok_or_else(error)?;
         let bytes = || parse_kib(value).map(|kib| kib * 1024);
         match key {
@@ -162,7 +198,7 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, ParseError> {
             "AnonHugePages" => current.anon_huge = bytes().unwrap_or(0),
             "ShmemPmdMapped" | "FilePmdMapped" => current.file_pmd_mapped += bytes().unwrap_or(0),
             "Private_Hugetlb" | "Shared_Hugetlb" => current.hugetlb += bytes().unwrap_or(0),
-            "VmFlags" => current.flags = value.split_whitespace().map(str::to_owned).collect(),
+            "VmFlags" => current.flags = VmFlags::parse(value),
             // Other counters are not needed; new kernels add more.
             _ => {}
         }

@@ -572,7 +572,7 @@ mod tests {
         // hugetlb mapping at 2 GiB, full.
         let mut huge = mapping(2 << 30, (2 << 30) + SPAN, Some(0));
         huge.kernel_page_size = Some(SPAN);
-        huge.flags = vec!["ht".into()];
+        huge.flags = maps::VmFlags::parse("rd sh ht");
         huge.hugetlb = SPAN;
         let maps = [
             mapping(0, 4 * SPAN, Some(8192)),

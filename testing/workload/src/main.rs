@@ -11,6 +11,7 @@
 //! ptwatch-workload thp MIB       # THP-backed anonymous memory, then DONTNEED (deposited tables)
 //! ptwatch-workload collapse MIB  # small-page shmem, then MADV_COLLAPSE (retired PTE tables)
 //! ptwatch-workload halves MIB    # touch, DONTNEED each 2 MiB span in two 1 MiB halves, hold until stdin closes
+//! ptwatch-workload whole MIB     # touch, DONTNEED each 2 MiB span in one call, hold until stdin closes
 //! ptwatch-workload sparse GIB EVERY  # one page per 2 MiB span, every EVERY-th DONTNEEDed again, hold
 //! ```
 use std::process::ExitCode;
@@ -43,8 +44,8 @@ fn run() -> Result<()> {
             // Already printed: the report must be out before the wait.
             return Ok(());
         }
-        Some("halves") => {
-            let (report, region) = sparse::halves(arg(&args, 1, "MIB")?)?;
+        Some(mode @ ("halves" | "whole")) => {
+            let (report, region) = sparse::split_spans(arg(&args, 1, "MIB")?, if mode == "halves" { 2 } else { 1 })?;
             return sparse::print_and_wait(&report).map(|()| drop(region));
         }
         Some("sparse") => {
@@ -59,7 +60,7 @@ fn run() -> Result<()> {
         }
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB | halves MIB | sparse GIB EVERY"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | fleet CHILDREN SPANS CONCURRENCY | phases MIB | halves MIB | whole MIB | sparse GIB EVERY"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

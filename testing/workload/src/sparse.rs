@@ -5,6 +5,8 @@
 //! - `halves`: what allocators do: touch a range, then `MADV_DONTNEED` each
 //!   2 MiB span in two 1 MiB halves. No call covers a whole span, so
 //!   PT_RECLAIM frees nothing and every span keeps an empty table.
+//! - `whole`: the same with one call per 2 MiB span: PT_RECLAIM frees every
+//!   table, a kernel without it keeps them all, empty.
 //! - `sparse`: one page in each 2 MiB span of a huge mapping (one PTE table
 //!   per page, the worst case for the estimate's cost), with the page of one
 //!   span in `every` DONTNEEDed again: that span keeps an empty table.
@@ -25,8 +27,11 @@ const PAGE: usize = 4096;
 pub struct EmptyReport {
     #[serde(flatten)]
     pub report: Report,
-    /// PTE tables left empty by the workload: spans whose pages were all
-    /// DONTNEEDed by calls none of which covered the whole span.
+    /// `VmPTE` (kB) before the workload mapped anything: `vmpte_end_kib`
+    /// minus this is what the kernel kept for the workload's range.
+    pub vmpte_before_kib: u64,
+    /// PTE tables the workload emptied: spans whose pages were all
+    /// DONTNEEDed (with PT_RECLAIM, `whole` frees them, `halves` cannot).
     pub empty_tables: u64,
     /// PTE tables with a page in them when the report was printed.
     pub populated_tables: u64,
@@ -48,33 +53,44 @@ pub fn print_and_wait(report: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// `halves MIB`: touch `mib` MiB (2 MiB aligned, no THP), then DONTNEED each
-/// 2 MiB span as two 1 MiB calls. Returns the still-mapped region.
-pub fn halves(mib: usize) -> Result<(EmptyReport, Region)> {
+/// `halves MIB` (`pieces` 2) and `whole MIB` (`pieces` 1): touch `mib` MiB
+/// (2 MiB aligned, no THP), then DONTNEED each 2 MiB span in `pieces`
+/// calls. Returns the still-mapped region.
+pub fn split_spans(mib: usize, pieces: usize) -> Result<(EmptyReport, Region)> {
     if mib == 0 || !mib.is_multiple_of(2) {
         bail!("MIB must be a positive multiple of 2, not {mib}");
     }
+    let vmpte_before_kib = vmpte_kib()?;
     let region = Region::new(mib * MIB, 0)?;
     region.touch();
     let mut report = Report { pid: std::process::id(), ..Report::default() };
     report.vmpte_peak_kib = vmpte_kib()?;
-    let half = PTE_TABLE_SPAN / 2;
+    let piece = PTE_TABLE_SPAN / pieces;
     let mut from = 0;
     while from < region.len {
-        // SAFETY: both halves lie inside the region.
-        report.bytes += advise(unsafe { region.start.add(from) }, half, Advice::Dontneed)?;
-        report.bytes += advise(unsafe { region.start.add(from + half) }, half, Advice::Dontneed)?;
-        report.calls += 2;
+        for i in 0..pieces {
+            // SAFETY: every piece lies inside the region.
+            report.bytes += advise(unsafe { region.start.add(from + i * piece) }, piece, Advice::Dontneed)?;
+            report.calls += 1;
+        }
+        if pieces == 1 {
+            report.expected_tables += 1;
+        }
         from += PTE_TABLE_SPAN;
     }
     report.vmpte_end_kib = vmpte_kib()?;
     report.vmpte_drop_kib = report.vmpte_peak_kib.saturating_sub(report.vmpte_end_kib);
     let empty = (region.len / PTE_TABLE_SPAN) as u64;
     let (start, end) = (region.start as usize, region.start as usize + region.len);
-    Ok((
-        EmptyReport { report, empty_tables: empty, populated_tables: 0, range_start: hex(start), range_end: hex(end) },
-        region,
-    ))
+    let out = EmptyReport {
+        report,
+        vmpte_before_kib,
+        empty_tables: empty,
+        populated_tables: 0,
+        range_start: hex(start),
+        range_end: hex(end),
+    };
+    Ok((out, region))
 }
 
 /// An aligned anonymous mapping of address space, no THP, nothing touched.
@@ -98,6 +114,7 @@ pub fn sparse(gib: usize, every: usize) -> Result<(EmptyReport, Sparse)> {
     if gib == 0 {
         bail!("GIB must be positive");
     }
+    let vmpte_before_kib = vmpte_kib()?;
     let len = gib * GIB;
     let map_len = len + PTE_TABLE_SPAN;
     // SAFETY: anonymous private mapping, checked below; NORESERVE so that
@@ -144,6 +161,7 @@ pub fn sparse(gib: usize, every: usize) -> Result<(EmptyReport, Sparse)> {
     let (from, to) = (start as usize, start as usize + len);
     let out = EmptyReport {
         report,
+        vmpte_before_kib,
         empty_tables: empty,
         populated_tables: spans as u64 - empty,
         range_start: hex(from),
