@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod empty_tables;
+pub mod error_chain;
 pub mod export;
 pub mod kernel;
 pub mod privileges;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cargo;
 mod cmd;
+mod docs;
 mod setup;
 mod test;
 mod vm;
@@ -54,6 +55,10 @@ enum Command {
     /// Real Debian kernels in a VM: fetch them, boot one and run a command.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Set up, build, then rewrite docs/cli.md from the CLI definitions (a
+    /// test fails when it is stale) and write the man pages and shell
+    /// completions the packages ship into target/docs/.
+    Docs,
     /// Measure what the attached agent costs a DONTNEED-heavy process.
     Bench(bench::BenchArgs),
     /// The timed loop of `bench`, run in a child process so that it is
@@ -96,6 +101,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             setup::run()?;
             let built = cargo::build()?;
             test::run(&built, &args)
+        }
+        Command::Docs => {
+            setup::run()?;
+            let built = cargo::build()?;
+            docs::run(&built).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             setup::run()?;

@@ -231,7 +231,9 @@ impl Estimator {
             // Exited or replaced since the census: the next pass sees it.
             Ok(_) => {}
             Err(err) if err.is_vanished() => {}
-            Err(err) => tracing::debug!(pid = s.pid, error = %err, "cannot estimate empty page tables"),
+            Err(err) => {
+                tracing::debug!(pid = s.pid, error = %crate::error_chain::ErrorChain(&err), "cannot estimate empty page tables")
+            }
         }
     }
 }

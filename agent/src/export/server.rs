@@ -36,13 +36,13 @@ use super::{openmetrics, tls::TlsListener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("HTTP server failed: {0}")]
+    #[error("HTTP server failed")]
     Serve(#[source] io::Error),
 }
 

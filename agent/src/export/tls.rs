@@ -23,7 +23,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read TLS {what} {path}: {source}")]
+    #[error("cannot read TLS {what} {path}")]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum TlsError {
     },
     #[error("TLS {what} {path}: {problem}")]
     Pem { what: &'static str, path: PathBuf, problem: String },
-    #[error("TLS certificate {cert} and key {key} cannot be used together: {source}")]
+    #[error("TLS certificate {cert} and key {key} cannot be used together")]
     Pair {
         cert: PathBuf,
         key: PathBuf,
