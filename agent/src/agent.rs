@@ -12,6 +12,7 @@ use tokio::{
 use crate::{
     aggregate::Aggregator,
     config::AgentConfig,
+    empty_tables::{Estimator, Latest},
     export::{
         metrics::{AgentInfo, PtwatchCollector},
         self_metrics::AgentSelf,
@@ -80,12 +81,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Shared with the self-metrics, which read the programs' run statistics
     // through a weak reference: dropping this detaches the probes.
     let probes = Arc::new(probes);
+    let empty_tables = Arc::new(Latest::default());
     let collector = Arc::new(
         PtwatchCollector::new(
             Box::new(Aggregator::new(maps, config.exited_ttl).with_selection(config.selection)),
             info,
         )
-        .with_self_source(Box::new(AgentSelf::new(&probes))),
+        .with_self_source(Box::new(AgentSelf::new(&probes)))
+        .with_empty_tables(Arc::clone(&empty_tables)),
     );
     let registry = Arc::new(Registry::new());
     registry.register(Box::new(SharedCollector(Arc::clone(&collector)))).context("registering metrics")?;
@@ -93,10 +96,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let harvester =
         tokio::spawn(harvest_periodically(Arc::clone(&collector), config.harvest_interval, Arc::clone(&exporter)));
+    let estimator =
+        tokio::spawn(estimate_periodically(Estimator::new(config.empty_tables), Arc::clone(&collector), empty_tables));
     // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".
     tracing::info!(listen = %config.listen, mode = probes.mode().as_str(), "probes attached; serving /metrics");
     let served = server.await;
     harvester.abort();
+    estimator.abort();
     drop(probes);
     tracing::info!("probes detached; exiting");
     served.context("HTTP server task failed")??;
@@ -137,6 +143,41 @@ async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration,
             Ok(true) => exporter.set_ready(),
             Ok(false) => {}
             Err(_) => tracing::warn!("harvest task failed"),
+        }
+    }
+}
+
+/// Estimate the empty page tables of every process every interval (the
+/// first pass at once), on a blocking thread: a pass takes up to its CPU
+/// budget, and the census and reads of `/proc` block.
+async fn estimate_periodically(mut estimator: Estimator, collector: Arc<PtwatchCollector>, latest: Arc<Latest>) {
+    let mut ticker = tokio::time::interval(estimator.settings().interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let tracked = collector.tracked();
+        let pass = tokio::task::spawn_blocking(move || {
+            let snapshot = estimator.pass(&tracked);
+            release_free_heap();
+            (estimator, snapshot)
+        });
+        match pass.await {
+            Ok((back, snapshot)) => {
+                tracing::debug!(
+                    cpu_ms = snapshot.pass.cpu.as_secs_f64() * 1e3,
+                    processes = snapshot.pass.listed,
+                    exact = snapshot.pass.estimated_exact,
+                    sampled = snapshot.pass.estimated_sampled,
+                    deferred = snapshot.pass.deferred,
+                    "empty page tables estimated"
+                );
+                estimator = back;
+                latest.set(snapshot);
+            }
+            Err(_) => {
+                tracing::warn!("the empty-page-table estimate failed; ptwatch_*_empty_pagetable_bytes stop updating");
+                return;
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use ptwatch::{
     scan::Method,
 };
 use ptwatch_workload::sparse::EmptyReport;
-use support::{expect_pt_reclaim, workload_bin};
+use support::{expect_pt_reclaim, promtool_check, workload_bin, AgentProcess};
 
 /// A workload that prints its report and keeps its memory until dropped.
 struct Held {
@@ -36,12 +36,28 @@ struct Held {
 
 impl Held {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(workload_bin())
-            .args(args)
+        let mut command = Command::new(workload_bin());
+        command.args(args);
+        Self::spawn(command, args)
+    }
+
+    /// Without any capability, as application processes usually run: the
+    /// agent, which keeps none once its probes are attached, may then read
+    /// its `smaps` and `pagemap` (the kernel refuses a reader whose
+    /// capabilities are not a superset of the target's, without
+    /// `CAP_SYS_PTRACE`).
+    fn start_unprivileged(args: &[&str]) -> Self {
+        let mut command = Command::new("setpriv");
+        command.args(["--inh-caps=-all", "--bounding-set=-all", "--"]).arg(workload_bin()).args(args);
+        Self::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("spawn the workload");
+            .expect("spawn the workload (setpriv: util-linux)");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
             .read_line(&mut line)
@@ -174,4 +190,51 @@ fn a_sparse_64_gib_mapping_is_sampled_within_its_bound_under_a_small_budget() {
     // does not fit, nor the whole of pagemap (~50 ms).
     sparse("0", Duration::from_millis(40), Method::Sampled);
     sparse("2", Duration::from_millis(40), Method::Sampled);
+}
+
+/// The real agent: a halves workload it tracks gets its own series, equal
+/// to what the kernel kept; its cgroup and the node include it; the families
+/// parse with promtool; the passes keep their budget.
+#[test]
+fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
+    let agent =
+        AgentProcess::start(&["--empty-tables-interval", "1s", "--top-processes", "0", "--harvest-interval", "1s"])
+            .wait_ready();
+    // Started after the agent, so that its DONTNEED calls are counted and
+    // the process is tracked (with --top-processes 0, with its own series).
+    let held = Held::start_unprivileged(&["halves", "64"]);
+    let kept = held.kept_tables();
+    assert!((32..=34).contains(&kept), "{kept}");
+    let pid = held.pid().to_string();
+    let agent = agent.wait_until("export the workload's empty tables", |agent| {
+        agent.metrics().get("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]).is_some()
+    });
+    let metrics = agent.metrics();
+    promtool_check(&metrics.text);
+    let empty = metrics.value("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]) as u64 / 4096;
+    assert!(empty.abs_diff(kept) <= 1, "exported {empty} empty tables, the kernel kept {kept}");
+    let samples = metrics.samples("ptwatch_process_empty_pagetable_error_bytes", &[("pid", &pid)]);
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(samples[0].0["method"], "exact");
+    assert_eq!(samples[0].1, 0.0);
+
+    // The workload's cgroup (when the host has cgroup v2) and the node sum
+    // include it; the node sum is the sum of the per-process family.
+    let node = metrics.value("ptwatch_node_empty_pagetable_bytes", &[]);
+    assert!(node >= (empty * 4096) as f64, "node {node}");
+    let family = metrics.sum("ptwatch_process_empty_pagetable_bytes", &[]);
+    assert!((family - node).abs() < 1.0, "per-process family sums to {family}, node {node}");
+    if let Some(cgroup) = ptwatch::empty_tables::census::cgroup_of(held.pid()) {
+        let in_cgroup = metrics.value("ptwatch_cgroup_empty_pagetable_bytes", &[("cgroup", &cgroup)]);
+        assert!(in_cgroup >= (empty * 4096) as f64, "cgroup {cgroup}: {in_cgroup}");
+    }
+    let processes = metrics.sum("ptwatch_empty_pagetable_processes", &[]);
+    assert!(processes >= 2.0, "{processes}");
+    let budget = metrics.value("ptwatch_empty_pagetable_estimate_budget_seconds", &[]);
+    assert_eq!(budget, Settings::default().budget.as_secs_f64());
+    let last = metrics.value("ptwatch_empty_pagetable_estimate_last_pass_cpu_seconds", &[]);
+    assert!(last > 0.0 && last <= budget + 0.005, "last pass used {last} s of CPU");
+    let passes = metrics.value("ptwatch_empty_pagetable_estimate_passes_total", &[]);
+    let cpu = metrics.value("ptwatch_empty_pagetable_estimate_cpu_seconds_total", &[]);
+    assert!(cpu <= passes * (budget + 0.005), "{cpu} s over {passes} passes");
 }

@@ -70,6 +70,23 @@ pub struct Tracked {
     pub own_series: bool,
 }
 
+/// The latest snapshot, shared between the estimating task and the
+/// exporter (which prints it at every scrape until the next pass).
+#[derive(Debug, Default)]
+pub struct Latest(std::sync::Mutex<Option<std::sync::Arc<Snapshot>>>);
+
+impl Latest {
+    pub fn set(&self, snapshot: Snapshot) {
+        let mut latest = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *latest = Some(std::sync::Arc::new(snapshot));
+    }
+
+    /// None until the first pass has finished.
+    pub fn get(&self) -> Option<std::sync::Arc<Snapshot>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 /// Stop a pass when less than this is left: a process estimated in less
 /// would get neither `smaps` nor a useful sample; it waits for the next pass.
 const MIN_STEP: Duration = Duration::from_millis(2);

@@ -4,7 +4,10 @@
 //!
 //! Every metric is documented in `docs/metrics.md`; keep the two in step.
 
-use std::{sync::Mutex, time::Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -60,6 +63,7 @@ impl AgentInfo {
 pub fn exported_families(frees_observed: bool) -> Vec<&'static str> {
     ALL_FAMILIES
         .iter()
+        .chain(super::empty_tables::FAMILIES)
         .filter(|f| frees_observed || !f.name.contains("pagetable_pages_freed"))
         .map(|f| f.name)
         .collect()
@@ -85,17 +89,17 @@ where
     }
 }
 
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    labels: &'static [&'static str],
+pub(super) struct Family {
+    pub(super) name: &'static str,
+    pub(super) help: &'static str,
+    pub(super) kind: MetricType,
+    pub(super) labels: &'static [&'static str],
 }
 
 /// Per-process labels: the cgroup ones are omitted from a sample when
 /// unknown (an empty value, which Prometheus treats as absent).
-const PROCESS_LABELS: &[&str] = &["pid", "comm", "cgroup", "container_id", "pod_uid"];
-const CGROUP_LABELS: &[&str] = &["cgroup", "container_id", "pod_uid"];
+pub(super) const PROCESS_LABELS: &[&str] = &["pid", "comm", "cgroup", "container_id", "pod_uid"];
+pub(super) const CGROUP_LABELS: &[&str] = &["cgroup", "container_id", "pod_uid"];
 
 const PTE_PAGES_RECLAIMED: Family = Family {
     name: "ptwatch_pte_pages_reclaimed_total",
@@ -342,7 +346,7 @@ const ALL_FAMILIES: &[&Family] = &[
 ];
 
 impl Family {
-    fn empty(&self) -> MetricFamily {
+    pub(super) fn empty(&self) -> MetricFamily {
         let mut family = MetricFamily::default();
         family.set_name(self.name.to_owned());
         family.set_help(self.help.to_owned());
@@ -350,7 +354,7 @@ impl Family {
         family
     }
 
-    fn sample(&self, label_values: &[&str], value: f64) -> Metric {
+    pub(super) fn sample(&self, label_values: &[&str], value: f64) -> Metric {
         debug_assert_eq!(label_values.len(), self.labels.len(), "{}", self.name);
         let labels = self
             .labels
@@ -383,7 +387,7 @@ impl Family {
         metric
     }
 
-    fn single(&self, label_values: &[&str], value: f64) -> MetricFamily {
+    pub(super) fn single(&self, label_values: &[&str], value: f64) -> MetricFamily {
         let mut family = self.empty();
         family.mut_metric().push(self.sample(label_values, value));
         family
@@ -421,9 +425,9 @@ impl Family {
 }
 
 /// The labels of the series that carry the processes without their own.
-const OTHER_PROCESS_LABELS: [&str; 5] = ["other", "other", "", "", ""];
+pub(super) const OTHER_PROCESS_LABELS: [&str; 5] = ["other", "other", "", "", ""];
 
-fn process_labels<'a>(process: &'a ProcessRecord, pid: &'a str) -> [&'a str; 5] {
+pub(super) fn process_labels<'a>(process: &'a ProcessRecord, pid: &'a str) -> [&'a str; 5] {
     let cgroup = &process.cgroup;
     [pid, &process.comm, &cgroup.path, &cgroup.container_id, &cgroup.pod_uid]
 }
@@ -569,6 +573,8 @@ pub struct PtwatchCollector {
     descs: Vec<Desc>,
     /// The agent's own metrics; None in unit tests of the other families.
     self_source: Option<Box<dyn SelfSource>>,
+    /// The empty-page-table estimates (their own task fills it).
+    empty_tables: Option<Arc<crate::empty_tables::Latest>>,
 }
 
 struct CollectorState {
@@ -581,6 +587,7 @@ impl PtwatchCollector {
     pub fn new(source: Box<dyn SnapshotSource>, info: AgentInfo) -> Self {
         let descs = ALL_FAMILIES
             .iter()
+            .chain(super::empty_tables::FAMILIES)
             .filter_map(|f| {
                 Desc::new(
                     f.name.to_owned(),
@@ -596,6 +603,7 @@ impl PtwatchCollector {
             info,
             descs,
             self_source: None,
+            empty_tables: None,
         }
     }
 
@@ -603,6 +611,33 @@ impl PtwatchCollector {
     pub fn with_self_source(mut self, source: Box<dyn SelfSource>) -> Self {
         self.self_source = Some(source);
         self
+    }
+
+    /// Also export the empty-page-table estimates found in `latest`.
+    pub fn with_empty_tables(mut self, latest: Arc<crate::empty_tables::Latest>) -> Self {
+        self.empty_tables = Some(latest);
+        self
+    }
+
+    /// The live processes of the last harvest, as the empty-table estimator
+    /// takes them: which have their own series, under which cgroup.
+    pub fn tracked(&self) -> Vec<crate::empty_tables::Tracked> {
+        let state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        state
+            .last
+            .processes
+            .iter()
+            .filter(|p| p.exited_at.is_none())
+            .map(|p| crate::empty_tables::Tracked {
+                pid: p.pid,
+                start_time: None,
+                cgroup: p.cgroup.is_known().then(|| p.cgroup.path.clone()),
+                own_series: p.selected,
+            })
+            .collect()
     }
 
     /// Harvest now (also used between scrapes, so that exits are noticed and
@@ -648,6 +683,9 @@ impl Collector for PtwatchCollector {
         };
         let mut families = families(&state.last, &self.info, state.scrape_errors);
         families.extend(self_families(&state.last, &self.info, &reading));
+        if let Some(snapshot) = self.empty_tables.as_ref().and_then(|latest| latest.get()) {
+            families.extend(super::empty_tables::families(&snapshot, &state.last.processes));
+        }
         // Families without samples are left out, as client libraries do.
         families.retain(|family| !family.get_metric().is_empty());
         families
