@@ -174,7 +174,7 @@ impl Estimator {
                     pid: s.pid,
                     tables: s.status.tables(self.geometry).unwrap_or(0),
                     own_series: tracked_as(s).is_some_and(|t| t.own_series),
-                    due: schedule::due(estimate.map(|e| e.pass), unchanged, self.passes),
+                    due: schedule::due(s.pid, estimate.map(|e| e.pass), unchanged, self.passes),
                 }
             })
             .collect();

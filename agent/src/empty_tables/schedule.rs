@@ -6,8 +6,10 @@
 //!
 //! - only processes that are *due* are read: never estimated, changed since
 //!   their estimate (their [`super::census::Fingerprint`] moved), or
-//!   estimated more than [`REFRESH_AFTER_PASSES`] passes ago (what the
-//!   counters cannot see). An idle process costs only its census;
+//!   estimated [`REFRESH_AFTER_PASSES`] passes ago or a few more (what the
+//!   counters cannot see; spread by pid, so that processes estimated
+//!   together are not all due again at one pass). An idle process costs
+//!   only its census;
 //! - never-estimated processes come first (the node sum covers them only
 //!   with loose bounds until then), then changed ones, then stale ones;
 //!   within each, processes with their own series first, then the biggest
@@ -44,13 +46,14 @@ pub struct Candidate {
     pub due: Option<Due>,
 }
 
-/// Whether a process is due, from its estimate's pass number (None: never
-/// estimated) and whether its fingerprint still matches.
-pub fn due(estimated_at_pass: Option<u64>, unchanged: bool, pass: u64) -> Option<Due> {
+/// Whether process `pid` is due, from its estimate's pass number (None:
+/// never estimated) and whether its fingerprint still matches.
+pub fn due(pid: u32, estimated_at_pass: Option<u64>, unchanged: bool, pass: u64) -> Option<Due> {
+    let refresh_after = REFRESH_AFTER_PASSES + u64::from(pid) % (REFRESH_AFTER_PASSES / 2);
     match estimated_at_pass {
         None => Some(Due::New),
         Some(_) if !unchanged => Some(Due::Changed),
-        Some(at) if pass.saturating_sub(at) >= REFRESH_AFTER_PASSES => Some(Due::Stale),
+        Some(at) if pass.saturating_sub(at) >= refresh_after => Some(Due::Stale),
         Some(_) => None,
     }
 }
@@ -73,10 +76,17 @@ mod tests {
 
     #[test]
     fn due_follows_age_and_change() {
-        assert_eq!(due(None, true, 5), Some(Due::New));
-        assert_eq!(due(Some(4), false, 5), Some(Due::Changed));
-        assert_eq!(due(Some(4), true, 5), None);
-        assert_eq!(due(Some(4), true, 4 + REFRESH_AFTER_PASSES), Some(Due::Stale));
+        assert_eq!(due(10, None, true, 5), Some(Due::New));
+        assert_eq!(due(10, Some(4), false, 5), Some(Due::Changed));
+        assert_eq!(due(10, Some(4), true, 5), None);
+        assert_eq!(due(10, Some(4), true, 4 + REFRESH_AFTER_PASSES), Some(Due::Stale));
+        // Spread by pid over half as many passes again.
+        assert_eq!(due(13, Some(4), true, 4 + REFRESH_AFTER_PASSES), None);
+        assert_eq!(due(13, Some(4), true, 7 + REFRESH_AFTER_PASSES), Some(Due::Stale));
+        let all_due_by: Vec<u64> =
+            (0..100).map(|pid| (0..).find(|&p| due(pid, Some(0), true, p).is_some()).unwrap_or(0)).collect();
+        assert_eq!(all_due_by.iter().min(), Some(&REFRESH_AFTER_PASSES));
+        assert_eq!(all_due_by.iter().max(), Some(&(REFRESH_AFTER_PASSES * 3 / 2 - 1)));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! 99 % confidence, 0 when every span was read. Sums of estimates are
 //! estimates of sums; a sum's bound is that of the summed ranges.
 
-use prometheus::proto::MetricFamily;
+use prometheus::proto::{MetricFamily, MetricType};
 
 use super::metrics::{process_labels, Family, OTHER_PROCESS_LABELS};
 use crate::{
@@ -16,7 +16,6 @@ use crate::{
     empty_tables::{Snapshot, Sum},
     scan::{estimate::Bounds, Method},
 };
-use prometheus::proto::MetricType;
 
 const PROCESS_LABELS_METHOD: &[&str] = &["pid", "comm", "cgroup", "container_id", "pod_uid", "method"];
 

@@ -244,7 +244,9 @@ pub fn scan(pid: u32, geometry: Geometry, options: Options, cost: &mut CostModel
     } else {
         (before.rss_bytes, before.swap_bytes)
     };
-    let mut regions = layout.regions(&mappings, &reading, geometry);
+    // The agent asks for none: attributing spans to mappings costs more
+    // than the rest of a small process' estimate.
+    let mut regions = if options.top > 0 { layout.regions(&mappings, &reading, geometry) } else { Vec::new() };
     sort_regions(&mut regions, options.top);
     Ok(ProcessScan {
         pid,
@@ -489,38 +491,6 @@ pub fn sort_regions(regions: &mut Vec<Region>, top: usize) {
     // Stable: equal counts keep their address order.
     regions.sort_by_key(|r| std::cmp::Reverse(r.empty_spans));
     regions.truncate(top);
-}
-
-/// The estimate for a process whose page tables were not read: bounds from
-/// its `status` alone ([`super::procstat::status_bounds`]).
-pub fn bounded(pid: u32, stat: Stat, status: &Status, geometry: Geometry) -> Option<ProcessScan> {
-    let tables = status.tables(geometry)?;
-    let empty = super::procstat::status_bounds(status, geometry);
-    Some(ProcessScan {
-        pid,
-        comm: status.comm.clone(),
-        start_time: stat.start_time,
-        page_size: geometry.page_size,
-        method: Method::Bounded,
-        vmpte_kib: status.pagetable_bytes.unwrap_or(0) / 1024,
-        tables,
-        needed_pte_tables: 0,
-        needed_pmd_tables: 0,
-        needed_pud_tables: 0,
-        needed_tables: tables - empty.estimate,
-        empty_tables: empty.estimate,
-        empty_tables_min: empty.min,
-        empty_tables_max: empty.max,
-        empty_bytes: empty.estimate * geometry.page_size,
-        present_pages: status.rss_bytes / geometry.page_size,
-        swapped_pages: status.swap_bytes / geometry.page_size,
-        anon_thp_pmd_mapped: 0,
-        file_thp_pmd_mapped: 0,
-        mappings: 0,
-        mappings_not_read: 0,
-        effort: Effort::default(),
-        regions: Vec::new(),
-    })
 }
 
 #[cfg(test)]
