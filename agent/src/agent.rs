@@ -153,6 +153,7 @@ async fn harvest_periodically(collector: Arc<PtwatchCollector>, every: Duration,
 async fn estimate_periodically(mut estimator: Estimator, collector: Arc<PtwatchCollector>, latest: Arc<Latest>) {
     let mut ticker = tokio::time::interval(estimator.settings().interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_denied = false;
     loop {
         ticker.tick().await;
         let tracked = collector.tracked();
@@ -171,6 +172,13 @@ async fn estimate_periodically(mut estimator: Estimator, collector: Arc<PtwatchC
                     deferred = snapshot.pass.deferred,
                     "empty page tables estimated"
                 );
+                if snapshot.pass.denied > 0 && !warned_denied {
+                    warned_denied = true;
+                    tracing::warn!(
+                        processes = snapshot.pass.denied,
+                        "the agent may not read the smaps and pagemap of some processes (it needs CAP_SYS_PTRACE for other users' processes and for those with capabilities it lacks): their empty page tables are exported as bounds (method=\"bounded\")"
+                    );
+                }
                 estimator = back;
                 latest.set(snapshot);
             }

@@ -238,3 +238,32 @@ fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
     let cpu = metrics.value("ptwatch_empty_pagetable_estimate_cpu_seconds_total", &[]);
     assert!(cpu <= passes * (budget + 0.005), "{cpu} s over {passes} passes");
 }
+
+/// What the agent does without `CAP_SYS_PTRACE`: a process whose `smaps`
+/// it may not read stays `bounded` (within its `status` bounds, which hold
+/// the truth), is counted as denied once, and is not retried at every pass.
+#[test]
+fn a_process_the_estimator_may_not_read_stays_bounded() {
+    let held = Held::start(&["halves", "64"]);
+    let (pid, kept) = (held.pid(), held.kept_tables());
+    // Credentials are per thread under Linux: this thread alone becomes
+    // `nobody` without capabilities (the raw system call, not libc's
+    // process-wide wrapper), as the agent is towards a root process.
+    let snapshots = std::thread::spawn(move || {
+        // SAFETY: a plain system call changing this thread's credentials.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let mut estimator = Estimator::new(Settings::default());
+        let tracked = [Tracked { pid, own_series: true, ..Tracked::default() }];
+        (estimator.pass(&tracked), estimator.pass(&tracked))
+    })
+    .join()
+    .expect("estimating thread");
+    let (first, second) = snapshots;
+    let process = first.process(pid, None).expect("workload in the census");
+    assert_eq!(process.method, Method::Bounded);
+    assert!(process.empty.min <= kept && kept <= process.empty.max, "{kept} outside {:?}", process.empty);
+    assert!(first.pass.denied >= 1, "{:?}", first.pass);
+    assert_eq!(second.process(pid, None).map(|p| p.method), Some(Method::Bounded));
+    assert!(second.pass.denied < first.pass.denied, "refused processes are not retried at once: {:?}", second.pass);
+}

@@ -97,6 +97,10 @@ struct Known {
     /// From `/proc/PID/cgroup` when first seen.
     cgroup: Option<String>,
     estimate: Option<Estimated>,
+    /// The pass at which reading its `smaps` or `pagemap` was refused (the
+    /// agent lacks `CAP_SYS_PTRACE` for another user's or a more privileged
+    /// process): not tried again for a while.
+    denied_at: Option<u64>,
 }
 
 struct Estimated {
@@ -162,19 +166,27 @@ impl Estimator {
                     None => census::cgroup_of(s.pid),
                 },
                 estimate: None,
+                denied_at: None,
             });
         }
 
         let candidates: Vec<schedule::Candidate> = seen
             .iter()
             .map(|s| {
-                let estimate = self.known.get(&s.pid).and_then(|k| k.estimate.as_ref());
+                let known = self.known.get(&s.pid);
+                let estimate = known.and_then(|k| k.estimate.as_ref());
                 let unchanged = estimate.is_some_and(|e| e.fingerprint == s.fingerprint());
+                let denied = known.and_then(|k| k.denied_at);
+                let due = match denied {
+                    // Refused: ask again as rarely as a stale estimate.
+                    Some(at) => schedule::due(s.pid, Some(at), true, self.passes),
+                    None => schedule::due(s.pid, estimate.map(|e| e.pass), unchanged, self.passes),
+                };
                 schedule::Candidate {
                     pid: s.pid,
                     tables: s.status.tables(self.geometry).unwrap_or(0),
                     own_series: tracked_as(s).is_some_and(|t| t.own_series),
-                    due: schedule::due(s.pid, estimate.map(|e| e.pass), unchanged, self.passes),
+                    due,
                 }
             })
             .collect();
@@ -248,6 +260,12 @@ impl Estimator {
             // Exited or replaced since the census: the next pass sees it.
             Ok(_) => {}
             Err(err) if err.is_vanished() => {}
+            Err(scan::ScanError::PermissionDenied { .. }) => {
+                report.denied += 1;
+                if let Some(known) = self.known.get_mut(&s.pid) {
+                    known.denied_at = Some(self.passes);
+                }
+            }
             Err(err) => {
                 tracing::debug!(pid = s.pid, error = %crate::error_chain::ErrorChain(&err), "cannot estimate empty page tables")
             }

@@ -78,6 +78,10 @@ pub struct PassReport {
     pub estimated_sampled: u64,
     /// Processes due that the budget did not reach.
     pub deferred: u64,
+    /// Processes whose `smaps` or `pagemap` the agent may not read (another
+    /// user's, or with capabilities the agent lacks, without
+    /// `CAP_SYS_PTRACE`): they stay `bounded`.
+    pub denied: u64,
 }
 
 /// Everything the exporter prints about empty page tables.
