@@ -21,6 +21,7 @@ use tokio::{
 use crate::{
     aggregate::{Aggregator, KernelMaps},
     config::AgentConfig,
+    empty_tables::{Estimator, Latest},
     export::{
         metrics::{AgentInfo, Metrics},
         self_metrics::AgentSelf,
@@ -76,10 +77,15 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     // through a weak reference: dropping this detaches the probes.
     let probes = Arc::new(probes);
     let aggregator = Aggregator::new(KernelMaps::new(maps), config.exited_ttl).with_selection(config.selection);
-    let metrics =
-        Arc::new(Metrics::new(Box::new(aggregator), info).with_self_source(Box::new(AgentSelf::new(&probes))));
+    let empty_tables = Arc::new(Latest::default());
+    let metrics = Arc::new(
+        Metrics::new(Box::new(aggregator), info)
+            .with_self_source(Box::new(AgentSelf::new(&probes)))
+            .with_empty_tables(Arc::clone(&empty_tables)),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = runtime.block_on(serve(&config, listener, metrics, mode.as_str()));
+    let estimator = Estimator::new(config.empty_tables);
+    let served = runtime.block_on(serve(&config, listener, metrics, (estimator, empty_tables), mode.as_str()));
     drop(probes);
     tracing::info!("probes detached; exiting");
     served
@@ -90,6 +96,7 @@ async fn serve(
     config: &AgentConfig,
     listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
+    (estimator, empty_tables): (Estimator, Arc<Latest>),
     mode: &str,
 ) -> anyhow::Result<()> {
     // One shutdown signal, fanned out to the server and to this task.
@@ -104,11 +111,13 @@ async fn serve(
     let app = server::router(Arc::clone(&exporter), config.auth.clone());
     let bound = server::listen(listener, config.tls.clone())?;
     let server = tokio::spawn(server::serve(bound, app, stopped(stop_rx)));
-    let harvester = tokio::spawn(harvest_periodically(metrics, config.harvest_interval, exporter));
+    let harvester = tokio::spawn(harvest_periodically(Arc::clone(&metrics), config.harvest_interval, exporter));
+    let estimating = tokio::spawn(estimate_periodically(estimator, metrics, empty_tables));
     // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".
     tracing::info!(listen = %config.listen, mode, "probes attached; serving /metrics");
     let served = server.await;
     harvester.abort();
+    estimating.abort();
     served.context("HTTP server task failed")??;
     Ok(())
 }
@@ -136,6 +145,45 @@ async fn harvest_periodically(metrics: Arc<Metrics>, every: Duration, exporter: 
             Ok(false) => {}
             Err(_) => tracing::warn!("harvest task failed"),
         }
+    }
+}
+
+/// Estimate the empty page tables of every process every interval (the
+/// first pass at once), on a blocking thread: a pass takes up to its CPU
+/// budget, and the census and reads of `/proc` block.
+async fn estimate_periodically(mut estimator: Estimator, metrics: Arc<Metrics>, latest: Arc<Latest>) {
+    let mut ticker = tokio::time::interval(estimator.settings().interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_denied = false;
+    loop {
+        ticker.tick().await;
+        let metrics = Arc::clone(&metrics);
+        let pass = tokio::task::spawn_blocking(move || {
+            let snapshot = estimator.pass(&metrics.tracked());
+            release_free_heap();
+            (estimator, snapshot)
+        });
+        let Ok((back, snapshot)) = pass.await else {
+            tracing::warn!("the empty-page-table estimate failed; ptwatch_*_empty_pagetable_bytes stop updating");
+            return;
+        };
+        tracing::debug!(
+            cpu_ms = snapshot.pass.cpu.as_secs_f64() * 1e3,
+            processes = snapshot.pass.listed,
+            exact = snapshot.pass.estimated_exact,
+            sampled = snapshot.pass.estimated_sampled,
+            deferred = snapshot.pass.deferred,
+            "empty page tables estimated"
+        );
+        if snapshot.pass.denied > 0 && !warned_denied {
+            warned_denied = true;
+            tracing::warn!(
+                processes = snapshot.pass.denied,
+                "the agent may not read the smaps and pagemap of some processes (it needs CAP_SYS_PTRACE for other users' processes and for those with capabilities it lacks): their empty page tables are exported as bounds (method=\"bounded\")"
+            );
+        }
+        estimator = back;
+        latest.set(snapshot);
     }
 }
 

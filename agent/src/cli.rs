@@ -82,6 +82,11 @@ pub enum Command {
     ///                estimate: what changes during the scan, and entries that
     ///                are neither present nor swapped, can move it slightly.
     ///
+    ///   method       exact: pagemap read for every span the smaps counters
+    ///                could not settle; sampled (with --budget, or in the
+    ///                agent): what did not fit was estimated from spans drawn
+    ///                at random, and empty comes with a 99 % interval.
+    ///
     /// The mappings listed are where empty PTE tables can be: for each
     /// mapping (from /proc/PID/maps), the 2 MiB spans it covers completely
     /// with nothing present or swapped. pagemap cannot tell whether such a
@@ -190,6 +195,12 @@ pub struct ScanArgs {
     /// How many mappings (or, with --all, processes) to list.
     #[arg(long, value_name = "N", default_value_t = 10, env = "PTWATCH_SCAN_TOP")]
     pub top: usize,
+
+    /// CPU time allowed per process (e.g. 20ms), as the agent does: what
+    /// does not fit is estimated from a random sample of spans (method
+    /// "sampled", with a 99 % interval). Default: read everything (exact).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_SCAN_BUDGET")]
+    pub budget: Option<Duration>,
 
     /// Print the report as JSON.
     #[arg(long, env = "PTWATCH_SCAN_JSON", value_parser = switch())]
@@ -341,6 +352,19 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MODE", value_enum, env = "PTWATCH_PROBE_MODE")]
     pub probe_mode: Option<ProbeMode>,
 
+    /// How often the empty page tables of every process are estimated
+    /// (ptwatch_*_empty_pagetable_bytes): a pass reads the processes that
+    /// changed, in the background, never during a scrape [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_EMPTY_TABLES_INTERVAL")]
+    pub empty_tables_interval: Option<Duration>,
+
+    /// CPU time one estimation pass may use, its census of every process
+    /// included: a process too big for what is left is sampled (its
+    /// estimate then has an error bound), the ones not reached wait for the
+    /// next pass [default: 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_EMPTY_TABLES_BUDGET")]
+    pub empty_tables_budget: Option<Duration>,
+
     /// Kernel BTF to read struct layouts from [default: /sys/kernel/btf/vmlinux].
     #[arg(long, value_name = "PATH", env = "PTWATCH_BTF")]
     pub btf: Option<PathBuf>,
@@ -464,6 +488,8 @@ mod tests {
         assert_eq!(text("max_tracked_processes").parse::<u32>().ok(), Some(defaults.max_tracked_processes));
         assert_eq!(LogFormat::from_str(&text("log_format"), false).ok(), Some(log.format));
         assert_eq!(text("log"), log.filter);
+        assert_eq!(parse_duration(&text("empty_tables_interval")), Ok(defaults.empty_tables.interval));
+        assert_eq!(parse_duration(&text("empty_tables_budget")), Ok(defaults.empty_tables.budget));
     }
 
     /// Every option has its variable, named by the rule docs/cli.md states

@@ -98,6 +98,7 @@ pub struct FileConfig {
     pub log: LogSection,
     pub tls: TlsSection,
     pub auth: AuthSection,
+    pub empty_tables: EmptyTablesSection,
 }
 
 impl Default for FileConfig {
@@ -126,7 +127,27 @@ impl Default for FileConfig {
             log: LogSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
+            empty_tables: EmptyTablesSection::default(),
         }
+    }
+}
+
+/// `[empty_tables]`: the periodic estimate of empty page tables
+/// (`--empty-tables-interval`, `--empty-tables-budget`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmptyTablesSection {
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub budget: Duration,
+}
+
+impl Default for EmptyTablesSection {
+    fn default() -> Self {
+        // See `empty_tables::Settings::default`: at most 0.5 % of a core.
+        let settings = crate::empty_tables::Settings::default();
+        Self { interval: settings.interval, budget: settings.budget }
     }
 }
 
@@ -194,6 +215,8 @@ pub struct AgentConfig {
     pub selection: Selection,
     /// Entries of the kernel's per-process map.
     pub max_tracked_processes: u32,
+    /// How often and how long empty page tables are estimated.
+    pub empty_tables: crate::empty_tables::Settings,
     pub log: LogConfig,
     /// Loaded and checked (certificate and key match).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -288,6 +311,17 @@ impl AgentConfig {
             }
         };
 
+        let empty_tables = crate::empty_tables::Settings {
+            interval: args.empty_tables_interval.unwrap_or(file.empty_tables.interval),
+            budget: args.empty_tables_budget.unwrap_or(file.empty_tables.budget),
+        };
+        if empty_tables.budget >= empty_tables.interval {
+            return Err(ConfigError::Conflict(format!(
+                "the empty-table budget ({:?}) must be shorter than its interval ({:?}) (--empty-tables-budget, --empty-tables-interval, [empty_tables])",
+                empty_tables.budget, empty_tables.interval
+            )));
+        }
+
         Ok(Self {
             listen: args.listen.unwrap_or(file.listen),
             exited_ttl: args.exited_ttl.unwrap_or(file.exited_ttl),
@@ -301,6 +335,7 @@ impl AgentConfig {
                 min_reclaimed_pages: args.min_process_reclaimed_pages.or(file.min_process_reclaimed_pages),
             },
             max_tracked_processes: args.max_tracked_processes.unwrap_or(file.max_tracked_processes),
+            empty_tables,
             log,
             tls,
             auth,
@@ -453,6 +488,9 @@ key = "/k"
 basic_user = "u"
 basic_password_file = "/p"
 bearer_token_file = "/t"
+[empty_tables]
+interval = "2m"
+budget = "50ms"
 "#,
         )
         .unwrap();
@@ -468,6 +506,8 @@ bearer_token_file = "/t"
         assert_eq!(config.log, LogSection { format: LogFormat::Json, filter: "debug".into() });
         assert_eq!(config.tls.key, Some(PathBuf::from("/k")));
         assert_eq!(config.auth.basic_user.as_deref(), Some("u"));
+        assert_eq!(config.empty_tables.interval, Duration::from_secs(120));
+        assert_eq!(config.empty_tables.budget, Duration::from_millis(50));
     }
 
     #[test]
@@ -484,12 +524,27 @@ bearer_token_file = "/t"
             ("max_tracked_processes = 0", "between 1 and 4194304", 1),
             ("max_tracked_processes = 5000000", "between 1 and 4194304", 1),
             ("[tls]\ncrt = \"/c\"", "unknown field `crt`", 2),
+            ("[empty_tables]\nbudget = \"1x\"", "invalid duration unit", 2),
         ] {
             let (position, message) = parse(text).unwrap_err();
             assert!(message.contains(needle), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
             assert_eq!(position.0.map(|p| p.0), Some(line), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn the_empty_table_budget_must_fit_its_interval() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["ptwatch", "agent", "--empty-tables-budget", "2m"]).unwrap();
+        let crate::cli::Command::Agent(args) = cli.command else { panic!("agent command") };
+        let err = AgentConfig::resolve(&args, &cli.log).unwrap_err();
+        assert!(err.to_string().contains("empty-table budget"), "{err}");
+        let cli = crate::cli::Cli::try_parse_from(["ptwatch", "agent", "--empty-tables-interval", "5s"]).unwrap();
+        let crate::cli::Command::Agent(args) = cli.command else { panic!("agent command") };
+        let config = AgentConfig::resolve(&args, &cli.log).unwrap();
+        assert_eq!(config.empty_tables.interval, Duration::from_secs(5));
+        assert_eq!(config.empty_tables.budget, crate::empty_tables::Settings::default().budget);
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! `ptwatch scan` against real processes, through the real binary: a
 //! workload that DONTNEEDs 256 MiB and keeps the mapping must show its empty
 //! PTE tables on a kernel without PT_RECLAIM (6.1) and about none on one with
-//! it (this host, 6.18). Run here by `cargo xtask test`, and inside a 6.1 VM
-//! with `PTWATCH_EXPECT_PT_RECLAIM=0`.
+//! it (this host, 6.18); one that DONTNEEDs in 1 MiB halves keeps them on
+//! every kernel. The agent's periodic estimator, which shares scan's code,
+//! must give the same numbers. Run here by `cargo xtask test`, and inside
+//! the VMs with `PTWATCH_EXPECT_PT_RECLAIM` set from the kernel's config.
 
 mod support;
 
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{expect_pt_reclaim, ptwatch_bin, Held};
+use support::{expect_pt_reclaim, ptwatch_bin, workload_bin, Held};
 
 fn ptwatch(args: &[&str]) -> Output {
     Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")
@@ -175,7 +177,141 @@ fn help_explains_the_numbers() {
     let output = ptwatch(&["scan", "--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for needle in ["VmPTE", "pagemap", "2 MiB", "needed", "empty", "upper bound", "Exit code", "--top", "--all"] {
+    for needle in [
+        "VmPTE",
+        "pagemap",
+        "2 MiB",
+        "needed",
+        "empty",
+        "upper bound",
+        "Exit code",
+        "--top",
+        "--all",
+        "--budget",
+        "sampled",
+    ] {
         assert!(help.contains(needle), "{needle:?} not in scan --help");
     }
+}
+
+/// A `ptwatch-workload halves|whole|sparse` process, alive until dropped.
+struct HeldEmpty {
+    child: std::process::Child,
+    report: ptwatch_workload::sparse::EmptyReport,
+}
+
+impl HeldEmpty {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(workload_bin())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the workload");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("report");
+        let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("{args:?}: report {line:?}: {err}"));
+        Self { child, report }
+    }
+
+    fn pid(&self) -> String {
+        self.report.report.pid.to_string()
+    }
+
+    /// Page-table pages the kernel kept for the workload's range (VmPTE
+    /// growth since before it mapped anything).
+    fn kept_tables(&self) -> u64 {
+        (self.report.report.vmpte_end_kib - self.report.vmpte_before_kib) / 4
+    }
+}
+
+impl Drop for HeldEmpty {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's estimator, one pass for `pid`, with a budget that lets it
+/// read everything even in an emulated VM (the budget is tested in
+/// `empty_tables.rs`; here, that both give the same answer).
+fn agent_estimate(pid: u32) -> ptwatch::empty_tables::ProcessEmpty {
+    use ptwatch::empty_tables::{Estimator, Settings, Tracked};
+    let settings = Settings { interval: std::time::Duration::from_secs(60), budget: std::time::Duration::from_secs(5) };
+    let mut estimator = Estimator::new(settings);
+    let snapshot = estimator.pass(&[Tracked { pid, own_series: true, ..Tracked::default() }]);
+    snapshot.process(pid, None).unwrap_or_else(|| panic!("{pid} not estimated")).clone()
+}
+
+#[test]
+fn dontneed_in_halves_keeps_every_table_on_every_kernel() {
+    let held = HeldEmpty::start(&["halves", "512"]);
+    let kept = held.kept_tables();
+    eprintln!("{:?}: the kernel kept {kept} tables", held.report);
+    assert_eq!(held.report.report.vmpte_drop_kib, 0, "no call covered a whole 2 MiB span");
+    assert!((256..=258).contains(&kept), "{kept}");
+    let scan = scan_json(&["scan", &held.pid()]);
+    assert_eq!(scan["method"], "exact");
+    let empty = num(&scan, "empty_tables");
+    assert!(empty.abs_diff(kept) <= 1, "scan: {empty} empty, the kernel kept {kept}");
+    assert_eq!(num(&scan, "empty_tables_min"), empty);
+    assert_eq!(num(&scan, "empty_tables_max"), empty);
+    let agent = agent_estimate(held.report.report.pid);
+    assert_eq!(agent.empty.estimate, empty, "the agent and scan share one estimator");
+}
+
+#[test]
+fn whole_span_dontneed_leaves_no_table_with_pt_reclaim_and_every_one_without() {
+    let held = HeldEmpty::start(&["whole", "256"]);
+    let kept = held.kept_tables();
+    eprintln!("{:?}: the kernel kept {kept} tables", held.report);
+    let scan = scan_json(&["scan", &held.pid()]);
+    let agent = agent_estimate(held.report.report.pid);
+    let empty = num(&scan, "empty_tables");
+    assert_eq!(agent.empty.estimate, empty);
+    if expect_pt_reclaim() {
+        assert_eq!(held.report.report.vmpte_drop_kib, 128 * 4, "PT_RECLAIM freed the 128 tables");
+        assert!(empty <= 2, "{empty} empty tables left");
+    } else {
+        // The tables left are the empty ones: the gauge must say as many.
+        assert_eq!(held.report.report.vmpte_drop_kib, 0, "no PT_RECLAIM");
+        assert!((128..=130).contains(&kept), "{kept}");
+        assert!(empty.abs_diff(kept) <= 1, "{empty} empty, {kept} left");
+    }
+}
+
+#[test]
+fn scan_says_how_it_estimated() {
+    // 4 GiB with one page per span, half DONTNEEDed again: 1,024 empty
+    // tables on every kernel.
+    let held = HeldEmpty::start(&["sparse", "4", "2"]);
+    let truth = held.report.empty_tables;
+    assert_eq!(truth, 1024);
+    let exact = scan_json(&["scan", &held.pid()]);
+    assert_eq!(exact["method"], "exact");
+    assert!(num(&exact, "empty_tables").abs_diff(truth) <= 1, "{exact:#}");
+    assert_eq!(num(&exact["effort"], "spans_estimated"), 0);
+
+    // A budget too small for smaps and for reading 2,048 spans: sampled,
+    // with an interval that holds the truth.
+    let sampled = scan_json(&["scan", &held.pid(), "--budget", "1ms"]);
+    assert_eq!(sampled["method"], "sampled", "{sampled:#}");
+    assert_eq!(sampled["effort"]["smaps_read"], false);
+    let (min, max) = (num(&sampled, "empty_tables_min"), num(&sampled, "empty_tables_max"));
+    assert!(min <= num(&sampled, "empty_tables") && num(&sampled, "empty_tables") <= max);
+    assert!(min <= truth + 1 && truth <= max + 1, "{truth} outside {min}..{max}");
+    assert!(num(&sampled["effort"], "samples") >= 32);
+    assert!(sampled["regions"][0]["estimated"] == true, "{sampled:#}");
+
+    let text = ptwatch(&["scan", &held.pid(), "--budget", "1ms"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().any(|l| l.starts_with("method       sampled:")), "{text}");
+    assert!(text.contains("(99 % interval)") && text.contains("(estimated from the sample)"), "{text}");
+    let text = ptwatch(&["scan", &held.pid()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().any(|l| l.starts_with("method       exact:")), "{text}");
+    assert!(text.contains("how many empty tables exist"), "{text}");
+    assert_one_line_error(&ptwatch(&["scan", &held.pid(), "--budget", "0"]), 2, "--budget");
 }

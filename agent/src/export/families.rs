@@ -421,6 +421,99 @@ pub const PROCESS_START_TIME: Family = family(
 pub const PROCESS_OPEN_FDS: Family =
     family("process_open_fds", Gauge, "descriptors", &[], All, "Number of open file descriptors of the agent.");
 
+// --- Empty page tables (the periodic estimate) ------------------------------
+
+const PROCESS_METHOD_LABELS: &[&str] = &["pid", "comm", "start_time", "cgroup", "container_id", "pod_uid", "method"];
+
+pub const PROCESS_EMPTY: Family = family(
+    "ptwatch_process_empty_pagetable_bytes",
+    Gauge,
+    "bytes",
+    PROCESS_LABELS,
+    All,
+    "Page-table memory of the process that maps nothing (empty PTE tables, and upper-level tables over them), estimated by the periodic pass (--empty-tables-interval); pid=\"other\" sums every other process of the node.",
+);
+pub const PROCESS_EMPTY_ERROR: Family = family(
+    "ptwatch_process_empty_pagetable_error_bytes",
+    Gauge,
+    "bytes",
+    PROCESS_METHOD_LABELS,
+    All,
+    "How far ptwatch_process_empty_pagetable_bytes may be from the truth (99 % confidence); 0 when exact. method: exact, sampled or bounded (not read yet); for pid=\"other\", the least precise among its processes.",
+);
+pub const CGROUP_EMPTY: Family = family(
+    "ptwatch_cgroup_empty_pagetable_bytes",
+    Gauge,
+    "bytes",
+    CGROUP_LABELS,
+    All,
+    "Page-table memory that maps nothing, summed over the live processes of the cgroup (every process, not only those with their own series).",
+);
+pub const CGROUP_EMPTY_ERROR: Family = family(
+    "ptwatch_cgroup_empty_pagetable_error_bytes",
+    Gauge,
+    "bytes",
+    CGROUP_LABELS,
+    All,
+    "How far ptwatch_cgroup_empty_pagetable_bytes may be from the truth (99 % confidence); 0 when exact.",
+);
+pub const NODE_EMPTY: Family = family(
+    "ptwatch_node_empty_pagetable_bytes",
+    Gauge,
+    "bytes",
+    &[],
+    All,
+    "Page-table memory that maps nothing, summed over every process of the node: what a kernel with PT_RECLAIM, or allocators releasing whole 2 MiB spans, would give back.",
+);
+pub const NODE_EMPTY_ERROR: Family = family(
+    "ptwatch_node_empty_pagetable_error_bytes",
+    Gauge,
+    "bytes",
+    &[],
+    All,
+    "How far ptwatch_node_empty_pagetable_bytes may be from the truth (99 % confidence); 0 when exact.",
+);
+pub const EMPTY_PROCESSES_BY_METHOD: Family = family(
+    "ptwatch_empty_pagetable_processes",
+    Gauge,
+    "processes",
+    &["method"],
+    All,
+    "Processes of the node by how their empty page tables were estimated: exact (every span read), sampled (a random sample of spans within the budget), bounded (not read yet or not readable: bounds from /proc/PID/status).",
+);
+pub const EMPTY_ESTIMATE_CPU: Family = family(
+    "ptwatch_empty_pagetable_estimate_cpu_seconds_total",
+    Counter,
+    "seconds",
+    &[],
+    All,
+    "CPU time (user + system) the empty-page-table passes used since the agent started.",
+);
+pub const EMPTY_ESTIMATE_PASSES: Family = family(
+    "ptwatch_empty_pagetable_estimate_passes_total",
+    Counter,
+    "passes",
+    &[],
+    All,
+    "Empty-page-table passes since the agent started.",
+);
+pub const EMPTY_ESTIMATE_LAST_CPU: Family = family(
+    "ptwatch_empty_pagetable_estimate_last_pass_cpu_seconds",
+    Gauge,
+    "seconds",
+    &[],
+    All,
+    "CPU time of the last empty-page-table pass.",
+);
+pub const EMPTY_ESTIMATE_BUDGET: Family = family(
+    "ptwatch_empty_pagetable_estimate_budget_seconds",
+    Gauge,
+    "seconds",
+    &[],
+    All,
+    "CPU time one empty-page-table pass may use (--empty-tables-budget).",
+);
+
 /// Every family, in the order of docs/metrics.md.
 pub const FAMILIES: &[&Family] = &[
     &PTE_PAGES_RECLAIMED,
@@ -465,6 +558,17 @@ pub const FAMILIES: &[&Family] = &[
     &PROCESS_START_TIME,
     &PROCESS_OPEN_FDS,
     &RECLAIM_ACCOUNTING,
+    &PROCESS_EMPTY,
+    &PROCESS_EMPTY_ERROR,
+    &CGROUP_EMPTY,
+    &CGROUP_EMPTY_ERROR,
+    &NODE_EMPTY,
+    &NODE_EMPTY_ERROR,
+    &EMPTY_PROCESSES_BY_METHOD,
+    &EMPTY_ESTIMATE_CPU,
+    &EMPTY_ESTIMATE_PASSES,
+    &EMPTY_ESTIMATE_LAST_CPU,
+    &EMPTY_ESTIMATE_BUDGET,
 ];
 
 /// Names of the families a plan exports (`ptwatch check`).

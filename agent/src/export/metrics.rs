@@ -8,7 +8,7 @@
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
     },
     time::Instant,
 };
@@ -115,6 +115,9 @@ pub struct Metrics {
     scrape_duration: Histogram,
     /// Size of the last body, to allocate the next one at once.
     last_size: AtomicUsize,
+    /// The empty-page-table estimates (their own task fills it); None in
+    /// unit tests of the other families.
+    empty_tables: Option<Arc<crate::empty_tables::Latest>>,
 }
 
 struct State {
@@ -130,6 +133,7 @@ impl Metrics {
             self_source: None,
             scrape_duration: Histogram::new(SCRAPE_BUCKETS),
             last_size: AtomicUsize::new(0),
+            empty_tables: None,
         }
     }
 
@@ -137,6 +141,18 @@ impl Metrics {
     pub fn with_self_source(mut self, source: Box<dyn SelfSource>) -> Self {
         self.self_source = Some(source);
         self
+    }
+
+    /// Also export the empty-page-table estimates found in `latest`.
+    pub fn with_empty_tables(mut self, latest: Arc<crate::empty_tables::Latest>) -> Self {
+        self.empty_tables = Some(latest);
+        self
+    }
+
+    /// The live processes of the last harvest, as the empty-table estimator
+    /// takes them.
+    pub fn tracked(&self) -> Vec<crate::empty_tables::Tracked> {
+        super::empty_tables::tracked(&self.lock().aggregator.view())
     }
 
     /// The periodic full harvest (also when nobody scrapes, so that exits
@@ -165,6 +181,9 @@ impl Render for Metrics {
             let view = state.aggregator.view();
             render_view(&mut out, &view, &self.info);
             render_health(&mut out, &view, &self.info, state.scrape_errors);
+            if let Some(snapshot) = self.empty_tables.as_ref().and_then(|latest| latest.get()) {
+                super::empty_tables::render(&mut out, &snapshot, &view, &self.info);
+            }
         }
         reading.render(&mut out);
         self.scrape_duration.render(&mut out.family(&f::SCRAPE_DURATION));
@@ -198,10 +217,10 @@ fn update(state: &mut State, full: bool) -> bool {
 }
 
 /// The labels of the series that carry everything without a series of its own.
-const OTHER_LABELS: &str = r#"pid="other",comm="other""#;
+pub(super) const OTHER_LABELS: &str = r#"pid="other",comm="other""#;
 
 /// A series' labels, rendered when it is first exported and kept.
-fn series_labels<'a>(record: &ProcessRecord, series: &'a Series, clock: &BootClock) -> &'a str {
+pub(super) fn series_labels<'a>(record: &ProcessRecord, series: &'a Series, clock: &BootClock) -> &'a str {
     series.labels.get_or_init(|| {
         let pid = record.pid().to_string();
         let start = clock.unix_time(record.key.start_time_ns);

@@ -1,6 +1,36 @@
 //! Parsing `/proc/PID/smaps`: the mappings of `/proc/PID/maps` plus the few
 //! per-mapping counters that tell where page tables cannot be (hugetlb,
-//! PMD-mapped file THPs) and which mappings have nothing to read.
+//! PMD-mapped file THPs), which mappings have nothing to read and which are
+//! entirely resident ([`Mapping::kind`]). The same parser reads
+//! `/proc/PID/maps`, whose mappings come without counters (and so are all
+//! [`Kind::Unknown`]) but cost nothing to list.
+
+use super::estimate::{Geometry, Leaf};
+
+/// What the counters of `smaps` prove about a mapping's page tables, before
+/// any of `pagemap` is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Outside the user address space `pagemap` covers (`[vsyscall]`).
+    Outside,
+    /// Nothing resident or swapped: no entry, no table needed.
+    Empty,
+    /// Every page resident: every 2 MiB span it touches needs its table.
+    Resident,
+    /// Hugetlb: mapped by PMD or PUD entries, never by PTE tables.
+    Hugetlb { leaf: Leaf, fill: Fill },
+    /// Only `pagemap` can tell which spans hold entries.
+    Unknown,
+}
+
+/// How much of a hugetlb mapping holds pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    Empty,
+    Full,
+    /// Some pages: which upper-level tables are needed is not known.
+    Partial,
+}
 
 /// One mapping (VMA) and the counters of it the estimate uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,8 +50,11 @@ pub struct Mapping {
     /// `ShmemPmdMapped` + `FilePmdMapped`, bytes: file THPs mapped by a PMD,
     /// which have no PTE table at all.
     pub file_pmd_mapped: u64,
-    /// `VmFlags` two-letter codes.
-    pub flags: Vec<String>,
+    /// `Private_Hugetlb` + `Shared_Hugetlb`, bytes: hugetlb pages are not in
+    /// `Rss`.
+    pub hugetlb: u64,
+    /// The `VmFlags` the estimate cares about.
+    pub flags: VmFlags,
 }
 
 impl Mapping {
@@ -39,13 +72,97 @@ impl Mapping {
     /// kinds whose entries smaps does not count (raw PFN and mixed maps,
     /// userfaultfd write-protect markers).
     pub fn provably_empty(&self) -> bool {
-        let special = self.flags.iter().any(|f| matches!(f.as_str(), "pf" | "io" | "mm" | "uw" | "ht"));
-        self.rss == Some(0) && self.swap == Some(0) && !special
+        self.rss == Some(0) && self.swap == Some(0) && !self.is_special()
     }
 
     /// Hugetlb mappings are mapped by PMD or PUD entries, never by PTE tables.
     pub fn is_hugetlb(&self, page_size: u64) -> bool {
-        self.flags.iter().any(|f| f == "ht") || self.kernel_page_size.is_some_and(|size| size > page_size)
+        self.flags.hugetlb || self.kernel_page_size.is_some_and(|size| size > page_size)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// What smaps proves (nothing, for a mapping read from `maps`).
+    pub fn kind(&self, geometry: Geometry) -> Kind {
+        // The vsyscall page is above the user address space: pagemap has no
+        // entries for it.
+        if self.name == "[vsyscall]" {
+            return Kind::Outside;
+        }
+        if self.is_hugetlb(geometry.page_size) {
+            let leaf = Leaf::for_page_size(geometry, self.kernel_page_size.unwrap_or(geometry.span()));
+            let fill = match self.hugetlb {
+                0 if self.rss.is_some() => Fill::Empty,
+                bytes if bytes >= self.size() => Fill::Full,
+                _ => Fill::Partial,
+            };
+            return Kind::Hugetlb { leaf, fill };
+        }
+        if self.provably_empty() {
+            Kind::Empty
+        } else if self.provably_resident() {
+            Kind::Resident
+        } else {
+            Kind::Unknown
+        }
+    }
+
+    /// Every page resident (`Rss` = size), and not a mapping whose entries
+    /// smaps does not count. Any span the mapping touches then has a page.
+    fn provably_resident(&self) -> bool {
+        self.rss.is_some_and(|rss| rss >= self.size()) && self.size() > 0 && !self.is_special()
+    }
+
+    /// `Rss` + `Swap` in pages: no more spans of the mapping than this can
+    /// hold an entry. None when smaps did not say, or for mappings with
+    /// entries smaps does not count.
+    pub fn max_spans_with_entries(&self, geometry: Geometry) -> Option<u64> {
+        if self.is_special() {
+            return None;
+        }
+        Some((self.rss? + self.swap?).div_ceil(geometry.page_size))
+    }
+
+    /// Raw PFN and mixed maps, userfaultfd write-protect markers, hugetlb:
+    /// their entries are not (all) in `Rss` and `Swap`.
+    fn is_special(&self) -> bool {
+        let f = self.flags;
+        f.pfn_or_io || f.mixed || f.uffd_wp || f.hugetlb
+    }
+}
+
+/// The `VmFlags` of smaps that change what the counters prove. Kept as
+/// booleans: smaps is parsed for every process at every refresh, and a
+/// string per flag per mapping cost more than reading the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmFlags {
+    /// `pf` (raw PFN map) or `io` (memory-mapped I/O): entries without
+    /// pages, not in `Rss`.
+    pub pfn_or_io: bool,
+    /// `mm`: mixed map, the same.
+    pub mixed: bool,
+    /// `uw`: userfaultfd write-protect, whose markers keep entries without
+    /// a page.
+    pub uffd_wp: bool,
+    /// `ht`: hugetlb.
+    pub hugetlb: bool,
+}
+
+impl VmFlags {
+    pub fn parse(text: &str) -> Self {
+        let mut flags = Self::default();
+        for flag in text.split_ascii_whitespace() {
+            match flag {
+                "pf" | "io" => flags.pfn_or_io = true,
+                "mm" => flags.mixed = true,
+                "uw" => flags.uffd_wp = true,
+                "ht" => flags.hugetlb = true,
+                _ => {}
+            }
+        }
+        flags
     }
 }
 
@@ -64,12 +181,14 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, ParseError> {
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(mapping) = parse_header(line) {
-            mappings.push(mapping);
-            continue;
-        }
         let error = || ParseError { line_no: index + 1, line: line.to_owned() };
-        let (key, value) = line.split_once(':').ok_or_else(error)?;
+        // Counter lines (`Rss:  8 kB`) outnumber mapping lines twenty to
+        // one: tell them apart by a key without spaces before the colon.
+        let counter = line.split_once(':').filter(|(key, _)| !key.contains(' '));
+        let Some((key, value)) = counter else {
+            mappings.push(parse_header(line).ok_or_else(error)?);
+            continue;
+        };
         let current = mappings.last_mut().ok_or_else(error)?;
         let bytes = || parse_kib(value).map(|kib| kib * 1024);
         match key {
@@ -78,7 +197,8 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, ParseError> {
             "Swap" => current.swap = bytes(),
             "AnonHugePages" => current.anon_huge = bytes().unwrap_or(0),
             "ShmemPmdMapped" | "FilePmdMapped" => current.file_pmd_mapped += bytes().unwrap_or(0),
-            "VmFlags" => current.flags = value.split_whitespace().map(str::to_owned).collect(),
+            "Private_Hugetlb" | "Shared_Hugetlb" => current.hugetlb += bytes().unwrap_or(0),
+            "VmFlags" => current.flags = VmFlags::parse(value),
             // Other counters are not needed; new kernels add more.
             _ => {}
         }
@@ -132,8 +252,16 @@ VmFlags: rd wr mr mw me nr nh
 7f2000000000-7f2000200000 r--s 00000000 00:10 12 /dev/hugepages/my file (deleted)
 KernelPageSize:     2048 kB
 Rss:                   0 kB
+Shared_Hugetlb:     2048 kB
+Private_Hugetlb:       0 kB
 Swap:                  0 kB
 VmFlags: rd sh mr mw me ms de ht
+7f3000000000-7f3000400000 rw-p 00000000 00:00 0 
+Size:               4096 kB
+KernelPageSize:        4 kB
+Rss:                4096 kB
+Swap:                  0 kB
+VmFlags: rd wr mr mw me ac
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
 Rss:                   0 kB
 ";
@@ -141,7 +269,7 @@ Rss:                   0 kB
     #[test]
     fn parses_mappings_and_counters() {
         let maps = parse_smaps(SMAPS).expect("parse");
-        assert_eq!(maps.len(), 4);
+        assert_eq!(maps.len(), 5);
         assert_eq!(maps[0].name, "[heap]");
         assert_eq!((maps[0].start, maps[0].end), (0x55d0c6a00000, 0x55d0c6a21000));
         assert_eq!(maps[0].rss, Some(8192));
@@ -155,8 +283,31 @@ Rss:                   0 kB
         assert!(!maps[2].provably_empty(), "hugetlb pages are not in Rss");
         assert!(!maps[1].is_hugetlb(4096));
         // No Swap line: not provably empty.
-        assert_eq!(maps[3].swap, None);
-        assert!(!maps[3].provably_empty());
+        assert_eq!(maps[4].swap, None);
+        assert!(!maps[4].provably_empty());
+    }
+
+    #[test]
+    fn kinds_follow_from_the_counters() {
+        let geo = Geometry { page_size: 4096 };
+        let maps = parse_smaps(SMAPS).expect("parse");
+        assert_eq!(maps[0].kind(geo), Kind::Unknown, "8 kB of 132 kB resident");
+        assert_eq!(maps[0].max_spans_with_entries(geo), Some(2));
+        assert_eq!(maps[1].kind(geo), Kind::Empty);
+        assert_eq!(maps[2].kind(geo), Kind::Hugetlb { leaf: Leaf::Pmd, fill: Fill::Full });
+        assert_eq!(maps[2].max_spans_with_entries(geo), None);
+        assert_eq!(maps[3].kind(geo), Kind::Resident);
+        assert_eq!(maps[4].kind(geo), Kind::Outside);
+        // From /proc/PID/maps: no counters, nothing proved.
+        let plain = parse_smaps("7f3000000000-7f3000400000 rw-p 00000000 00:00 0\n").expect("parse");
+        assert_eq!(plain[0].kind(geo), Kind::Unknown);
+        assert_eq!(plain[0].max_spans_with_entries(geo), None);
+        let mut partial = maps[2].clone();
+        partial.hugetlb = 0;
+        assert_eq!(partial.kind(geo), Kind::Hugetlb { leaf: Leaf::Pmd, fill: Fill::Empty });
+        partial.hugetlb = 4096;
+        partial.end += 2 << 20;
+        assert_eq!(partial.kind(geo), Kind::Hugetlb { leaf: Leaf::Pmd, fill: Fill::Partial });
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod exec_step;
 pub mod fleet;
 pub mod huge;
 pub mod phases;
+pub mod sparse;
 pub mod uring;
 
 pub const MIB: usize = 1 << 20;

@@ -14,12 +14,15 @@
 //! ptwatch-workload crowd CHILDREN SPANS  # CHILDREN processes alive at once, each reclaiming SPANS tables, until stdin closes
 //! ptwatch-workload exec-step MIB [PROGRAM ARGS...]  # paced by stdin: DONTNEED MIB, then execve PROGRAM
 //! ptwatch-workload churn THREADS MIB ROUNDS  # threads map, touch, DONTNEED, touch, unmap concurrently
+//! ptwatch-workload halves MIB    # touch, DONTNEED each 2 MiB span in two 1 MiB halves, hold until stdin closes
+//! ptwatch-workload whole MIB     # touch, DONTNEED each 2 MiB span in one call, hold until stdin closes
+//! ptwatch-workload sparse GIB EVERY  # one page per 2 MiB span, every EVERY-th DONTNEEDed again, hold
 //! ```
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use ptwatch_workload::{
-    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, threads, unmap, uring, Advice,
+    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, sparse, threads, unmap, uring, Advice,
 };
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
@@ -50,6 +53,14 @@ fn run() -> Result<()> {
             // Already printed: the report must be out before the wait.
             return Ok(());
         }
+        Some(mode @ ("halves" | "whole")) => {
+            let (report, region) = sparse::split_spans(arg(&args, 1, "MIB")?, if mode == "halves" { 2 } else { 1 })?;
+            return sparse::print_and_wait(&report).map(|()| drop(region));
+        }
+        Some("sparse") => {
+            let (report, mapping) = sparse::sparse(arg(&args, 1, "GIB")?, arg(&args, 2, "EVERY")?)?;
+            return sparse::print_and_wait(&report).map(|()| drop(mapping));
+        }
         Some("phases") => return phases::phases(arg(&args, 1, "MIB")?),
         Some("fleet") => {
             let report = fleet::fleet(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?, arg(&args, 3, "CONCURRENCY")?)?;
@@ -65,7 +76,7 @@ fn run() -> Result<()> {
         Some("exec-step") => return ptwatch_workload::exec_step::exec_step(arg(&args, 1, "MIB")?, &args[2..]),
         Some("threads") => threads(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?,
         _ => bail!(
-            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | churn THREADS MIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...]"
+            "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | churn THREADS MIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...] | halves MIB | whole MIB | sparse GIB EVERY"
         ),
     };
     println!("{}", serde_json::to_string(&report)?);

@@ -188,7 +188,23 @@ fn every_family_written_is_in_the_table_and_written_once() {
     world.host.0.borrow_mut().vmpte.insert(7, 4096);
     let key = world.start(7, 1, "a");
     world.reclaim(key, "a", 5, 3);
-    let text = scrape(&world, Selection::default(), true, Format::Text);
+    let aggregator = world.aggregator(Duration::from_secs(60), Selection::default());
+    let latest = Arc::new(crate::empty_tables::Latest::default());
+    let one = crate::empty_tables::ProcessEmpty {
+        pid: 9,
+        start_time: 1,
+        comm: "x".into(),
+        cgroup: Some("/a".into()),
+        own_series: false,
+        method: crate::scan::Method::Exact,
+        tables: 1,
+        empty: crate::scan::estimate::Bounds::exact(1),
+        passes_old: Some(0),
+    };
+    let pass = crate::empty_tables::PassReport::default();
+    latest.set(crate::empty_tables::Snapshot::new(4096, vec![one], pass, Duration::ZERO));
+    let metrics = Metrics::new(Box::new(Unsend(aggregator)), info(true)).with_empty_tables(latest);
+    let text = metrics.render(Format::Text);
     let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
     let unique: std::collections::BTreeSet<&str> = typed.iter().copied().collect();
     assert_eq!(unique.len(), typed.len(), "a family written twice: {typed:?}");
@@ -238,4 +254,66 @@ fn a_failed_harvest_is_counted_and_the_previous_values_are_served() {
     let text = metrics.render(Format::Text);
     assert_eq!(value(&text, "ptwatch_scrape_errors_total"), 2.0, "the refresh and the scrape: {text}");
     assert_eq!(value(&text, "ptwatch_node_pte_pages_reclaimed_total"), 3.0, "the values of the last success");
+}
+
+#[test]
+fn empty_tables_own_series_other_cgroups_and_node_add_up() {
+    use crate::{
+        empty_tables::{PassReport, ProcessEmpty, Snapshot},
+        scan::{estimate::Bounds, Method},
+    };
+    let world = World::new(64);
+    world.host.0.borrow_mut().ids.insert(5, "/a".into());
+    // Started 1 s after boot: 100 ticks of /proc/PID/stat.
+    let key = world.start(7, 1_000_000_000, "halves");
+    world.reclaim(key, "halves", 5, 3);
+    let process = |pid: u32, start_time: u64, cgroup: &str, method: Method, empty: Bounds| ProcessEmpty {
+        pid,
+        start_time,
+        comm: "x".into(),
+        cgroup: Some(cgroup.into()),
+        own_series: false,
+        method,
+        tables: 1000,
+        empty,
+        passes_old: Some(0),
+    };
+    let latest = Arc::new(crate::empty_tables::Latest::default());
+    latest.set(Snapshot::new(
+        4096,
+        vec![
+            process(7, 100, "/a", Method::Exact, Bounds::exact(256)),
+            process(8, 5, "/a", Method::Sampled, Bounds::new(90, 100, 120)),
+            process(9, 5, "/b", Method::Bounded, Bounds::new(0, 5, 10)),
+        ],
+        PassReport {
+            passes: 3,
+            cpu: Duration::from_millis(40),
+            budget: Duration::from_millis(300),
+            ..PassReport::default()
+        },
+        Duration::from_millis(120),
+    ));
+    let aggregator = world.aggregator(Duration::from_secs(60), Selection::default());
+    let metrics = Metrics::new(Box::new(Unsend(aggregator)), info(true)).with_empty_tables(latest);
+    metrics.refresh();
+    let text = metrics.render(Format::Text);
+    let own = "ptwatch_process_empty_pagetable_bytes{pid=\"7\",comm=\"halves\",start_time=\"1764000001.000000000\",cgroup=\"/a\"}";
+    assert_eq!(value(&text, own), 1_048_576.0, "{text}");
+    // other: 8 and 9, 105 tables, range 90..130: off by at most 25.
+    assert_eq!(value(&text, "ptwatch_process_empty_pagetable_bytes{pid=\"other\",comm=\"other\"}"), 430_080.0);
+    assert_eq!(
+        value(&text, "ptwatch_process_empty_pagetable_error_bytes{pid=\"other\",comm=\"other\",method=\"bounded\"}"),
+        102_400.0
+    );
+    assert_eq!(sum(&text, "ptwatch_process_empty_pagetable_bytes"), value(&text, "ptwatch_node_empty_pagetable_bytes"));
+    assert_eq!(value(&text, "ptwatch_cgroup_empty_pagetable_bytes{cgroup=\"/a\"}"), 1_458_176.0);
+    assert_eq!(value(&text, "ptwatch_cgroup_empty_pagetable_error_bytes{cgroup=\"/b\"}"), 20_480.0);
+    assert_eq!(value(&text, "ptwatch_node_empty_pagetable_bytes"), 1_478_656.0);
+    assert_eq!(value(&text, "ptwatch_empty_pagetable_processes{method=\"sampled\"}"), 1.0);
+    assert_eq!(value(&text, "ptwatch_empty_pagetable_estimate_cpu_seconds_total"), 0.12);
+    assert_eq!(value(&text, "ptwatch_empty_pagetable_estimate_passes_total"), 3.0);
+    assert_eq!(value(&text, "ptwatch_empty_pagetable_estimate_budget_seconds"), 0.3);
+    // A pid reused by a process the estimate did not see: no own series.
+    assert!(!text.contains("ptwatch_process_empty_pagetable_error_bytes{pid=\"8\""), "{text}");
 }
