@@ -29,7 +29,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let btf = KernelBtf::load(&config.btf)?;
     // Bind before attaching anything: a busy port is the most common
     // start-up failure and must not leave probes behind.
-    let listener = server::bind(config.listen, config.tls.clone()).await?;
+    let listener = server::bind(config.listen, config.tls.clone(), &config.http).await?;
 
     // One shutdown signal, fanned out to the server and to this task.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -40,9 +40,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
 
     // Serve /healthz (and a 503 /readyz) while the probes are loaded.
-    let exporter = Arc::new(Exporter::default());
-    let app = server::router(Arc::clone(&exporter), config.auth.clone());
-    let server = tokio::spawn(server::serve(listener, app, stopped(stop_rx)));
+    let exporter = Arc::new(Exporter::new(&config.http));
+    let server = tokio::spawn(server::serve(listener, Arc::clone(&exporter), config.auth.clone(), stopped(stop_rx)));
     tracing::info!(
         listen = %config.listen,
         tls = config.tls.is_some(),

@@ -1,15 +1,31 @@
-//! The HTTP(S) listener: `/metrics` (Prometheus text 0.0.4, or OpenMetrics
-//! 1.0.0 when the scraper asks for it), `/healthz` and `/readyz`.
+//! The HTTP(S) listener: `/metrics`, `/`, `/healthz` and `/readyz`
+//! (`routes`), hardened against clients that abuse it (docs/http.md).
 //!
 //! The server starts as soon as the port is bound, before the probes are
 //! attached, so that an orchestrator can tell "starting" (`/healthz` 200,
 //! `/readyz` 503) from "dead". `/metrics` answers 503 until then.
 //! Authentication, when configured, guards everything except the two health
 //! endpoints, which carry no data and must work for probes that have no
-//! credentials.
+//! credentials (`auth`).
+//!
+//! Whatever clients do, the listener's memory and descriptors stay bounded:
+//! a cap on connections with eviction of idle and unfinished ones
+//! (`listener`), a deadline for every phase of a connection, TLS handshake
+//! included (`connection`), a cap on header bytes, and renders shared by
+//! concurrent scrapes with a bounded number of responses in flight
+//! (`render`). `limits` holds the settings, `stats` the `ptwatch_http_*`
+//! metrics.
+
+mod auth;
+mod body;
+mod connection;
+mod limits;
+mod listener;
+mod render;
+mod routes;
+mod stats;
 
 use std::{
-    fmt,
     future::Future,
     io,
     net::SocketAddr,
@@ -19,20 +35,16 @@ use std::{
     },
 };
 
-use axum::{
-    extract::{Request, State},
-    http::{header, HeaderMap, StatusCode},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
-    routing::get,
-    Router,
-};
-use base64::Engine as _;
+pub use auth::Auth;
+pub use limits::{HttpLimits, LimitsError, HEADER_BYTES_RANGE};
 use prometheus::{Encoder as _, Histogram, HistogramOpts, Registry, TextEncoder};
-use subtle::ConstantTimeEq as _;
+use render::{Format, RenderError, RenderFn, Rendered, Renders};
+pub use routes::router;
+use stats::HttpStats;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use super::{openmetrics, tls::TlsListener};
+use super::openmetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -42,79 +54,17 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] io::Error),
 }
 
-/// Credentials the scraper must present on `/metrics`.
-#[derive(Clone)]
-pub enum Auth {
-    Basic { user: String, password: Vec<u8> },
-    Bearer { token: Vec<u8> },
-}
-
-impl fmt::Debug for Auth {
-    // Never print the secrets.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Basic { user, .. } => f.debug_struct("Basic").field("user", user).finish_non_exhaustive(),
-            Self::Bearer { .. } => f.debug_struct("Bearer").finish_non_exhaustive(),
-        }
-    }
-}
-
-impl Auth {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Basic { .. } => "basic",
-            Self::Bearer { .. } => "bearer",
-        }
-    }
-
-    /// Whether an `Authorization` header value carries these credentials.
-    /// Secrets are compared in constant time (only their length can leak).
-    fn accepts(&self, authorization: &str) -> bool {
-        let Some((scheme, credentials)) = authorization.trim().split_once(' ') else {
-            return false;
-        };
-        let credentials = credentials.trim();
-        match self {
-            Self::Bearer { token } => {
-                scheme.eq_ignore_ascii_case("bearer") && bool::from(credentials.as_bytes().ct_eq(token))
-            }
-            Self::Basic { user, password } => {
-                if !scheme.eq_ignore_ascii_case("basic") {
-                    return false;
-                }
-                let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
-                    return false;
-                };
-                // RFC 7617: the user id cannot contain a colon; the password can.
-                let Some(colon) = decoded.iter().position(|b| *b == b':') else {
-                    return false;
-                };
-                let (given_user, given_password) = (&decoded[..colon], &decoded[colon + 1..]);
-                // `&`, not `&&`: do not reveal which half was wrong by timing.
-                bool::from(given_user.ct_eq(user.as_bytes()) & given_password.ct_eq(password))
-            }
-        }
-    }
-
-    fn challenge(&self) -> &'static str {
-        match self {
-            Self::Basic { .. } => r#"Basic realm="ptwatch", charset="UTF-8""#,
-            Self::Bearer { .. } => r#"Bearer realm="ptwatch""#,
-        }
-    }
-}
-
-/// What the handlers share with the agent: the registry once the probes are
-/// attached, whether the first harvest has succeeded, and how long building
-/// each response takes.
+/// What the handlers share with the agent: how to render the metrics once
+/// the probes are attached, whether the first harvest has succeeded, the
+/// renders in progress and the listener's own metrics.
 pub struct Exporter {
-    registry: OnceLock<Arc<Registry>>,
+    render: OnceLock<Arc<RenderFn>>,
     ready: AtomicBool,
     scrape_duration: Histogram,
+    renders: Arc<Renders>,
+    stats: Arc<HttpStats>,
 }
 
 /// Buckets of `ptwatch_scrape_duration_seconds`: 0.5 ms to 2.5 s, finest
@@ -123,25 +73,43 @@ const SCRAPE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0
 
 impl Default for Exporter {
     fn default() -> Self {
-        let opts = HistogramOpts::new(
-            "ptwatch_scrape_duration_seconds",
-            "Time to build each /metrics response (read the kernel maps, harvest, encode), seconds.",
-        )
-        .buckets(SCRAPE_BUCKETS.to_vec());
-        // Fails only on an invalid name or unsorted buckets, both constants.
-        let scrape_duration = Histogram::with_opts(opts).expect("valid histogram options");
-        Self { registry: OnceLock::new(), ready: AtomicBool::new(false), scrape_duration }
+        Self::new(&HttpLimits::default())
     }
 }
 
 impl Exporter {
+    pub fn new(limits: &HttpLimits) -> Self {
+        let opts = HistogramOpts::new(
+            "ptwatch_scrape_duration_seconds",
+            "Time to build each /metrics response (read the kernel maps, harvest, encode), seconds; concurrent scrapes share one.",
+        )
+        .buckets(SCRAPE_BUCKETS.to_vec());
+        // Fails only on an invalid name or unsorted buckets, both constants.
+        let scrape_duration = Histogram::with_opts(opts).expect("valid histogram options");
+        Self {
+            render: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            scrape_duration,
+            renders: Renders::new(limits.max_concurrent_scrapes),
+            stats: Arc::default(),
+        }
+    }
+
     /// Start serving metrics from `registry` (once; later calls are ignored),
-    /// with the scrape duration histogram added to it.
+    /// with the scrape duration histogram and the listener's metrics added
+    /// to it.
     pub fn set_registry(&self, registry: Arc<Registry>) {
         if let Err(err) = registry.register(Box::new(self.scrape_duration.clone())) {
             tracing::warn!(error = %err, "cannot export ptwatch_scrape_duration_seconds");
         }
-        let _ = self.registry.set(registry);
+        if let Err(err) = self.stats.register(&registry) {
+            tracing::warn!(error = %err, "cannot export the ptwatch_http_* metrics");
+        }
+        let scrape_duration = self.scrape_duration.clone();
+        let _ = self.render.set(Arc::new(move |format| {
+            let _timer = scrape_duration.start_timer();
+            encode(&registry, format)
+        }));
     }
 
     /// Probes attached and kernel maps read once: `/readyz` turns 200.
@@ -156,151 +124,92 @@ impl Exporter {
     }
 }
 
-/// A bound listener, plain or TLS.
-pub enum Bound {
-    Plain(TcpListener),
-    Tls(TlsListener),
+/// A bound listener, with the limits it will serve under.
+pub struct Bound {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
+    /// `limits.max_connections`, lowered to fit the open-file limit.
+    max_connections: u32,
 }
 
 /// Bind first, separately, so that "address in use" is reported before any
-/// probe is attached.
-pub async fn bind(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Bound, ServerError> {
+/// probe is attached; raise the open-file limit and fit the connection cap
+/// under it.
+pub async fn bind(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &HttpLimits,
+) -> Result<Bound, ServerError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-    Ok(match tls {
-        None => Bound::Plain(listener),
-        Some(config) => {
-            Bound::Tls(TlsListener::new(listener, config).map_err(|source| ServerError::Bind { addr, source })?)
-        }
-    })
-}
-
-/// The routes, with `auth` in front of everything but the health endpoints.
-pub fn router(exporter: Arc<Exporter>, auth: Option<Auth>) -> Router {
-    let mut protected =
-        Router::new().route("/metrics", get(metrics)).route("/", get(index)).with_state(Arc::clone(&exporter));
-    if let Some(auth) = auth {
-        protected = protected.layer(middleware::from_fn_with_state(Arc::new(auth), require_auth));
-    }
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(exporter).merge(protected)
-}
-
-/// Serve until `shutdown` completes.
-pub async fn serve(
-    bound: Bound,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    match bound {
-        Bound::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Bound::Tls(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-    }
-    .map_err(ServerError::Serve)
-}
-
-async fn require_auth(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| auth.accepts(value));
-    if authorized {
-        return next.run(request).await;
-    }
-    tracing::debug!(path = %request.uri().path(), "request without valid credentials");
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, auth.challenge())], "unauthorized\n").into_response()
-}
-
-async fn index() -> &'static str {
-    "ptwatch: page-table memory metrics at /metrics; health at /healthz and /readyz\n"
-}
-
-/// The process is up and serving.
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {
-    if exporter.is_ready() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: probes not attached or kernel maps not read yet\n")
-            .into_response()
-    }
-}
-
-async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
-    let Some(registry) = exporter.registry.get().cloned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "probes are being attached\n").into_response();
-    };
-    let openmetrics =
-        headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok()).any(openmetrics::preferred);
-    let scrape_duration = exporter.scrape_duration.clone();
-    // Reading kernel maps is a series of syscalls: keep it off the reactor.
-    // The time is that of this work; it shows in the next scrape.
-    let encoded = tokio::task::spawn_blocking(move || {
-        let _timer = scrape_duration.start_timer();
-        encode(&registry, openmetrics)
-    })
-    .await;
-    match encoded {
-        Ok(Ok((body, content_type))) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "encoding metrics failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {err}\n")).into_response()
+    let max_connections = match limits::FdLimit::raise() {
+        Ok(fds) => {
+            if let Some(before) = fds.raised_from {
+                tracing::debug!(before, after = fds.soft, "raised the soft RLIMIT_NOFILE to the hard limit");
+            }
+            let cap = fds.connection_cap(limits.max_connections);
+            if cap < limits.max_connections {
+                tracing::warn!(
+                    configured = limits.max_connections,
+                    open_files = fds.soft,
+                    kept_for_the_agent = limits::RESERVED_FDS,
+                    max_connections = cap,
+                    "--http-max-connections does not fit the open-file limit (RLIMIT_NOFILE): serving fewer connections at once; raise the limit (LimitNOFILE=, ulimit -n) to serve more"
+                );
+            }
+            cap
         }
         Err(err) => {
-            tracing::error!(error = %err, "metrics task failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "metrics task failed\n").into_response()
+            tracing::warn!(error = %err, "cannot read RLIMIT_NOFILE; the connection cap is not checked against it");
+            limits.max_connections
         }
-    }
+    };
+    tracing::debug!(?limits, max_connections, "HTTP limits");
+    Ok(Bound { listener, tls: tls.map(TlsAcceptor::from), limits: *limits, max_connections })
+}
+
+/// Serve the routes, with `auth` in front of the protected ones, until
+/// `shutdown` completes; requests in progress then get a few seconds to
+/// finish.
+pub async fn serve(
+    bound: Bound,
+    exporter: Arc<Exporter>,
+    auth: Option<Auth>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let stats = Arc::clone(&exporter.stats);
+    let app = router(exporter, auth);
+    let shared = Arc::new(connection::Shared::new(app, bound.tls, &bound.limits, stats));
+    listener::run(bound.listener, shared, bound.max_connections, shutdown).await;
+    Ok(())
 }
 
 /// The Prometheus text format; the crate's `TEXT_FORMAT` leaves out the
 /// charset, which client_golang states.
 const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The body and its content type.
-fn encode(registry: &Registry, openmetrics: bool) -> Result<(String, &'static str), prometheus::Error> {
+/// Everything in `registry`, in `format`.
+fn encode(registry: &Registry, format: Format) -> Result<Rendered, RenderError> {
     let families = registry.gather();
-    if openmetrics {
-        return Ok((openmetrics::encode(&families), openmetrics::CONTENT_TYPE));
-    }
-    let mut buffer = Vec::new();
-    TextEncoder::new().encode(&families, &mut buffer)?;
-    let text = String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-    Ok((text, TEXT_CONTENT_TYPE))
+    let (text, content_type) = match format {
+        Format::OpenMetrics => (openmetrics::encode(&families), openmetrics::CONTENT_TYPE),
+        Format::Text => {
+            let mut buffer = Vec::new();
+            TextEncoder::new().encode(&families, &mut buffer).map_err(|e| RenderError::Encode(e.to_string()))?;
+            let text = String::from_utf8(buffer).map_err(|e| RenderError::Encode(e.to_string()))?;
+            (text, TEXT_CONTENT_TYPE)
+        }
+    };
+    Ok(Rendered { body: text.into(), content_type })
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
     use super::*;
 
-    fn basic(user: &str, password: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
-    }
-
-    #[test]
-    fn basic_auth() {
-        let auth = Auth::Basic { user: "prom".into(), password: b"s3:cret".to_vec() };
-        assert!(auth.accepts(&basic("prom", "s3:cret")));
-        assert!(auth.accepts(&basic("prom", "s3:cret").replace("Basic", "basic")));
-        assert!(!auth.accepts(&basic("prom", "s3:cre")));
-        assert!(!auth.accepts(&basic("pro", "s3:cret")));
-        assert!(!auth.accepts("Basic !!!"));
-        assert!(!auth.accepts("Bearer s3:cret"));
-        assert!(!auth.accepts(""));
-    }
-
-    #[test]
-    fn bearer_auth() {
-        let auth = Auth::Bearer { token: b"tok".to_vec() };
-        assert!(auth.accepts("Bearer tok"));
-        assert!(auth.accepts("bearer  tok "));
-        assert!(!auth.accepts("Bearer to"));
-        assert!(!auth.accepts("Bearer tokk"));
-        assert!(!auth.accepts(&basic("x", "tok")));
-    }
-
+    /// One request on its own connection: the status code.
     async fn get(addr: SocketAddr, path: &str) -> u16 {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -311,14 +220,22 @@ mod tests {
         response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code")
     }
 
+    /// The real listener on a loopback port; stops when the sender drops.
+    async fn start(exporter: &Arc<Exporter>, auth: Option<Auth>) -> (SocketAddr, oneshot::Sender<()>) {
+        let bound = bind("127.0.0.1:0".parse().expect("addr"), None, &HttpLimits::default()).await.expect("bind");
+        let addr = bound.listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve(bound, Arc::clone(exporter), auth, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
     /// Before the probes are attached: up, not ready, no metrics; then ready.
     #[tokio::test]
     async fn readiness_follows_the_exporter() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let exporter = Arc::new(Exporter::default());
-        let app = router(Arc::clone(&exporter), Some(Auth::Bearer { token: b"t".to_vec() }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (addr, _stop) = start(&exporter, Some(Auth::Bearer { token: b"t".to_vec() })).await;
         assert_eq!(get(addr, "/healthz").await, 200);
         assert_eq!(get(addr, "/readyz").await, 503);
         // Auth is checked first, even while not ready.
@@ -332,19 +249,28 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_wait_for_the_registry() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let exporter = Arc::new(Exporter::default());
-        let app = router(Arc::clone(&exporter), None);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (addr, _stop) = start(&exporter, None).await;
         assert_eq!(get(addr, "/metrics").await, 503);
         exporter.set_registry(Arc::new(Registry::new()));
         assert_eq!(get(addr, "/metrics").await, 200);
+        assert_eq!(exporter.stats.dropped_count(stats::DropReason::Limit), 0);
     }
 
-    #[test]
-    fn debug_hides_secrets() {
-        let auth = Auth::Basic { user: "prom".into(), password: b"hunter2".to_vec() };
-        assert!(!format!("{auth:?}").contains("hunter2"));
+    /// Shutdown refuses new connections and returns.
+    #[tokio::test]
+    async fn shutdown_stops_the_listener() {
+        let exporter = Arc::new(Exporter::default());
+        let bound = bind("127.0.0.1:0".parse().expect("addr"), None, &HttpLimits::default()).await.expect("bind");
+        let addr = bound.listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(bound, exporter, None, async move {
+            let _ = stopped.await;
+        }));
+        assert_eq!(get(addr, "/healthz").await, 200);
+        drop(stop);
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+        assert!(finished.is_ok_and(|joined| joined.is_ok_and(|served| served.is_ok())));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
     }
 }

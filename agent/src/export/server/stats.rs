@@ -1,0 +1,246 @@
+//! The listener's own metrics (`ptwatch_http_*`, docs/metrics.md) and its
+//! logging of abuse: every connection the agent closes on its own is
+//! counted by reason, and summarised in at most one log line a minute, so a
+//! client that opens thousands of connections cannot flood the log.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Why the agent closed a connection (or never served it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Refused at the cap: every connection was busy with a request.
+    Limit,
+    /// Closed at the cap to make room for a new one: the oldest that was
+    /// idle, still sending its headers or in its TLS handshake.
+    Evicted,
+    HandshakeTimeout,
+    HandshakeFailed,
+    HeaderTimeout,
+    /// Answered 431.
+    HeaderTooLarge,
+    /// Answered 400 (not HTTP/1.x).
+    BadRequest,
+    IdleTimeout,
+    WriteTimeout,
+}
+
+impl DropReason {
+    pub const ALL: [Self; 9] = [
+        Self::Limit,
+        Self::Evicted,
+        Self::HandshakeTimeout,
+        Self::HandshakeFailed,
+        Self::HeaderTimeout,
+        Self::HeaderTooLarge,
+        Self::BadRequest,
+        Self::IdleTimeout,
+        Self::WriteTimeout,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Evicted => "evicted",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::HeaderTimeout => "header_timeout",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::BadRequest => "bad_request",
+            Self::IdleTimeout => "idle_timeout",
+            Self::WriteTimeout => "write_timeout",
+        }
+    }
+
+    /// Closing a kept-alive connection nobody uses is housekeeping, not
+    /// something to tell the operator about.
+    fn is_routine(self) -> bool {
+        self == Self::IdleTimeout
+    }
+
+    /// Closed with a reset rather than a FIN: nothing useful is left to send,
+    /// and the agent's side skips `TIME_WAIT` (a flood leaves no trail).
+    pub fn resets(self) -> bool {
+        !self.is_routine()
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// How often abuse may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+pub struct HttpStats {
+    open: IntGauge,
+    max: IntGauge,
+    accepted: IntCounter,
+    dropped: IntCounterVec,
+    accept_errors: IntCounter,
+    metrics_requests: IntCounter,
+    drops_log: Mutex<Throttle<[u64; DropReason::ALL.len()]>>,
+    accept_errors_log: Mutex<Throttle<u64>>,
+}
+
+/// Counts gathered since the last log line, and when that was.
+#[derive(Default)]
+struct Throttle<T> {
+    last: Option<Instant>,
+    pending: T,
+}
+
+impl<T: Default> Throttle<T> {
+    /// Add with `add`; when a line is due, return what was gathered.
+    fn note(&mut self, add: impl FnOnce(&mut T)) -> Option<T> {
+        add(&mut self.pending);
+        let due = self.last.is_none_or(|last| last.elapsed() >= LOG_EVERY);
+        if !due {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        // Names and help are constants: construction cannot fail.
+        let gauge = |name, help| IntGauge::new(name, help).expect("valid gauge");
+        let counter = |name, help| IntCounter::new(name, help).expect("valid counter");
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "ptwatch_http_connections_dropped_total",
+                "Connections the agent closed on its own or refused, by reason (docs/http.md).",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter vector");
+        // Every reason from the start: a rate over a series that appears
+        // with its first increment misses that increment.
+        for reason in DropReason::ALL {
+            dropped.with_label_values(&[reason.label()]);
+        }
+        Self {
+            open: gauge("ptwatch_http_connections_open", "Connections open now, TLS handshakes included."),
+            max: gauge(
+                "ptwatch_http_max_connections",
+                "The connection cap in force: --http-max-connections, lowered to fit the open-file limit.",
+            ),
+            accepted: counter("ptwatch_http_connections_accepted_total", "Connections accepted."),
+            dropped,
+            accept_errors: counter(
+                "ptwatch_http_accept_errors_total",
+                "Failed accept calls (e.g. EMFILE: out of file descriptors); the listener backs off after each.",
+            ),
+            metrics_requests: counter(
+                "ptwatch_http_metrics_requests_total",
+                "/metrics requests answered with metrics; concurrent ones share a render (ptwatch_scrape_duration_seconds_count).",
+            ),
+            drops_log: Mutex::default(),
+            accept_errors_log: Mutex::default(),
+        }
+    }
+}
+
+impl HttpStats {
+    /// Export these from `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.open.clone()))?;
+        registry.register(Box::new(self.max.clone()))?;
+        registry.register(Box::new(self.accepted.clone()))?;
+        registry.register(Box::new(self.dropped.clone()))?;
+        registry.register(Box::new(self.accept_errors.clone()))?;
+        registry.register(Box::new(self.metrics_requests.clone()))
+    }
+
+    pub fn set_max_connections(&self, max: u32) {
+        self.max.set(i64::from(max));
+    }
+
+    pub fn opened(&self) {
+        self.accepted.inc();
+        self.open.inc();
+    }
+
+    pub fn closed(&self) {
+        self.open.dec();
+    }
+
+    pub fn metrics_request(&self) {
+        self.metrics_requests.inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped.with_label_values(&[reason.label()]).inc();
+        if reason.is_routine() {
+            return;
+        }
+        let due = lock(&self.drops_log).note(|pending| pending[reason.index()] += 1);
+        if let Some(counts) = due {
+            let summary: Vec<String> = DropReason::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(reason, n)| format!("{}={n}", reason.label()))
+                .collect();
+            tracing::warn!(
+                closed = %summary.join(","),
+                "HTTP clients misbehaving or too many connections: closed connections since the last such line (at most one a minute; ptwatch_http_connections_dropped_total counts them all)"
+            );
+        }
+    }
+
+    pub fn accept_error(&self, error: &std::io::Error) {
+        self.accept_errors.inc();
+        if let Some(count) = lock(&self.accept_errors_log).note(|pending| *pending += 1) {
+            tracing::warn!(%error, count, "accepting connections failed; backing off (at most one such line a minute)");
+        }
+    }
+
+    /// For tests: the count of one reason.
+    #[cfg(test)]
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped.with_label_values(&[reason.label()]).get()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_exported_from_the_start() {
+        let stats = HttpStats::default();
+        let registry = Registry::new();
+        stats.register(&registry).expect("register");
+        stats.dropped(DropReason::Evicted);
+        let families = registry.gather();
+        let dropped = families.iter().find(|f| f.name() == "ptwatch_http_connections_dropped_total").expect("family");
+        assert_eq!(dropped.get_metric().len(), DropReason::ALL.len());
+        assert_eq!(stats.dropped_count(DropReason::Evicted), 1);
+        assert_eq!(stats.dropped_count(DropReason::Limit), 0);
+        let labels: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), DropReason::ALL.len(), "labels are distinct");
+    }
+
+    #[test]
+    fn throttle_logs_the_first_then_at_most_once_a_minute() {
+        let mut throttle = Throttle::<u64>::default();
+        assert_eq!(throttle.note(|n| *n += 1), Some(1));
+        for _ in 0..1000 {
+            assert_eq!(throttle.note(|n| *n += 1), None);
+        }
+        throttle.last = Instant::now().checked_sub(LOG_EVERY);
+        assert_eq!(throttle.note(|n| *n += 1), Some(1001), "the next line carries everything since the last");
+    }
+}
