@@ -167,10 +167,11 @@ fn example_config_files_are_accepted_by_the_agent() {
 }
 
 fn kustomize() -> String {
-    let output = run(
-        Command::new("kubectl").arg("kustomize").arg(deploy_dir().join("kubernetes")),
-        "kubectl (needed to render deploy/kubernetes)",
-    );
+    kustomize_dir(&deploy_dir().join("kubernetes"))
+}
+
+fn kustomize_dir(dir: &Path) -> String {
+    let output = run(Command::new("kubectl").arg("kustomize").arg(dir), "kubectl (needed to render deploy/kubernetes)");
     assert!(output.status.success(), "kubectl kustomize failed:\n{}", text(&output));
     String::from_utf8(output.stdout).expect("UTF-8 manifests")
 }
@@ -286,4 +287,37 @@ fn prometheus_rules_check_and_unit_tests_pass() {
         assert!(cases.iter().any(|c| c.contains("exp_alerts: []")), "{alert}: no not-firing case");
         assert!(cases.iter().any(|c| c.contains("exp_labels:")), "{alert}: no firing case");
     }
+}
+
+/// The NetworkPolicy component (docs/http.md#who-may-connect): off by
+/// default; turned on the documented way (uncommenting `components:` in
+/// the kustomization), it renders a valid policy that selects the agent's
+/// pods and opens only the port the DaemonSet serves on.
+#[test]
+fn network_policy_is_off_by_default_and_valid_when_switched_on() {
+    assert!(!kustomize().contains("kind: NetworkPolicy"), "the NetworkPolicy must be off by default");
+    let dir = temp_dir("netpol");
+    let copy = dir.join("kubernetes");
+    let copied = run(Command::new("cp").arg("-r").arg(deploy_dir().join("kubernetes")).arg(&copy), "cp");
+    assert!(copied.status.success(), "{}", text(&copied));
+    let kustomization = copy.join("kustomization.yaml");
+    let original = std::fs::read_to_string(&kustomization).expect("read kustomization.yaml");
+    let switch = "# components:\n#   - components/network-policy\n";
+    assert!(original.contains(switch), "the documented switch is in kustomization.yaml:\n{original}");
+    let switched = original.replace(switch, "components:\n  - components/network-policy\n");
+    std::fs::write(&kustomization, switched).expect("write kustomization.yaml");
+    let manifests = kustomize_dir(&copy);
+    let policy = manifests
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: NetworkPolicy"))
+        .unwrap_or_else(|| panic!("no NetworkPolicy rendered:\n{manifests}"));
+    let output = kubernetes_validate(&manifests, &dir);
+    assert!(output.status.success(), "kubernetes-validate failed:\n{}", text(&output));
+    assert!(text(&output).contains("passed for resource networkpolicy/ptwatch "), "{}", text(&output));
+    // It selects the DaemonSet's pods, in its namespace, and opens its port.
+    assert!(policy.contains("namespace: ptwatch\n"), "{policy}");
+    assert!(policy.contains("podSelector:\n    matchLabels:\n      app.kubernetes.io/name: ptwatch\n"), "{policy}");
+    assert!(manifests.contains("containerPort: 9977\n") && policy.contains("- port: 9977\n"), "{policy}");
+    assert!(policy.contains("policyTypes:\n  - Ingress\n") && !policy.contains("Egress"), "{policy}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -7,7 +7,8 @@
 //! thousands of slow or idle connections hold at most `max_connections`
 //! slots, and a scraper that connects and sends its request at once is
 //! served: it is the newest connection, the last to be evicted. Only when
-//! every connection is answering a request is a new one refused.
+//! every connection is answering a request is a new one refused. (While
+//! evicted connections close, up to [`EVICTION_SLACK`] more are open.)
 //!
 //! A failed accept that concerns one connection is skipped; any other
 //! (EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything unexpected) pauses the loop,
@@ -36,8 +37,16 @@ use super::{
 /// How long connections in progress get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// An evicted connection closes at its task's next poll; waiting longer
-/// than this for its slot means something is wrong: refuse instead.
+/// Connections admitted in place of evicted ones that have not closed yet:
+/// an evicted connection closes at its task's next poll, and the accept
+/// loop does not wait for each (under a flood it would accept at the pace
+/// of task switches, and the kernel's accept queue would overflow and drop
+/// the SYNs of honest clients). Open connections stay below the cap plus
+/// this.
+pub const EVICTION_SLACK: u32 = 32;
+
+/// Waiting longer than this for an evicted connection to close means
+/// something is wrong: refuse instead.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -97,7 +106,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     shared.stats.set_max_connections(max_connections);
-    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    let slots = Arc::new(Semaphore::new((max_connections + EVICTION_SLACK) as usize));
     let connections = Arc::new(Connections::default());
     let (stop, stopped) = watch::channel(false);
     let mut backoff = Backoff::default();
@@ -126,7 +135,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(slot) = admit(&slots, &connections, &shared.stats).await else {
+        let Some(slot) = admit(&slots, &connections).await else {
             connection::reset_on_close(tcp.as_raw_fd());
             drop(tcp);
             shared.stats.dropped(DropReason::Limit);
@@ -148,23 +157,29 @@ pub async fn run(
     // New connections are refused from here on.
     drop(incoming);
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(max_connections)).await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(max_connections + EVICTION_SLACK)).await;
     if drained.is_err() {
         tracing::info!("connections still open after {SHUTDOWN_GRACE:?} of shutdown; closing them");
     }
 }
 
-/// A slot for a new connection: a free one, else one freed by evicting the
-/// oldest connection that is not answering a request.
-async fn admit(slots: &Arc<Semaphore>, connections: &Connections, stats: &HttpStats) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
-        return Some(slot);
+/// A slot for a new connection: a free one below the cap, else one freed
+/// by evicting the oldest connection that is not answering a request
+/// (taken from the slack at once while the evicted one closes). The evicted
+/// connection's task counts it.
+async fn admit(slots: &Arc<Semaphore>, connections: &Connections) -> Option<OwnedSemaphorePermit> {
+    // This loop is the only one taking slots: no race between the check
+    // and the acquisition.
+    if slots.available_permits() > EVICTION_SLACK as usize {
+        return Arc::clone(slots).try_acquire_owned().ok();
     }
     if !connections.evict_oldest() {
         return None;
     }
-    stats.dropped(DropReason::Evicted);
-    // The evicted connection's task wakes, closes and frees its slot.
+    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+        return Some(slot);
+    }
+    // The slack is used up: wait for an evicted connection to close.
     tokio::time::timeout(EVICTION_WAIT, Arc::clone(slots).acquire_owned()).await.ok()?.ok()
 }
 
@@ -242,6 +257,69 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Err(io::Error::from_raw_os_error(libc::EMFILE))
         }
+    }
+
+    async fn send(addr: std::net::SocketAddr, request: &str) -> TcpStream {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        // Let the agent's side accept it and read what was sent.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream
+    }
+
+    /// Everything the agent sends until it closes (empty if it reset).
+    async fn until_closed(mut stream: TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "still open after 5 s");
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    /// At the cap, a connection that is not answering a request makes room
+    /// for a new one; when every connection is answering one, a new
+    /// connection is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cap_evicts_idle_connections_and_refuses_when_all_are_busy() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let opened = Arc::clone(&gate);
+        let app = Router::new()
+            .route(
+                "/wait",
+                axum::routing::get(move || {
+                    let gate = Arc::clone(&opened);
+                    async move {
+                        gate.notified().await;
+                        "done\n"
+                    }
+                }),
+            )
+            .route("/", axum::routing::get(|| async { "ok\n" }));
+        let stats = Arc::new(HttpStats::default());
+        let shared = Arc::new(Shared::new(app, None, &HttpLimits::default(), Arc::clone(&stats)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(run(listener, shared, 2, std::future::pending()));
+
+        let wait = "GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let silent = send(addr, "").await;
+        let busy = send(addr, wait).await;
+        // Full: the silent one is evicted for the newcomer, which is served.
+        let served = send(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(until_closed(served).await.ends_with("ok\n"));
+        assert_eq!(until_closed(silent).await, "", "evicted");
+        assert_eq!(stats.dropped_count(DropReason::Evicted), 1);
+
+        // Full of requests in progress: refused.
+        let busy_too = send(addr, wait).await;
+        let refused = send(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(until_closed(refused).await, "", "refused");
+        assert_eq!(stats.dropped_count(DropReason::Limit), 1);
+        assert_eq!(stats.dropped_count(DropReason::Evicted), 1, "a request in progress is never evicted");
+        gate.notify_waiters();
+        assert!(until_closed(busy).await.ends_with("done\n"));
+        assert!(until_closed(busy_too).await.ends_with("done\n"));
     }
 
     /// At EMFILE the loop sleeps instead of spinning: over 1.3 s, 5 + 10 +
