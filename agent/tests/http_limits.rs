@@ -135,6 +135,11 @@ fn slowloris_connections_are_closed_at_the_header_timeout() {
         }
     });
     let all: Vec<Duration> = lives.iter().map(|l| l.expect("every slow connection is closed")).collect();
+    eprintln!(
+        "slowloris: 100 connections closed {:.2} to {:.2} s after they were opened (header timeout 2 s)",
+        all.iter().min().copied().unwrap_or_default().as_secs_f64(),
+        all.iter().max().copied().unwrap_or_default().as_secs_f64()
+    );
     assert!(
         all.iter().all(|d| *d >= Duration::from_millis(1950) && *d <= Duration::from_secs(4)),
         "closed after (s): {:?}",
@@ -388,6 +393,7 @@ fn a_flood_of_slow_connections_stays_bounded() {
     let (status, stderr) = agent.stop();
     assert!(status.success(), "{stderr}");
     let lines = stderr.lines().filter(|l| l.contains("misbehaving")).count();
+    eprintln!("flood: {lines} abuse log lines");
     assert!(lines <= 2, "{lines} abuse lines:\n{stderr}");
 }
 

@@ -38,7 +38,8 @@ use std::{
 pub use auth::Auth;
 pub use limits::{HttpLimits, LimitsError, HEADER_BYTES_RANGE};
 use prometheus::{Encoder as _, Histogram, HistogramOpts, Registry, TextEncoder};
-use render::{Format, RenderError, RenderFn, Rendered, Renders};
+pub use render::{Format, RenderError, Rendered};
+use render::{RenderFn, Renders};
 pub use routes::router;
 use stats::HttpStats;
 use tokio::net::TcpListener;
@@ -106,10 +107,17 @@ impl Exporter {
             tracing::warn!(error = %err, "cannot export the ptwatch_http_* metrics");
         }
         let scrape_duration = self.scrape_duration.clone();
-        let _ = self.render.set(Arc::new(move |format| {
+        self.set_render(move |format| {
             let _timer = scrape_duration.start_timer();
             encode(&registry, format)
-        }));
+        });
+    }
+
+    /// Start serving metrics from `render` (once; later calls are ignored).
+    /// It runs on a blocking thread, shared by the scrapes that arrive
+    /// while it runs (`render`).
+    pub fn set_render(&self, render: impl Fn(Format) -> Result<Rendered, RenderError> + Send + Sync + 'static) {
+        let _ = self.render.set(Arc::new(render));
     }
 
     /// Probes attached and kernel maps read once: `/readyz` turns 200.

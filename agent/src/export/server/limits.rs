@@ -34,8 +34,8 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             // Prometheus (an HA pair), a few people, kubelet probes: tens at
-            // most. About 20 KiB each when slow or idle (docs/http.md), so
-            // the cap costs at most ~10 MiB; at the cap, idle and unfinished
+            // most. About 24 KiB each when slow or idle (docs/http.md), so
+            // the cap costs at most ~12 MiB; at the cap, idle and unfinished
             // connections make room for new ones.
             max_connections: 512,
             // Prometheus sends its request as soon as it connects; 10 s
@@ -53,7 +53,7 @@ impl Default for HttpLimits {
             max_header_bytes: 8192,
             // Scrapes beyond this wait (for their slot, not for a render:
             // concurrent scrapes share renders, see `render`); each one in
-            // flight may hold one response body (~2 MiB at 10,000 series).
+            // flight may hold one response body (~850 KiB at 10,000 series).
             max_concurrent_scrapes: 8,
         }
     }
@@ -92,10 +92,11 @@ impl HttpLimits {
 }
 
 /// Descriptors kept for everything but client connections. Measured on the
-/// running agent (tracepoint mode, `ls /proc/PID/fd`): about 60 (eBPF
-/// programs, links, maps and BTF, the runtime's epoll and eventfds, stdio);
+/// running agent (tracepoint mode, `process_open_fds` with no client): 34
+/// (eBPF programs, links and maps, the runtime's epoll and eventfds, stdio);
 /// a harvest opens one or two `/proc` or cgroup files at a time. The rest is
-/// headroom for the fentry and kprobe plans and for Prometheus.
+/// headroom for the fentry and kprobe plans and for the connections
+/// admitted while evicted ones close (`listener::EVICTION_SLACK`, 32).
 pub const RESERVED_FDS: u64 = 256;
 
 /// The open-file limit as found and as left at start-up.
