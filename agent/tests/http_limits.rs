@@ -247,7 +247,11 @@ fn oversized_request_headers_get_431() {
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
         let response = String::from_utf8_lossy(&response);
-        assert!(response.is_empty() || response.starts_with("HTTP/1.1 431"), "{size} header bytes: {response:?}");
+        // 4 KiB arrive in one read and the agent answers; of 256 KiB it
+        // reads a few and closes with the rest unread, which resets the
+        // connection and may discard the answer before the client reads it.
+        let answered = response.starts_with("HTTP/1.1 431");
+        assert!(answered || (size > 8192 && response.is_empty()), "{size} header bytes: {response:?}");
     }
     let after = agent.metrics();
     assert_eq!(dropped(&after, "header_too_large") - dropped(&before, "header_too_large"), 2.0, "{}", after.text);

@@ -190,7 +190,7 @@ impl HttpStats {
                 .map(|(reason, n)| format!("{}={n}", reason.label()))
                 .collect();
             tracing::warn!(
-                closed = %summary.join(","),
+                by_reason = %summary.join(" "),
                 "HTTP clients misbehaving or too many connections: closed connections since the last such line (at most one a minute; ptwatch_http_connections_dropped_total counts them all)"
             );
         }
