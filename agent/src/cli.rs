@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{aggregate::RankBy, kernel::btf::VMLINUX_BTF, probes::plan::ProbeMode};
 
+pub mod generate;
+pub mod markdown;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ptwatch",
@@ -28,11 +31,11 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format [default: text].
-    #[arg(long, global = true, value_enum, env = "PTWATCH_LOG_FORMAT")]
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, env = "PTWATCH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `ptwatch=debug`) [default: info].
-    #[arg(long, global = true, env = "PTWATCH_LOG")]
+    #[arg(long, global = true, value_name = "FILTER", env = "PTWATCH_LOG")]
     pub log: Option<String>,
 }
 
@@ -118,8 +121,9 @@ pub enum Command {
     /// process. Events that did not fit in the ring buffer are counted as
     /// lost, shown when the count changes and in the summary.
     ///
-    /// Exit code 0 after a normal stop, 1 when the probes cannot be loaded,
-    /// 2 on usage errors. docs/trace-top.md has the details.
+    /// Exit code 0 after a normal stop, 1 when the probes cannot be loaded
+    /// or the --pid process does not exist, 2 on usage errors.
+    /// docs/trace-top.md has the details.
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
     /// A refreshing view of the processes (or cgroups) with the most
@@ -137,7 +141,7 @@ pub enum Command {
     ///
     /// Rates start counting when top starts. Keys: p, r, d sort by
     /// page tables, reclaim, DONTNEED; c switches between processes and
-    /// cgroups; q or Ctrl-C quits. With stdout not a terminal it prints one
+    /// cgroups; q, Esc or Ctrl-C quits. With stdout not a terminal it prints one
     /// plain table per interval instead (--iterations N stops after N).
     ///
     /// Exit code 0 after q, Ctrl-C, SIGTERM or --iterations; 1 when the
@@ -151,11 +155,11 @@ pub struct ProbeArgs {
     /// Which probes to use: `auto` picks the most precise the kernel allows
     /// (fentry, then kprobe, then tracepoints); the others force one and
     /// fail if the kernel cannot do it.
-    #[arg(long, value_enum, default_value_t = ProbeMode::Auto, env = "PTWATCH_PROBE_MODE")]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ProbeMode::Auto, env = "PTWATCH_PROBE_MODE")]
     pub probe_mode: ProbeMode,
 
     /// Kernel BTF to read struct layouts from.
-    #[arg(long, default_value = VMLINUX_BTF, env = "PTWATCH_BTF")]
+    #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF, env = "PTWATCH_BTF")]
     pub btf: PathBuf,
 }
 
@@ -165,7 +169,7 @@ pub struct CheckArgs {
     pub probes: ProbeArgs,
 
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "PTWATCH_CHECK_JSON", value_parser = switch())]
     pub json: bool,
 }
 
@@ -178,15 +182,15 @@ pub struct ScanArgs {
 
     /// Scan every process instead (kernel threads and processes that exit
     /// meanwhile are skipped) and list those with the most empty tables.
-    #[arg(long)]
+    #[arg(long, env = "PTWATCH_SCAN_ALL", value_parser = switch())]
     pub all: bool,
 
     /// How many mappings (or, with --all, processes) to list.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, env = "PTWATCH_SCAN_TOP")]
     pub top: usize,
 
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "PTWATCH_SCAN_JSON", value_parser = switch())]
     pub json: bool,
 }
 
@@ -196,40 +200,46 @@ pub struct TraceArgs {
     pub probes: ProbeArgs,
 
     /// Only events of this process (filtered in the kernel).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "PTWATCH_TRACE_PID")]
     pub pid: Option<u32>,
 
     /// Only processes whose comm is NAME (the kernel keeps 15 characters).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "PTWATCH_TRACE_COMM")]
     pub comm: Option<String>,
 
     /// Only tasks in this cgroup v2 directory, given relative to the cgroup
     /// v2 mount (e.g. /system.slice/foo.service) or as a full path
     /// (filtered in the kernel; sub-cgroups are not included).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "PTWATCH_TRACE_CGROUP")]
     pub cgroup: Option<PathBuf>,
 
-    /// Only events with this cause (repeat for several).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::cause::NAMES))]
+    /// Only events with this cause (repeat, or separate with commas, for
+    /// several).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(ptwatch_common::cause::NAMES),
+        env = "PTWATCH_TRACE_CAUSE"
+    )]
     pub cause: Vec<String>,
 
     /// Only events of at least N page-table pages (e.g. DONTNEED calls that
     /// reclaimed at least N PTE tables; a free is 1 page).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "PTWATCH_TRACE_MIN_PAGES")]
     pub min_pages: u64,
 
     /// Stop after this long (e.g. 30s, 5m) instead of waiting for Ctrl-C.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_TRACE_DURATION")]
     pub duration: Option<Duration>,
 
     /// Print one JSON object per line: events (`"type":"event"`), lost-event
     /// counts when they change (`"type":"lost"`) and the summary
     /// (`"type":"summary"`).
-    #[arg(long)]
+    #[arg(long, env = "PTWATCH_TRACE_JSON", value_parser = switch())]
     pub json: bool,
 
     /// Ring buffer size in KiB: a power of two, at least 4.
-    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib, env = "PTWATCH_TRACE_BUFFER_KIB")]
     pub buffer_kib: u32,
 }
 
@@ -249,24 +259,31 @@ pub struct TopArgs {
     pub probes: ProbeArgs,
 
     /// Show cgroups instead of processes (press c to switch live).
-    #[arg(long)]
+    #[arg(long, env = "PTWATCH_TOP_CGROUPS", value_parser = switch())]
     pub cgroups: bool,
 
     /// Sort by this column, largest first (keys p, r, d switch live).
-    #[arg(long, value_enum, default_value_t = TopSort::Pagetable)]
+    #[arg(long, value_enum, default_value_t = TopSort::Pagetable, env = "PTWATCH_TOP_SORT")]
     pub sort: TopSort,
 
     /// Time between refreshes (e.g. 1s, 500ms).
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s", env = "PTWATCH_TOP_INTERVAL")]
     pub interval: Duration,
 
     /// Stop after N refreshes.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), env = "PTWATCH_TOP_ITERATIONS")]
     pub iterations: Option<u64>,
 
     /// Rows per table [default: as many as fit in a terminal, 20 otherwise].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), env = "PTWATCH_TOP_LIMIT")]
     pub limit: Option<u64>,
+}
+
+/// The value parser of every on/off flag: its variable is read as
+/// `1`/`true`/`yes`/`on`/`y`/`t` or `0`/`false`/`no`/`off`/`n`/`f` (clap's
+/// plain `bool` would take only `true` and `false`).
+fn switch() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 /// A mistake in what the user asked for, found after parsing (e.g. a cgroup
@@ -295,12 +312,12 @@ pub struct AgentArgs {
     pub config: Option<PathBuf>,
 
     /// Address to serve /metrics on [default: 0.0.0.0:9977].
-    #[arg(long, env = "PTWATCH_LISTEN")]
+    #[arg(long, value_name = "ADDR", env = "PTWATCH_LISTEN")]
     pub listen: Option<SocketAddr>,
 
     /// How long series of exited processes stay exported (e.g. 90s, 5m, 1h),
     /// so that short-lived processes are still scraped [default: 5m].
-    #[arg(long, value_parser = parse_duration, env = "PTWATCH_EXITED_TTL")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_EXITED_TTL")]
     pub exited_ttl: Option<Duration>,
 
     /// How often the full harvest runs: it reads /proc and cgroup files of
@@ -308,17 +325,17 @@ pub struct AgentArgs {
     /// releases their kernel entries. A scrape reads only the kernel maps,
     /// so counters are always current while the page-table byte gauges of
     /// known processes and cgroups are at most this old [default: 10s].
-    #[arg(long, value_parser = parse_duration, env = "PTWATCH_HARVEST_INTERVAL")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "PTWATCH_HARVEST_INTERVAL")]
     pub harvest_interval: Option<Duration>,
 
     /// Which probes to use: `auto` picks the most precise the kernel allows
     /// (fentry, then kprobe, then tracepoints); the others force one and
     /// fail if the kernel cannot do it [default: auto].
-    #[arg(long, value_enum, env = "PTWATCH_PROBE_MODE")]
+    #[arg(long, value_name = "MODE", value_enum, env = "PTWATCH_PROBE_MODE")]
     pub probe_mode: Option<ProbeMode>,
 
     /// Kernel BTF to read struct layouts from [default: /sys/kernel/btf/vmlinux].
-    #[arg(long, env = "PTWATCH_BTF")]
+    #[arg(long, value_name = "PATH", env = "PTWATCH_BTF")]
     pub btf: Option<PathBuf>,
 
     /// At most N processes get their own per-process series, ranked by
@@ -329,7 +346,7 @@ pub struct AgentArgs {
 
     /// What --top-processes ranks by: page-table memory now, or PTE pages
     /// reclaimed [default: pagetable-bytes].
-    #[arg(long, value_enum, env = "PTWATCH_RANK_PROCESSES_BY")]
+    #[arg(long, value_name = "RANK", value_enum, env = "PTWATCH_RANK_PROCESSES_BY")]
     pub rank_processes_by: Option<RankBy>,
 
     /// Own series only for processes with at least this much page-table
@@ -481,6 +498,69 @@ mod tests {
         assert_eq!(parse_duration(&text("write_timeout")), Ok(http.write_timeout));
         assert_eq!(text("max_header_bytes").parse(), Ok(http.max_header_bytes));
         assert_eq!(text("max_concurrent_scrapes").parse(), Ok(http.max_concurrent_scrapes));
+    }
+
+    /// Every option has its variable, named by the rule docs/cli.md states
+    /// (the agent's options and the ones every command shares:
+    /// `PTWATCH_<OPTION>`; another command's own: `PTWATCH_<COMMAND>_<OPTION>`),
+    /// and no two options share one unless they are the same option.
+    #[test]
+    fn every_option_has_its_variable() {
+        let shared: Vec<String> = ProbeArgs::augment_args(clap::Command::new("probes"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let command = generate::command();
+        let mut owners: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut problems = Vec::new();
+        for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(
+                    arg.get_action(),
+                    clap::ArgAction::Help | clap::ArgAction::HelpLong | clap::ArgAction::Version
+                ) {
+                    continue;
+                }
+                let option = long.to_uppercase().replace('-', "_");
+                let id = arg.get_id().to_string();
+                let expected = if sub.get_name() == "agent" || arg.is_global_set() || shared.contains(&id) {
+                    format!("PTWATCH_{option}")
+                } else {
+                    format!("PTWATCH_{}_{option}", sub.get_name().to_uppercase())
+                };
+                let actual = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                if actual.as_deref() != Some(expected.as_str()) {
+                    problems
+                        .push(format!("ptwatch {} --{long}: env = {actual:?}, expected {expected:?}", sub.get_name()));
+                }
+                if let Some(previous) = owners.insert(expected.clone(), format!("--{long}")) {
+                    if previous != format!("--{long}") {
+                        problems.push(format!("{expected} is both {previous} and --{long}"));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "options without their PTWATCH_* variable:\n{}", problems.join("\n"));
+    }
+
+    /// On/off flags read their variable as `1`, `yes`, ... too.
+    #[test]
+    fn switches_take_the_usual_spellings() {
+        let command = generate::command();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| matches!(a.get_action(), clap::ArgAction::SetTrue)) {
+                // The same value parser, fed on the command line instead of
+                // through the (process-wide) environment.
+                let probe = clap::Command::new("probe").arg(arg.clone().action(clap::ArgAction::Set).num_args(1));
+                let long = format!("--{}", arg.get_long().expect("a switch has a long name"));
+                for (text, value) in [("1", true), ("yes", true), ("true", true), ("0", false), ("off", false)] {
+                    let parsed = probe.clone().try_get_matches_from(["probe", long.as_str(), text]);
+                    let parsed = parsed.ok().and_then(|m| m.get_one::<bool>(arg.get_id().as_str()).copied());
+                    assert_eq!(parsed, Some(value), "ptwatch {} {long} = {text}", sub.get_name());
+                }
+            }
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -47,9 +47,9 @@ pub enum ConfigError {
     /// with a position.
     #[error("config file {path}{position}: {message}")]
     Parse { path: PathBuf, position: Position, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot read {what} file {path}: {source}")]
+    #[error("cannot read {what} file {path}")]
     Secret {
         what: &'static str,
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum ConfigError {
     /// Options that are valid alone but not together.
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Http(#[from] LimitsError),
 }
 

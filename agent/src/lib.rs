@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod error_chain;
 pub mod export;
 pub mod kernel;
 pub mod privileges;

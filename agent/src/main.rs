@@ -6,13 +6,18 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use ptwatch::{
-    cli::{Cli, Command, LogFormat},
+    cli::{generate, Cli, Command, LogFormat},
     config::{AgentConfig, LogConfig},
+    error_chain::ErrorChain,
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if generate::requested(&args) {
+        return generate::main(&args[1..]);
+    }
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
@@ -47,7 +52,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => match AgentConfig::resolve(args, &cli.log) {
             Ok(config) => Some(config),
             Err(err) => {
-                eprintln!("ptwatch: {err}");
+                eprintln!("ptwatch: {}", ErrorChain(&err));
                 return ExitCode::from(2);
             }
         },
@@ -56,7 +61,7 @@ fn main() -> ExitCode {
     let log = match agent_config.as_ref().map(|c| Ok(c.log.clone())).unwrap_or_else(|| LogConfig::from_args(&cli.log)) {
         Ok(log) => log,
         Err(err) => {
-            eprintln!("ptwatch: {err}");
+            eprintln!("ptwatch: {}", ErrorChain(&err));
             return ExitCode::from(2);
         }
     };
@@ -78,11 +83,11 @@ fn main() -> ExitCode {
     match run(cli.command, agent_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.downcast_ref::<ptwatch::cli::UsageError>().is_some() => {
-            eprintln!("ptwatch: {err:#}");
+            eprintln!("ptwatch: {}", ErrorChain(&*err));
             ExitCode::from(2)
         }
         Err(err) => {
-            eprintln!("ptwatch: error: {err:#}");
+            eprintln!("ptwatch: error: {}", ErrorChain(&*err));
             ExitCode::FAILURE
         }
     }

@@ -152,17 +152,17 @@ impl fmt::Debug for CapabilitySet {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("cannot read the process' capabilities (capget): {0}")]
+    #[error("cannot read the process' capabilities (capget)")]
     Capget(#[source] io::Error),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
         source: io::Error,
     },
-    #[error("cannot install the signal handler that drops capabilities in every thread: {0}")]
+    #[error("cannot install the signal handler that drops capabilities in every thread")]
     Signal(#[source] io::Error),
-    #[error("dropping capabilities failed in a thread: {0}")]
+    #[error("dropping capabilities failed in a thread")]
     Drop(#[source] io::Error),
     #[error("threads {threads} still hold capabilities after dropping them (kept set: {kept})")]
     NotDropped { threads: String, kept: CapabilitySet },

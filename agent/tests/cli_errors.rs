@@ -1,13 +1,61 @@
-//! Bad input: one clear line on stderr, a non-zero exit, never a panic.
+//! Bad input: one clear line on stderr, a non-zero exit, never a panic, and
+//! each cause said once (`assert_one_line_error` checks that too).
 
 mod support;
 
 use std::process::{Command, Output};
 
-use support::{assert_one_line_error, free_port, ptwatch_bin};
+use support::{assert_each_cause_once, assert_one_line_error, free_port, ptwatch_bin};
 
 fn ptwatch(args: &[&str]) -> Output {
     Command::new(ptwatch_bin()).args(args).output().expect("run ptwatch")
+}
+
+fn ptwatch_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(ptwatch_bin()).args(args).envs(env.iter().copied()).output().expect("run ptwatch")
+}
+
+/// The check catches the repeated causes this project once printed.
+#[test]
+fn repeated_causes_are_caught() {
+    for line in [
+        "ptwatch: error: cannot listen on 127.0.0.1:19994: Address already in use (os error 98): Address already in use (os error 98)",
+        "ptwatch: error: cannot parse BTF from /etc/passwd: Invalid BTF magic: 0x6f72: Invalid BTF magic: 0x6f72",
+        "ptwatch: error: cannot read tracefs at /x (Permission denied (os error 13)): Permission denied (os error 13)",
+    ] {
+        let caught = std::panic::catch_unwind(|| assert_each_cause_once(line));
+        assert!(caught.is_err(), "not caught: {line}");
+    }
+    assert_each_cause_once("ptwatch: error: cannot listen on 127.0.0.1:1: Address already in use (os error 98)");
+}
+
+#[test]
+fn file_errors_say_their_cause_once() {
+    let port = free_port().to_string();
+    assert_one_line_error(
+        &ptwatch(&["agent", "--listen", &port, "--btf", "/etc/passwd"]),
+        1,
+        "cannot parse BTF from /etc/passwd",
+    );
+    assert_one_line_error(
+        &ptwatch(&["agent", "--config", "/nonexistent/ptwatch.toml"]),
+        2,
+        "No such file or directory",
+    );
+    assert_one_line_error(
+        &ptwatch(&["agent", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"]),
+        2,
+        "cannot read TLS certificate /nonexistent/c.pem: No such file or directory",
+    );
+    assert_one_line_error(&ptwatch(&["scan", "999999999"]), 1, "999999999");
+}
+
+/// Variables are parsed like their flags, and a bad one is named by its flag.
+#[test]
+fn bad_variables_are_usage_errors() {
+    assert_one_line_error(&ptwatch_with_env(&["top"], &[("PTWATCH_TOP_INTERVAL", "5x")]), 2, "--interval");
+    assert_one_line_error(&ptwatch_with_env(&["trace"], &[("PTWATCH_TRACE_CAUSE", "reclaim,bogus")]), 2, "--cause");
+    assert_one_line_error(&ptwatch_with_env(&["scan", "1"], &[("PTWATCH_SCAN_JSON", "maybe")]), 2, "--json");
 }
 
 #[test]

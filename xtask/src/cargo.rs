@@ -1,5 +1,5 @@
-//! Building the workspace with the real eBPF object, and finding what was
-//! built.
+//! Building the workspace with the real eBPF object, for the host or for a
+//! release target, and finding what was built.
 use std::{
     env,
     ffi::OsString,
@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
-use crate::cmd;
+use crate::{
+    cmd,
+    target::{elf, Target},
+};
 
 /// Where the workspace and its build output are.
 #[derive(Debug)]
@@ -44,6 +47,25 @@ impl Workspace {
         cargo.current_dir(&self.root).env("PTWATCH_REQUIRE_EBPF", "1");
         cargo
     }
+
+    /// `cargo <subcommand> --target <triple>` with the target's cross
+    /// compiler, linker and flags, building the real eBPF object for the
+    /// target's architecture; append the subcommand's other arguments.
+    /// `setup::cross` must have installed the target's tools first.
+    pub fn cargo_for(&self, target: Target, subcommand: &str) -> Command {
+        let mut cargo = self.cargo();
+        cargo.arg(subcommand).args(["--target", target.triple()]).envs(target.cargo_env());
+        cargo
+    }
+
+    /// Where `--release` output for `target` lands (`None`: the host's
+    /// own build, without `--target`).
+    pub fn release_dir(&self, target: Option<Target>) -> PathBuf {
+        match target {
+            Some(target) => self.target.join(target.triple()).join("release"),
+            None => self.target.join("release"),
+        }
+    }
 }
 
 /// The cargo that runs this xtask (same toolchain), else the one on PATH.
@@ -66,12 +88,42 @@ pub struct Built {
     pub workload: PathBuf,
 }
 
+/// The release binaries built by this project.
+const PACKAGES: [&str; 4] = ["-p", "ptwatch", "-p", "ptwatch-workload"];
+
+/// The host's own release build (`target/release`), what tests and `run`
+/// use.
 pub fn build() -> Result<Built> {
     let workspace = Workspace::locate()?;
-    eprintln!("[build] cargo build --release -p ptwatch -p ptwatch-workload (PTWATCH_REQUIRE_EBPF=1)");
-    cmd::run(workspace.cargo().args(["build", "--release", "-p", "ptwatch", "-p", "ptwatch-workload"]))
-        .context("building the release binaries failed (see cargo's output above)")?;
-    let release = workspace.target.join("release");
+    let mut cargo = workspace.cargo();
+    cargo.args(["build", "--release"]).args(PACKAGES);
+    finish(cargo, workspace, None)
+}
+
+/// A static release build for `target` (`target/<triple>/release`),
+/// checked to be a static executable of the target's machine.
+pub fn build_for(target: Target) -> Result<Built> {
+    let workspace = Workspace::locate()?;
+    let mut cargo = workspace.cargo_for(target, "build");
+    cargo.arg("--release").args(PACKAGES);
+    let built = finish(cargo, workspace, Some(target))?;
+    for bin in [&built.ptwatch, &built.workload] {
+        let exe = elf::require_static(bin, target.elf_machine())?;
+        eprintln!("[build] {}: {} executable, {}", bin.display(), exe.machine, exe.linking);
+    }
+    if Target::host() == Some(target) {
+        // Static linking can fail at run time only (a static glibc calling
+        // into NSS, a bad interpreter): run it once where it can run.
+        let version = cmd::stdout(Command::new(&built.ptwatch).arg("--version"))?;
+        eprintln!("[build] runs here: {}", version.trim());
+    }
+    Ok(built)
+}
+
+fn finish(mut cargo: Command, workspace: Workspace, target: Option<Target>) -> Result<Built> {
+    eprintln!("[build] {} (PTWATCH_REQUIRE_EBPF=1)", cmd::display(&cargo));
+    cmd::run(&mut cargo).context("building the release binaries failed (see cargo's output above)")?;
+    let release = workspace.release_dir(target);
     let built = Built { ptwatch: release.join("ptwatch"), workload: release.join("ptwatch-workload"), workspace };
     for bin in [&built.ptwatch, &built.workload] {
         anyhow::ensure!(bin.is_file(), "cargo reported success but {} does not exist", bin.display());

@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cargo;
 mod cmd;
+mod docs;
 mod setup;
+mod target;
 mod test;
 mod vm;
 mod vmtest;
@@ -30,8 +32,17 @@ enum Command {
     /// need (must run as root).
     Setup,
     /// Set up, then build the release binaries `ptwatch` and
-    /// `ptwatch-workload` with the real eBPF object.
-    Build,
+    /// `ptwatch-workload` with the real eBPF object: for this host in
+    /// `target/release`, or static for each `--target` in
+    /// `target/<triple>/release` (`--target all`: x86_64, aarch64, riscv64).
+    Build {
+        /// Release targets: `all`, or a comma-separated list of triples
+        /// (`aarch64-unknown-linux-musl`) or architectures (`aarch64`,
+        /// `arm64`). Installs the Rust target and the C cross compiler
+        /// when missing.
+        #[arg(long)]
+        target: Option<target::Targets>,
+    },
     /// Set up, build, then replace this process with
     /// `target/release/ptwatch <ARGS>`, e.g. `cargo xtask run -- agent`.
     Run {
@@ -54,6 +65,10 @@ enum Command {
     /// Real Debian kernels in a VM: fetch them, boot one and run a command.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Set up, build, then rewrite docs/cli.md from the CLI definitions (a
+    /// test fails when it is stale) and write the man pages and shell
+    /// completions the packages ship into target/docs/.
+    Docs,
     /// Measure what the attached agent costs a DONTNEED-heavy process.
     Bench(bench::BenchArgs),
     /// The timed loop of `bench`, run in a child process so that it is
@@ -83,9 +98,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     put_cargo_bin_on_path();
     match command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
-        Command::Build => {
+        Command::Build { target: None } => {
             setup::run()?;
             cargo::build().map(|_| ExitCode::SUCCESS)
+        }
+        Command::Build { target: Some(targets) } => {
+            setup::run()?;
+            for &target in &targets.0 {
+                setup::cross(target)?;
+                cargo::build_for(target)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { args } => {
             setup::run()?;
@@ -96,6 +119,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             setup::run()?;
             let built = cargo::build()?;
             test::run(&built, &args)
+        }
+        Command::Docs => {
+            setup::run()?;
+            let built = cargo::build()?;
+            docs::run(&built).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             setup::run()?;

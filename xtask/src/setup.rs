@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd;
+use crate::{cmd, target::Target};
 
 /// The toolchain that compiles the eBPF crate (agent/build.rs runs
 /// `rustup run` with it). Its LLVM major must equal bpf-linker's.
@@ -63,7 +63,7 @@ fn step(what: &str) {
 pub fn run() -> Result<()> {
     require_root()?;
     toolchain()?;
-    packages()?;
+    packages(PACKAGES)?;
     python_tools()?;
     bpf_linker()?;
     MOUNTS.iter().try_for_each(mount_if_missing)
@@ -79,6 +79,30 @@ fn require_root() -> Result<()> {
     }
     step("running as root: yes");
     Ok(())
+}
+
+/// What a cross build for `target` needs beyond [`run`]: the Rust standard
+/// library for the target (for the toolchain that runs this xtask) and
+/// Debian's C cross compiler for `ring`.
+pub fn cross(target: Target) -> Result<()> {
+    rust_target(target)?;
+    packages(target.debian_packages())
+}
+
+fn rust_target(target: Target) -> Result<()> {
+    let triple = target.triple();
+    // Without `--toolchain`: the toolchain cargo resolves here (rustup
+    // overrides, RUSTUP_TOOLCHAIN) is the one that builds the agent.
+    let installed = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup is required to add cross-compilation targets: install it from https://rustup.rs")?;
+    if installed.lines().any(|line| line.trim() == triple) {
+        step(&format!("Rust target {triple}: present"));
+        return Ok(());
+    }
+    step(&format!("Rust target {triple}: missing, adding (rustup target add {triple})"));
+    cmd::run(Command::new("rustup").args(["target", "add", triple])).with_context(|| {
+        format!("adding the Rust target {triple} failed: check network access to static.rust-lang.org")
+    })
 }
 
 fn toolchain() -> Result<()> {
@@ -125,19 +149,19 @@ fn toolchain() -> Result<()> {
     Ok(())
 }
 
-/// Packages of [`PACKAGES`] that dpkg does not report as installed.
-fn missing_packages() -> Result<Vec<&'static str>> {
-    let out = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Package} ${Status}\\n"]).args(PACKAGES))
+/// Of `packages`, those that dpkg does not report as installed.
+fn missing_packages<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>> {
+    let out = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Package} ${Status}\\n"]).args(packages))
         .with_context(|| {
             format!(
                 "this set-up supports Debian and Ubuntu only; elsewhere install the equivalents of {} by hand",
-                PACKAGES.join(" ")
+                packages.join(" ")
             )
         })?;
     // dpkg-query exits 1 when some package is unknown, and prints only the
     // known ones: absence from stdout means missing.
     let listing = String::from_utf8_lossy(&out.stdout);
-    Ok(PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|pkg| {
@@ -148,19 +172,30 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .collect())
 }
 
-fn packages() -> Result<()> {
-    let missing = missing_packages()?;
+/// Install those of `packages` that are missing, with apt-get.
+fn packages(packages: &[&str]) -> Result<()> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
-        step(&format!("Debian packages {}: present", PACKAGES.join(" ")));
+        step(&format!("Debian packages {}: present", packages.join(" ")));
         return Ok(());
     }
     let list = missing.join(" ");
     step(&format!("Debian packages {list}: missing, installing with apt-get"));
     let how = format!("install them by hand: apt-get update && apt-get install -y {list}");
-    cmd::run(Command::new("apt-get").arg("update")).with_context(|| format!("apt-get update failed; {how}"))?;
-    cmd::run(Command::new("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
-        .with_context(|| format!("installing Debian packages failed; {how}"))?;
-    let still = missing_packages()?;
+    // Wait for another apt run (a parallel set-up) instead of failing at
+    // once on apt's and dpkg's locks.
+    let wait = ["-o", "DPkg::Lock::Timeout=600"];
+    cmd::run(Command::new("apt-get").args(wait).arg("update"))
+        .with_context(|| format!("apt-get update failed; {how}"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(wait)
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing Debian packages failed; {how}"))?;
+    let still = missing_packages(&missing)?;
     if !still.is_empty() {
         bail!("Debian packages still missing after apt-get install: {}; {how}", still.join(" "));
     }

@@ -247,7 +247,7 @@ pub fn memory_stat_field(text: &str, field: &str) -> Option<u64> {
 pub enum CgroupError {
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
     NoV2Mount,
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]

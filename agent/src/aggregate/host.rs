@@ -34,7 +34,7 @@ impl SystemHost {
         let tree = match CgroupTree::detect() {
             Ok(tree) => Some(tree),
             Err(err) => {
-                tracing::warn!(error = %err, "no cgroup v2 tree: processes get no cgroup, container or pod labels");
+                tracing::warn!(error = %crate::error_chain::ErrorChain(&err), "no cgroup v2 tree: processes get no cgroup, container or pod labels");
                 None
             }
         };

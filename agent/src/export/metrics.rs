@@ -117,7 +117,7 @@ const DONTNEED_BYTES: Family = Family {
 };
 const PAGETABLE_PAGES_FREED: Family = Family {
     name: "ptwatch_pagetable_pages_freed_total",
-    help: "Page-table pages freed in the process' address space, by cause (reclaim, unmap, exit, other) and level (pte, pmd, pud, p4d, unknown). fentry and kprobe probe modes only.",
+    help: "Page-table pages freed in the process' address space, by cause (reclaim, unmap, exit, other, collapse, thp) and level (pte, pmd, pud, p4d, unknown). fentry and kprobe probe modes only.",
     kind: MetricType::COUNTER,
     labels: &["pid", "comm", "cgroup", "container_id", "pod_uid", "cause", "level"],
 };
@@ -625,7 +625,7 @@ impl PtwatchCollector {
             }
             Err(err) => {
                 state.scrape_errors += 1;
-                tracing::warn!(error = %format!("{err:#}"), "reading kernel maps failed; exporting the previous values");
+                tracing::warn!(error = %crate::error_chain::ErrorChain(&*err), "reading kernel maps failed; exporting the previous values");
                 false
             }
         }

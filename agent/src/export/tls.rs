@@ -13,7 +13,7 @@ use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read TLS {what} {path}: {source}")]
+    #[error("cannot read TLS {what} {path}")]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -22,7 +22,7 @@ pub enum TlsError {
     },
     #[error("TLS {what} {path}: {problem}")]
     Pem { what: &'static str, path: PathBuf, problem: String },
-    #[error("TLS certificate {cert} and key {key} cannot be used together: {source}")]
+    #[error("TLS certificate {cert} and key {key} cannot be used together")]
     Pair {
         cert: PathBuf,
         key: PathBuf,

@@ -19,7 +19,7 @@ pub enum BtfError {
         "no kernel BTF at {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y); ptwatch reads struct layouts from it"
     )]
     Missing { path: PathBuf },
-    #[error("cannot parse BTF from {path}: {source}")]
+    #[error("cannot parse BTF from {path}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -31,7 +31,7 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("BTF member {strukt}.{member} is a bitfield, not byte-addressable")]
     Bitfield { strukt: String, member: String },
-    #[error("BTF lookup of {what} failed: {source}")]
+    #[error("BTF lookup of {what} failed")]
     Lookup {
         what: String,
         #[source]

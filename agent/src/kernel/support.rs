@@ -17,13 +17,13 @@ pub enum SupportError {
     MissingCapabilities { missing: CapabilitySet },
     #[error(transparent)]
     Capabilities(#[from] PrivilegeError),
-    #[error("tracefs is not mounted and mounting it at {path} failed (needs CAP_SYS_ADMIN; or mount it first: mount -t tracefs nodev {path}): {source}")]
+    #[error("tracefs is not mounted and mounting it at {path} failed (needs CAP_SYS_ADMIN; or mount it first: mount -t tracefs nodev {path})")]
     Tracefs {
         path: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("cannot read tracefs at {path} ({source}): tracefs is root-only; a non-root agent needs CAP_DAC_READ_SEARCH (docs/install.md#privileges)")]
+    #[error("cannot read tracefs at {path} (tracefs is root-only; a non-root agent needs CAP_DAC_READ_SEARCH, see docs/install.md#privileges)")]
     TracefsUnreadable {
         path: String,
         #[source]

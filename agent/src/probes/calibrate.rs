@@ -43,7 +43,7 @@ pub enum CalibrationError {
     SelfTest(String),
     #[error("the agent_request program: {0}")]
     Program(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -55,19 +55,19 @@ pub enum ProbeError {
     NoObject,
     #[error(transparent)]
     Btf(#[from] crate::kernel::btf::BtfError),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         #[source]

@@ -102,16 +102,7 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 /// An error and all its causes on one line, without the empty verifier log
 /// aya appends when the kernel refused a program before verifying it.
 pub fn describe_error(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
+    let text = crate::error_chain::ErrorChain(err).to_string();
     let text = text.replace(". Verifier output: \n", "").replace(". Verifier output: ", ": ");
     text.trim_end_matches([':', ' ', '\n']).to_owned()
 }

@@ -114,7 +114,7 @@ pub fn scan_all(geometry: Geometry, top: usize) -> anyhow::Result<AllReport> {
             }
             Err(err) if err.is_vanished() => report.vanished += 1,
             Err(err) => {
-                tracing::debug!("skipping pid {pid}: {err}");
+                tracing::debug!("skipping pid {pid}: {}", crate::error_chain::ErrorChain(&err));
                 report.unreadable += 1;
             }
         }

@@ -22,13 +22,13 @@ pub enum ScanError {
     NoAddressSpace(u32),
     #[error("permission denied reading {path}: scanning another user's process needs root")]
     PermissionDenied { path: String },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: String,
         #[source]
         source: io::Error,
     },
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}")]
     Parse {
         path: String,
         #[source]

@@ -84,7 +84,7 @@ impl Sampler {
     /// `started`: when the probes were attached (the counters start at 0).
     pub fn new(maps: ProbeMaps, started: Instant) -> Self {
         let tree = CgroupTree::detect()
-            .map_err(|err| tracing::warn!(error = %err, "no cgroup v2 tree: the cgroup view will be empty"))
+            .map_err(|err| tracing::warn!(error = %crate::error_chain::ErrorChain(&err), "no cgroup v2 tree: the cgroup view will be empty"))
             .ok();
         Self { maps, previous: HashMap::new(), previous_at: started, tree }
     }

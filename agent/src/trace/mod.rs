@@ -42,7 +42,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut tree = match CgroupTree::detect() {
         Ok(tree) => Some(tree),
         Err(err) => {
-            tracing::warn!(error = %err, "no cgroup v2 tree: the CGROUP column stays empty");
+            tracing::warn!(error = %crate::error_chain::ErrorChain(&err), "no cgroup v2 tree: the CGROUP column stays empty");
             None
         }
     };

@@ -314,6 +314,23 @@ pub fn assert_one_line_error(output: &std::process::Output, code: i32, needle: &
     assert_eq!(lines.len(), 1, "one error line expected, got:\n{stderr}");
     assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_each_cause_once(lines[0]);
+}
+
+/// An error line says each cause once: no `: `-separated segment of it is
+/// repeated, as in `cannot listen on …: Address already in use (os error
+/// 98): Address already in use (os error 98)` (an error that prints its
+/// source and also exposes it, shown with its chain).
+pub fn assert_each_cause_once(line: &str) {
+    let segments: Vec<&str> = line.split(": ").map(str::trim).filter(|s| !s.is_empty()).collect();
+    for (index, segment) in segments.iter().enumerate() {
+        let earlier = &segments[..index];
+        // A long segment inside an earlier one is a repeat too (a cause in
+        // parentheses, then again after a colon).
+        let repeated =
+            earlier.contains(segment) || (segment.len() >= 12 && earlier.iter().any(|e| e.contains(segment)));
+        assert!(!repeated, "the cause {segment:?} is repeated in {line:?}");
+    }
 }
 
 fn dechunk(mut body: &str) -> String {

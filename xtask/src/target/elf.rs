@@ -1,0 +1,143 @@
+//! Checks that a built binary is what a release promises: an ELF executable
+//! for the right machine that needs no program interpreter (no dynamic
+//! loader, no shared libraries), so it runs on any distribution and in a
+//! `FROM scratch` image. Reading the ELF headers directly keeps the check
+//! independent of `file`'s wording and of whether `file` is installed.
+use std::{fmt, fs, path::Path};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+/// `e_machine` values (ELF gABI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    X86_64,
+    Aarch64,
+    Riscv,
+    Other(u16),
+}
+
+impl Machine {
+    fn from_raw(raw: u16) -> Self {
+        match raw {
+            62 => Self::X86_64,
+            183 => Self::Aarch64,
+            243 => Self::Riscv,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::X86_64 => f.write_str("x86-64"),
+            Self::Aarch64 => f.write_str("AArch64"),
+            Self::Riscv => f.write_str("RISC-V"),
+            Self::Other(raw) => write!(f, "e_machine {raw}"),
+        }
+    }
+}
+
+/// How an executable is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linking {
+    /// `ET_EXEC` without an interpreter.
+    Static,
+    /// `ET_DYN` without an interpreter: relocates itself (musl's default).
+    StaticPie,
+    /// Has `PT_INTERP`: needs a dynamic loader at run time.
+    Dynamic,
+}
+
+impl fmt::Display for Linking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Static => "statically linked",
+            Self::StaticPie => "static-pie linked",
+            Self::Dynamic => "dynamically linked",
+        })
+    }
+}
+
+/// What the headers of an executable say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Executable {
+    pub machine: Machine,
+    pub linking: Linking,
+}
+
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+const PT_INTERP: u32 = 3;
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parse a little-endian ELF64 executable's header and program headers
+/// (all three release targets are little-endian 64-bit).
+pub fn inspect_bytes(bytes: &[u8]) -> Result<Executable> {
+    ensure!(bytes.get(..4) == Some(b"\x7fELF"), "not an ELF file");
+    ensure!(bytes.get(4) == Some(&2), "not a 64-bit ELF file");
+    ensure!(bytes.get(5) == Some(&1), "not a little-endian ELF file");
+    let truncated = || anyhow::anyhow!("truncated ELF header");
+    let kind = u16_at(bytes, 16).ok_or_else(truncated)?;
+    let machine = Machine::from_raw(u16_at(bytes, 18).ok_or_else(truncated)?);
+    let phoff = usize::try_from(u64_at(bytes, 32).ok_or_else(truncated)?)?;
+    let phentsize = usize::from(u16_at(bytes, 54).ok_or_else(truncated)?);
+    let phnum = usize::from(u16_at(bytes, 56).ok_or_else(truncated)?);
+    let mut interp = false;
+    for index in 0..phnum {
+        let p_type = u32_at(bytes, phoff + index * phentsize).context("truncated program header table")?;
+        interp |= p_type == PT_INTERP;
+    }
+    let linking = match (kind, interp) {
+        (_, true) => Linking::Dynamic,
+        (ET_EXEC, false) => Linking::Static,
+        (ET_DYN, false) => Linking::StaticPie,
+        (other, false) => bail!("not an executable (e_type {other})"),
+    };
+    Ok(Executable { machine, linking })
+}
+
+/// Fail unless `path` is a static executable for `machine`.
+pub fn require_static(path: &Path, machine: Machine) -> Result<Executable> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let exe = inspect_bytes(&bytes).with_context(|| format!("inspecting {}", path.display()))?;
+    ensure!(exe.machine == machine, "{} is built for {}, not {machine}", path.display(), exe.machine);
+    ensure!(
+        exe.linking != Linking::Dynamic,
+        "{} is dynamically linked: it would need a loader and shared libraries that a scratch image or another distribution lacks",
+        path.display()
+    );
+    Ok(exe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{inspect_bytes, Linking, Machine};
+
+    #[test]
+    fn this_test_binary_is_a_dynamic_host_executable() {
+        let exe = std::env::current_exe().expect("this test's path");
+        let found = inspect_bytes(&std::fs::read(exe).expect("read this test binary")).expect("an ELF executable");
+        assert_eq!(found.linking, Linking::Dynamic, "cargo test binaries link glibc dynamically");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(found.machine, Machine::X86_64);
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_elf() {
+        assert!(inspect_bytes(b"#!/bin/sh\n").is_err());
+        assert!(inspect_bytes(b"\x7fELF\x02\x01").is_err());
+    }
+}
