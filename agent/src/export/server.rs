@@ -42,7 +42,7 @@ pub use render::{Format, RenderError, Rendered};
 use render::{RenderFn, Renders};
 pub use routes::router;
 use stats::HttpStats;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 use super::openmetrics;
@@ -149,7 +149,7 @@ pub async fn bind(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: &HttpLimits,
 ) -> Result<Bound, ServerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
     let max_connections = match limits::FdLimit::raise() {
         Ok(fds) => {
             if let Some(before) = fds.raised_from {
@@ -174,6 +174,24 @@ pub async fn bind(
     };
     tracing::debug!(?limits, max_connections, "HTTP limits");
     Ok(Bound { listener, tls: tls.map(TlsAcceptor::from), limits: *limits, max_connections })
+}
+
+/// Connections the kernel completes and queues before the agent accepts
+/// them. tokio's default is 1024; Go servers (node_exporter and the other
+/// Go exporters) ask for `net.core.somaxconn`, 4096 by default, which this
+/// matches (the kernel caps it at somaxconn): a flood of connections fills
+/// a short queue faster, and then the kernel drops the SYNs of honest
+/// clients, who retry only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket with [`LISTEN_BACKLOG`], bound like
+/// `TcpListener::bind` (with `SO_REUSEADDR`, so a restart can bind while old
+/// connections are in `TIME_WAIT`).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serve the routes, with `auth` in front of the protected ones, until
