@@ -10,68 +10,19 @@
 //!   the agent starts and serves metrics as a non-root user with exactly the
 //!   unit's capabilities, no_new_privs and a seccomp filter.
 
+mod deploy_common;
 mod support;
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use deploy_common::{
+    assert_runs_confined_by_the_unit, deploy_dir, spawn, status_of_ptwatch_with_args, temp_dir, wait_for,
+};
 use support::{free_ports, http_get, run_workload, AgentProcess, Held};
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ptwatch-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it clean up.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(command: &mut Command, what: &str, log: &Path) -> Guard {
-    let log = std::fs::File::create(log).expect("log file");
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {what} ({command:?}): {err}"));
-    Guard(child)
-}
-
-fn wait_for(what: &str, log: &Path, seconds: u64, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if ready() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what} not ready within {seconds} s; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-}
 
 /// `kernel.bpf_stats_enabled` set to 1 while alive (the eBPF run-time panels
 /// need it), then restored.
@@ -228,23 +179,6 @@ fn prometheus_scrapes_the_agent_and_every_panel_and_rule_has_data() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Effective capabilities the unit grants: CAP_DAC_READ_SEARCH (2),
-/// CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39).
-const UNIT_CAPABILITIES: u64 = 1 << 2 | 1 << 21 | 1 << 38 | 1 << 39;
-
-/// The `/proc/<pid>/status` of the process whose command line is `cmdline`.
-fn status_of_process_with_cmdline(cmdline: &str) -> Option<String> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let args = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let args = String::from_utf8_lossy(&args).replace('\0', " ");
-        (args.trim_end() == cmdline).then(|| std::fs::read_to_string(entry.path().join("status")).ok()).flatten()
-    })
-}
-
-fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
-    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("no {name} in {status}"))
-}
-
 #[test]
 fn systemd_runs_the_agent_under_the_unit() {
     let dir = temp_dir("e2e-systemd");
@@ -285,19 +219,217 @@ fn systemd_runs_the_agent_under_the_unit() {
     assert!(metrics.contains("ptwatch_build_info{"), "{metrics}");
     // The process systemd started: unprivileged, with the unit's capabilities
     // and nothing else, no_new_privs, a seccomp filter.
-    let process = status_of_process_with_cmdline("/usr/local/bin/ptwatch agent --config /etc/ptwatch/ptwatch.toml")
+    let process = status_of_ptwatch_with_args("agent --config /etc/ptwatch/ptwatch.toml")
         .expect("the agent process started by systemd");
-    let uid = status_field(&process, "Uid:");
-    assert!(!uid.starts_with("0\t") && !uid.starts_with("0 "), "runs as a dynamic user, not root: Uid {uid}");
-    // The bounding set is the unit's (the agent may not shrink it without
-    // CAP_SETPCAP); once attached the agent keeps at most those
-    // (agent/src/privileges.rs drops what it no longer needs).
-    let bounding = u64::from_str_radix(status_field(&process, "CapBnd:"), 16).expect("CapBnd");
-    assert_eq!(bounding, UNIT_CAPABILITIES, "bounding set {bounding:#x}");
-    let effective = u64::from_str_radix(status_field(&process, "CapEff:"), 16).expect("CapEff");
-    assert_eq!(effective & !UNIT_CAPABILITIES, 0, "effective capabilities {effective:#x}");
-    assert_eq!(status_field(&process, "NoNewPrivs:"), "1");
-    assert_eq!(status_field(&process, "Seccomp:"), "2", "seccomp filter mode");
+    assert_runs_confined_by_the_unit(&process);
     drop(nspawn);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A root filesystem for `systemd-nspawn` that changes nothing on the host:
+/// the host's own root (Debian, with systemd) as the lower layer of an
+/// overlay whose upper layer is a private tmpfs. Every file a package
+/// installs, and every file it leaves behind after a purge, shows up in the
+/// upper layer, which makes "purge leaves nothing behind" checkable.
+struct OverlayRoot {
+    layers: std::path::PathBuf,
+    merged: std::path::PathBuf,
+}
+
+impl OverlayRoot {
+    fn mount(dir: &std::path::Path) -> Self {
+        let layers = dir.join("layers");
+        let merged = dir.join("root");
+        std::fs::create_dir_all(&layers).expect("layers dir");
+        std::fs::create_dir_all(&merged).expect("root dir");
+        deploy_common::run_ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&layers), "mount tmpfs");
+        std::fs::create_dir_all(layers.join("upper")).expect("upper");
+        std::fs::create_dir_all(layers.join("work")).expect("work");
+        let options =
+            format!("lowerdir=/,upperdir={},workdir={}", layers.join("upper").display(), layers.join("work").display());
+        deploy_common::run_ok(
+            Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&merged),
+            "mount overlay",
+        );
+        Self { layers, merged }
+    }
+
+    /// Paths in the upper layer, relative to the root.
+    fn changed(&self) -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).expect("read upper layer").flatten() {
+                let path = entry.path();
+                out.insert(path.strip_prefix(base).expect("under upper").display().to_string());
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&path, base, out);
+                }
+            }
+        }
+        let upper = self.layers.join("upper");
+        let mut out = std::collections::BTreeSet::new();
+        walk(&upper, &upper, &mut out);
+        out
+    }
+}
+
+impl Drop for OverlayRoot {
+    fn drop(&mut self) {
+        for point in [&self.merged, &self.layers] {
+            let _ = Command::new("umount").arg(point).status();
+        }
+    }
+}
+
+/// A `systemd-nspawn --boot` container; commands run inside through
+/// `nsenter` into its init's namespaces (no machined on this host).
+struct Container {
+    nspawn: deploy_common::Guard,
+    log: std::path::PathBuf,
+}
+
+impl Container {
+    fn boot(root: &std::path::Path, log: &std::path::Path) -> Self {
+        let nspawn = spawn(
+            Command::new("systemd-nspawn")
+                .arg(format!("--directory={}", root.display()))
+                .args(["--register=no", "--keep-unit", "--boot", "--console=pipe"])
+                // The container's own limits must not hide the unit's: grant
+                // what the unit asks for, and share tracefs and BTF.
+                .args(["--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf perf_event_open"])
+                .args(["--bind-ro=/sys/kernel/tracing", "--bind-ro=/sys/kernel/btf"])
+                // The basic system only, none of the host's services, and no
+                // timers: a job the host's image schedules at boot (apt
+                // metrics for node_exporter) would write files while the test
+                // compares the file system before and after the package.
+                .args(["--", "systemd.unit=basic.target", "systemd.mask=timers.target"]),
+            "systemd-nspawn (Debian package systemd-container; `cargo xtask setup --for test` installs it)",
+            log,
+        );
+        let container = Self { nspawn, log: log.to_owned() };
+        wait_for("the container's systemd", log, 60, || {
+            container.init().is_some_and(|_| {
+                let state = container.exec(&["systemctl", "is-system-running"]);
+                matches!(String::from_utf8_lossy(&state.stdout).trim(), "running" | "degraded")
+            })
+        });
+        container
+    }
+
+    /// The container's PID 1, as the host sees it: nspawn's child.
+    fn init(&self) -> Option<u32> {
+        let task = format!("/proc/{}/task/{}/children", self.nspawn.pid(), self.nspawn.pid());
+        std::fs::read_to_string(task).ok()?.split_whitespace().next()?.parse().ok()
+    }
+
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        let init = self.init().unwrap_or_else(|| {
+            panic!("the container has no init; its log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+        });
+        deploy_common::run(
+            Command::new("nsenter")
+                .arg(format!("--target={init}"))
+                .args(["--mount", "--uts", "--ipc", "--pid", "--root", "--wd", "--"])
+                .args(["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+                .args(args),
+            "nsenter",
+        )
+    }
+
+    fn exec_ok(&self, args: &[&str]) -> String {
+        let output = self.exec(args);
+        assert!(output.status.success(), "{args:?} in the container failed:\n{}", deploy_common::text(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// Files whose change a package's life is expected to leave: dpkg's own
+/// database and logs, and caches.
+const EXPECTED_CHURN: &[&str] = &["var/lib/dpkg/", "var/log/", "var/cache/"];
+
+/// The .deb of `cargo xtask dist` for this host, installed with dpkg into a
+/// Debian root filesystem booted under systemd: the maintainer scripts enable
+/// and start the service, which becomes ready as a confined unprivileged
+/// process; `systemd-analyze security` on the running system scores at most
+/// the ceiling; `dpkg --purge` stops it and leaves no file behind.
+#[test]
+fn deb_installs_starts_and_purges_cleanly_under_systemd() {
+    let start = Instant::now();
+    let arch = deploy_common::run_ok(Command::new("dpkg").arg("--print-architecture"), "dpkg").trim().to_owned();
+    let deb = deploy_common::artifact(&format!("ptwatch_{}-1_{arch}.deb", deploy_common::VERSION));
+    let dir = temp_dir("e2e-deb");
+    let [addr] = free_ports::<1>();
+    let root = OverlayRoot::mount(&dir);
+    let merged = &root.merged;
+    // This host's image forbids starting services from maintainer scripts
+    // (policy-rc.d exits 101, as in many build containers); a real system
+    // has none.
+    let _ = std::fs::remove_file(merged.join("usr/sbin/policy-rc.d"));
+    // The package's config listens on 0.0.0.0:9977; a drop-in, as an admin
+    // would write one, moves it to a free port (the container shares the
+    // host's network).
+    let drop_in = merged.join("etc/systemd/system/ptwatch.service.d");
+    std::fs::create_dir_all(&drop_in).expect("drop-in dir");
+    std::fs::write(drop_in.join("listen.conf"), format!("[Service]\nEnvironment=PTWATCH_LISTEN={addr}\n"))
+        .expect("drop-in");
+    std::fs::copy(&deb, merged.join("root/ptwatch.deb")).expect("copy the .deb");
+    let container = Container::boot(merged, &dir.join("nspawn.log"));
+    let booted = start.elapsed();
+
+    let before = root.changed();
+    let install = container.exec_ok(&["dpkg", "-i", "/root/ptwatch.deb"]);
+    assert!(install.contains("Setting up ptwatch"), "{install}");
+    assert_eq!(container.exec_ok(&["systemctl", "is-enabled", "ptwatch.service"]).trim(), "enabled");
+    wait_for("the packaged service", &dir.join("nspawn.log"), 60, || {
+        http_get(addr, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    assert_eq!(container.exec_ok(&["systemctl", "is-active", "ptwatch.service"]).trim(), "active");
+    let (status, metrics) = http_get(addr, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ptwatch_build_info{"), "{metrics}");
+    let process = status_of_ptwatch_with_args("agent --config /etc/ptwatch/ptwatch.toml")
+        .expect("the agent process started by systemd");
+    assert_runs_confined_by_the_unit(&process);
+
+    // What dpkg knows: the binary where the unit looks first after
+    // /usr/local, the unit, the config as a conffile.
+    let files = container.exec_ok(&["dpkg", "-L", "ptwatch"]);
+    for path in ["/usr/bin/ptwatch", "/usr/lib/systemd/system/ptwatch.service", "/etc/ptwatch/ptwatch.toml"] {
+        assert!(files.lines().any(|l| l == path), "{path} not in the package:\n{files}");
+    }
+    let conffiles = container.exec_ok(&["dpkg-query", "-W", "-f=${Conffiles}", "ptwatch"]);
+    assert!(conffiles.contains("/etc/ptwatch/ptwatch.toml"), "conffiles: {conffiles}");
+
+    // The exposure of the installed unit, as the running systemd sees it.
+    let security = container.exec(&["systemd-analyze", "security", "--no-pager", "ptwatch.service"]);
+    let report = deploy_common::text(&security);
+    let score = deploy_common::exposure(&report);
+    println!("exposure of the installed unit: {score} (ceiling {})", deploy_common::EXPOSURE_CEILING);
+    assert!(score <= deploy_common::EXPOSURE_CEILING, "exposure {score}:\n{report}");
+
+    // Positive control for the leftover check below: installed, the package's
+    // files are in the upper layer.
+    let installed = root.changed();
+    for path in ["usr/bin/ptwatch", "etc/ptwatch/ptwatch.toml"] {
+        assert!(installed.contains(path) && !before.contains(path), "{path} not seen as installed");
+    }
+
+    let purge = container.exec_ok(&["dpkg", "--purge", "ptwatch"]);
+    assert!(purge.contains("Purging configuration files for ptwatch"), "{purge}");
+    let state = container.exec(&["systemctl", "is-active", "ptwatch.service"]);
+    assert_ne!(String::from_utf8_lossy(&state.stdout).trim(), "active", "still running after purge");
+    assert!(http_get(addr, "/metrics").is_none(), "the agent still answers after purge");
+    let leftovers: Vec<String> = root
+        .changed()
+        .difference(&before)
+        .filter(|path| !EXPECTED_CHURN.iter().any(|churn| path.starts_with(churn)))
+        // A directory of the host copied up because something was created
+        // and removed in it (systemd's private /var/tmp): nothing remains.
+        .filter(|path| !(merged.join(path).is_dir() && std::path::Path::new("/").join(path).is_dir()))
+        .cloned()
+        .collect();
+    assert!(leftovers.is_empty(), "dpkg --purge left files behind: {leftovers:?}");
+    println!("booted in {:.1} s, whole test {:.1} s", booted.as_secs_f64(), start.elapsed().as_secs_f64());
+    drop(container);
+    drop(root);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -7,6 +7,7 @@
 //! `promtool test rules`), and every agent flag, variable and config file the
 //! deploy files use, run through the real binary.
 
+mod deploy_common;
 mod support;
 
 use std::{
@@ -14,54 +15,22 @@ use std::{
     process::{Command, Output},
 };
 
+use deploy_common::{
+    deploy_dir, exposure, kustomize, run, temp_dir, text, venv_tool, yaml_documents, EXPOSURE_CEILING,
+};
 use support::{agent_command, free_port, ptwatch_bin, AgentProcess};
-
-/// Highest `systemd-analyze security` exposure accepted for the unit (0 is
-/// best, 10 worst; "OK" ends at 4.9). The unit scores 2.2 with systemd 252:
-/// what remains is the capabilities, host network and the bpf /
-/// perf_event_open system calls the agent cannot do without.
-const EXPOSURE_CEILING: f64 = 2.5;
-
-/// The virtual environment `cargo xtask setup` installs the PyPI tools into
-/// (xtask/src/setup.rs, `PYTHON_VENV`).
-const PYTHON_VENV: &str = "/opt/ptwatch-dev/venv";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn run(command: &mut Command, what: &str) -> Output {
-    command.output().unwrap_or_else(|err| panic!("cannot run {what} ({command:?}): {err}"))
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn venv_tool(name: &str) -> PathBuf {
-    let path = Path::new(PYTHON_VENV).join("bin").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup` (it installs the PyPI tools)", path.display());
-    path
-}
 
 /// The unit with its ExecStart binary replaced by the one under test
 /// (`systemd-analyze verify` checks that the binary exists and is
 /// executable); nothing else changes.
 fn unit_for_test(dir: &Path) -> PathBuf {
     let unit = std::fs::read_to_string(deploy_dir().join("systemd/ptwatch.service")).expect("read the unit");
-    assert!(unit.contains("ExecStart=/usr/local/bin/ptwatch "), "the unit runs /usr/local/bin/ptwatch");
-    let unit = unit.replace("ExecStart=/usr/local/bin/ptwatch ", &format!("ExecStart={} ", ptwatch_bin().display()));
+    assert!(unit.contains("\nExecStart=ptwatch "), "the unit runs `ptwatch` from systemd's search path");
+    let unit = unit.replace("\nExecStart=ptwatch ", &format!("\nExecStart={} ", ptwatch_bin().display()));
     std::fs::create_dir_all(dir).expect("temp dir");
     let path = dir.join("ptwatch.service");
     std::fs::write(&path, unit).expect("write the unit");
     path
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ptwatch-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -85,11 +54,7 @@ fn systemd_unit_exposure_is_below_the_ceiling() {
     );
     let report = text(&output);
     println!("{report}");
-    let score: f64 = report
-        .lines()
-        .find_map(|line| line.split_once("Overall exposure level for ptwatch.service: "))
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    let score = exposure(&report);
     println!("exposure {score} (ceiling {EXPOSURE_CEILING})");
     assert!(score <= EXPOSURE_CEILING, "exposure {score} above {EXPOSURE_CEILING}:\n{report}");
     // The settings the unit is meant to have, as systemd reads them.
@@ -166,10 +131,7 @@ fn example_config_files_are_accepted_by_the_agent() {
     }
 }
 
-fn kustomize() -> String {
-    kustomize_dir(&deploy_dir().join("kubernetes"))
-}
-
+/// `kubectl kustomize DIR`: a copy of the kustomization, changed by a test.
 fn kustomize_dir(dir: &Path) -> String {
     let output = run(Command::new("kubectl").arg("kustomize").arg(dir), "kubectl (needed to render deploy/kubernetes)");
     assert!(output.status.success(), "kubectl kustomize failed:\n{}", text(&output));
@@ -234,7 +196,7 @@ fn kubernetes_manifests_are_valid_against_the_schemas() {
 }
 
 #[test]
-fn containerfile_is_a_two_stage_build_of_the_agent() {
+fn containerfile_copies_the_static_binary_onto_an_empty_base() {
     let script = r#"
 import json, sys, dockerfile
 print(json.dumps([[c.cmd, list(c.flags), list(c.value)] for c in dockerfile.parse_file(sys.argv[1])]))
@@ -246,23 +208,23 @@ print(json.dumps([[c.cmd, list(c.flags), list(c.value)] for c in dockerfile.pars
     assert!(output.status.success(), "BuildKit's parser rejected deploy/Containerfile:\n{}", text(&output));
     let commands: Vec<(String, Vec<String>, Vec<String>)> =
         serde_json::from_slice(&output.stdout).expect("parsed instructions");
-    let stages: Vec<&Vec<String>> = commands.iter().filter(|(cmd, _, _)| cmd == "FROM").map(|(_, _, v)| v).collect();
-    assert_eq!(stages.len(), 2, "builder and runtime stages: {stages:?}");
-    assert_eq!(stages[0][2], "builder");
-    assert!(stages[1][0].starts_with("debian:") && stages[1][0].ends_with("-slim"), "slim runtime: {stages:?}");
-    let runtime_start = commands.iter().rposition(|(cmd, _, _)| cmd == "FROM").expect("runtime stage");
-    let runtime = &commands[runtime_start..];
+    let instructions: Vec<&str> = commands.iter().map(|(cmd, _, _)| cmd.as_str()).collect();
+    // One stage on scratch: nothing to pull, nothing to run at build time
+    // (so no emulator for foreign platforms), no shell in the image.
+    assert_eq!(commands.iter().filter(|(cmd, _, _)| cmd == "FROM").count(), 1, "{instructions:?}");
+    assert!(commands.iter().any(|(cmd, _, value)| cmd == "FROM" && value == &["scratch"]), "{commands:?}");
+    assert!(!instructions.contains(&"RUN"), "nothing runs at build time: {instructions:?}");
+    // The binary of the build platform, by the names buildah and BuildKit
+    // give it; xtask/src/dist/image.rs lays the context out that way.
     assert!(
-        runtime.iter().any(|(cmd, flags, value)| cmd == "COPY"
-            && flags.contains(&"--from=builder".to_owned())
-            && value.last().map(String::as_str) == Some("/usr/local/bin/ptwatch")),
-        "the runtime stage copies the binary from the builder: {runtime:?}"
+        commands.iter().any(|(cmd, _, value)| cmd == "COPY"
+            && value == &["${TARGETOS}-${TARGETARCH}/ptwatch", "/usr/bin/ptwatch"]),
+        "{commands:?}"
     );
-    assert!(!runtime.iter().any(|(cmd, _, _)| cmd == "RUN"), "the runtime stage installs nothing: {runtime:?}");
-    let builds = commands.iter().any(|(cmd, _, value)| {
-        cmd == "RUN" && value.iter().any(|v| v.contains("PTWATCH_REQUIRE_EBPF=1 cargo build --release"))
-    });
-    assert!(builds, "the builder builds with the eBPF object required");
+    assert!(
+        commands.iter().any(|(cmd, _, value)| cmd == "ENTRYPOINT" && value == &["/usr/bin/ptwatch"]),
+        "{commands:?}"
+    );
 }
 
 #[test]
@@ -291,8 +253,10 @@ fn prometheus_rules_check_and_unit_tests_pass() {
 
 /// The NetworkPolicy component (docs/http.md#who-may-connect): off by
 /// default; turned on the documented way (uncommenting `components:` in
-/// the kustomization), it renders a valid policy that selects the agent's
-/// pods and opens only the port the DaemonSet serves on.
+/// the kustomization), it renders a valid policy that admits only
+/// Prometheus, to the port the DaemonSet serves on, and selects the agent's
+/// pods (the Helm chart's `networkPolicy.enabled` renders the same rule:
+/// deploy_helm.rs).
 #[test]
 fn network_policy_is_off_by_default_and_valid_when_switched_on() {
     assert!(!kustomize().contains("kind: NetworkPolicy"), "the NetworkPolicy must be off by default");
@@ -307,17 +271,30 @@ fn network_policy_is_off_by_default_and_valid_when_switched_on() {
     let switched = original.replace(switch, "components:\n  - components/network-policy\n");
     std::fs::write(&kustomization, switched).expect("write kustomization.yaml");
     let manifests = kustomize_dir(&copy);
-    let policy = manifests
-        .split("\n---\n")
-        .find(|doc| doc.contains("kind: NetworkPolicy"))
-        .unwrap_or_else(|| panic!("no NetworkPolicy rendered:\n{manifests}"));
     let output = kubernetes_validate(&manifests, &dir);
     assert!(output.status.success(), "kubernetes-validate failed:\n{}", text(&output));
     assert!(text(&output).contains("passed for resource networkpolicy/ptwatch "), "{}", text(&output));
-    // It selects the DaemonSet's pods, in its namespace, and opens its port.
-    assert!(policy.contains("namespace: ptwatch\n"), "{policy}");
-    assert!(policy.contains("podSelector:\n    matchLabels:\n      app.kubernetes.io/name: ptwatch\n"), "{policy}");
-    assert!(manifests.contains("containerPort: 9977\n") && policy.contains("- port: 9977\n"), "{policy}");
-    assert!(policy.contains("policyTypes:\n  - Ingress\n") && !policy.contains("Egress"), "{policy}");
+
+    let documents = yaml_documents(&manifests);
+    let of_kind = |kind: &str| {
+        documents.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered:\n{manifests}"))
+    };
+    let (policy, daemonset) = (of_kind("NetworkPolicy"), of_kind("DaemonSet"));
+    assert_eq!(policy["metadata"]["namespace"], daemonset["metadata"]["namespace"]);
+    let spec = &policy["spec"];
+    assert_eq!(spec["podSelector"]["matchLabels"], daemonset["spec"]["template"]["metadata"]["labels"]);
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"],
+        serde_json::json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }],
+            "ports": [{"port": 9977, "protocol": "TCP"}],
+        }])
+    );
+    let port = &daemonset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"];
+    assert_eq!(port, &serde_json::json!(9977));
     let _ = std::fs::remove_dir_all(dir);
 }

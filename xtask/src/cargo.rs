@@ -21,12 +21,22 @@ use crate::{
 pub struct Workspace {
     pub root: PathBuf,
     pub target: PathBuf,
+    /// The version of the `ptwatch` package: the version of every release
+    /// artifact.
+    pub version: String,
 }
 
 #[derive(Deserialize)]
 struct Metadata {
     workspace_root: PathBuf,
     target_directory: PathBuf,
+    packages: Vec<Package>,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    name: String,
+    version: String,
 }
 
 impl Workspace {
@@ -37,7 +47,13 @@ impl Workspace {
             cargo().args(["metadata", "--format-version", "1", "--no-deps", "--offline"]).current_dir(manifest_root()),
         )?;
         let meta: Metadata = serde_json::from_str(&json).context("parsing `cargo metadata` output")?;
-        Ok(Self { root: meta.workspace_root, target: meta.target_directory })
+        let version = meta
+            .packages
+            .into_iter()
+            .find(|package| package.name == "ptwatch")
+            .map(|package| package.version)
+            .context("`cargo metadata` lists no package `ptwatch`")?;
+        Ok(Self { root: meta.workspace_root, target: meta.target_directory, version })
     }
 
     /// A cargo command in the workspace root that must build the real eBPF

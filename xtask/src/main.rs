@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cargo;
 mod cmd;
+mod dist;
 mod docs;
 mod setup;
 mod target;
@@ -28,9 +29,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check, and install when missing, everything the build and the agent
-    /// need (must run as root).
-    Setup,
+    /// Check, and install when missing, what a purpose needs (must run as
+    /// root): `run` (the default) the build and the agent, `dist` also the
+    /// cross compilers and packaging tools, `test` also the runtimes the
+    /// artifacts are tested in.
+    Setup {
+        #[arg(long = "for", value_enum, default_value = "run")]
+        purpose: setup::Purpose,
+    },
     /// Set up, then build the release binaries `ptwatch` and
     /// `ptwatch-workload` with the real eBPF object: for this host in
     /// `target/release`, or static for each `--target` in
@@ -43,6 +49,10 @@ enum Command {
         #[arg(long)]
         target: Option<target::Targets>,
     },
+    /// Set up, build every target, then write the release artifacts to
+    /// target/dist: static tarballs, .deb packages (checked by lintian), a
+    /// multi-arch OCI image archive, SHA256SUMS.
+    Dist,
     /// Set up, build, then replace this process with
     /// `target/release/ptwatch <ARGS>`, e.g. `cargo xtask run -- agent`.
     Run {
@@ -97,7 +107,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     // bpf-linker up on PATH. Set it once here so every child inherits it.
     put_cargo_bin_on_path();
     match command {
-        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Setup { purpose } => setup::run_for(purpose).map(|()| ExitCode::SUCCESS),
         Command::Build { target: None } => {
             setup::run()?;
             cargo::build().map(|_| ExitCode::SUCCESS)
@@ -110,15 +120,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dist => {
+            setup::run_for(setup::Purpose::Dist)?;
+            dist::run().map(|_| ExitCode::SUCCESS)
+        }
         Command::Run { args } => {
             setup::run()?;
             let built = cargo::build()?;
             cargo::exec(&built.ptwatch, &args)
         }
         Command::Test { args } => {
-            setup::run()?;
+            setup::run_for(setup::Purpose::Test)?;
             let built = cargo::build()?;
-            test::run(&built, &args)
+            // The artifacts are tested in their runtimes (.deb under
+            // systemd, image under podman, tarball on the host).
+            let dist = dist::run()?;
+            test::run(&built, &dist, &args)
         }
         Command::Docs => {
             setup::run()?;
@@ -126,12 +143,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             docs::run(&built).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            setup::run()?;
+            setup::run_for(setup::Purpose::Test)?;
             let built = cargo::build()?;
             bench::run(&built, &args).map(|()| ExitCode::SUCCESS)
         }
         Command::VmTest(args) => {
-            setup::run()?;
+            setup::run_for(setup::Purpose::Test)?;
             let built = cargo::build()?;
             Ok(if vmtest::run(&built, &args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -1,7 +1,7 @@
 //! The platforms ptwatch is released for, and everything that differs
 //! between them: the Rust target, the C cross compiler that `ring` needs,
 //! how the binary is made static, and the names other tools give the
-//! architecture (Debian, `uname -m`).
+//! architecture (Debian, OCI, `uname -m`).
 //!
 //! Every release binary is static, so one file runs on any distribution and
 //! in a `FROM scratch` image. musl gives that directly; riscv64 has no musl
@@ -57,6 +57,12 @@ impl Target {
         }
     }
 
+    /// The OCI image platform (`os/architecture`): Go's GOARCH names, which
+    /// are Debian's for these three.
+    pub fn oci_platform(self) -> OciPlatform {
+        OciPlatform { os: "linux", architecture: self.debian_arch() }
+    }
+
     pub fn libc(self) -> Libc {
         match self {
             Self::X86_64 | Self::Aarch64 => Libc::Musl,
@@ -75,13 +81,15 @@ impl Target {
         }
     }
 
-    /// The archiver matching [`Self::c_compiler`]: the cc crate would
-    /// otherwise look for `aarch64-linux-musl-ar`, which Debian lacks.
-    fn archiver(self) -> &'static str {
+    /// The binutils tool `name` (`ar`, `strip`, `objcopy`) for this target:
+    /// the host's for x86_64, Debian's cross binutils (pulled in by the cross
+    /// gcc) for the others. The cc crate would otherwise look for
+    /// `aarch64-linux-musl-ar`, which Debian lacks.
+    pub fn binutil(self, name: &str) -> String {
         match self {
-            Self::X86_64 => "ar",
-            Self::Aarch64 => "aarch64-linux-gnu-ar",
-            Self::Riscv64 => "riscv64-linux-gnu-ar",
+            Self::X86_64 => name.to_owned(),
+            Self::Aarch64 => format!("aarch64-linux-gnu-{name}"),
+            Self::Riscv64 => format!("riscv64-linux-gnu-{name}"),
         }
     }
 
@@ -122,10 +130,8 @@ impl Target {
     pub fn cargo_env(self) -> Vec<(String, String)> {
         let cargo_key = self.triple().to_uppercase().replace('-', "_");
         let cc_key = self.triple().replace('-', "_");
-        let mut env = vec![
-            (format!("CC_{cc_key}"), self.c_compiler().to_owned()),
-            (format!("AR_{cc_key}"), self.archiver().to_owned()),
-        ];
+        let mut env =
+            vec![(format!("CC_{cc_key}"), self.c_compiler().to_owned()), (format!("AR_{cc_key}"), self.binutil("ar"))];
         if let Some(linker) = self.linker() {
             env.push((format!("CARGO_TARGET_{cargo_key}_LINKER"), linker.to_owned()));
         }
@@ -153,6 +159,19 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.triple())
+    }
+}
+
+/// An OCI image platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OciPlatform {
+    pub os: &'static str,
+    pub architecture: &'static str,
+}
+
+impl fmt::Display for OciPlatform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
     }
 }
 
@@ -208,5 +227,6 @@ mod tests {
         assert_eq!(get("CC_riscv64gc_unknown_linux_gnu"), Some("riscv64-linux-gnu-gcc"));
         assert_eq!(get("CARGO_TARGET_RISCV64GC_UNKNOWN_LINUX_GNU_LINKER"), Some("riscv64-linux-gnu-gcc"));
         assert_eq!(get("CARGO_TARGET_RISCV64GC_UNKNOWN_LINUX_GNU_RUSTFLAGS"), Some("-C target-feature=+crt-static"));
+        assert_eq!(Target::Aarch64.oci_platform().to_string(), "linux/arm64");
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo::Built, cmd};
+use crate::{cargo::Built, cmd, dist::Dist};
 
 /// Totals of libtest's `test result:` lines, and the tests that failed.
 #[derive(Debug, Default)]
@@ -104,7 +104,7 @@ fn tests(mut command: Command) -> Result<(Stage, Tally)> {
     Ok((Stage { name: "tests", ok, took: start.elapsed(), detail }, tally))
 }
 
-pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
+pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode> {
     let ws = &built.workspace;
     let mut stages = Vec::new();
 
@@ -132,7 +132,8 @@ pub fn run(built: &Built, test_args: &[String]) -> Result<ExitCode> {
     ])
     .args(test_args)
     .env("PTWATCH_BIN", &built.ptwatch)
-    .env("PTWATCH_WORKLOAD_BIN", &built.workload);
+    .env("PTWATCH_WORKLOAD_BIN", &built.workload)
+    .env("PTWATCH_DIST_DIR", &dist.dir);
     let (tests_stage, tally) = tests(test)?;
     stages.push(tests_stage);
 

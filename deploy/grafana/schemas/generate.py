@@ -1,0 +1,140 @@
+"""Generate the JSON Schemas in this directory from PyPI's
+grafana-foundation-sdk, whose Python models are generated (by Grafana's cog)
+from Grafana's own kinds: the dashboard, and the options and field config of
+each panel plugin the dashboard uses.
+
+The package ships typed models, not JSON Schema files, so this script turns
+each model class into a schema: its JSON keys come from the class' to_json
+(the keys Grafana's JSON uses), their types from the class annotations;
+enums become `enum`; every object rejects keys the kind does not define
+(additionalProperties: false). No key is required: Grafana fills in the
+defaults of a missing one when it loads a dashboard, and the models give
+every field a default.
+
+Run with the package installed (cargo xtask setup --for test installs the
+pinned version into /opt/ptwatch-dev/venv):
+
+    /opt/ptwatch-dev/venv/bin/python3 deploy/grafana/schemas/generate.py
+
+agent/tests/deploy_grafana.rs regenerates them and fails if the committed
+files differ."""
+import enum
+import importlib
+import importlib.metadata
+import inspect
+import json
+import pathlib
+import re
+import sys
+import types
+import typing
+
+PACKAGE = "grafana-foundation-sdk"
+HERE = pathlib.Path(__file__).parent
+# Panel plugins whose options and field config the dashboard's panels are
+# checked against (every type the dashboard uses but `row`, which is part of
+# the dashboard kind).
+PANEL_TYPES = ["stat", "table", "timeseries"]
+# Queries are a variant whose shape depends on the data source; every query
+# of the dashboard is a Prometheus one.
+QUERY_MODEL = "prometheus.Dataquery"
+# Keys Grafana writes that the kinds do not define, with why they are
+# allowed (docs/dashboard.md#schema-validation):
+ALLOWANCES = {
+    # The query variable editor stores the query's text beside the query
+    # object, and shows it in the variables list; the kind has no field for
+    # it, Grafana keeps it on import and export.
+    "dashboard.VariableModel": {"definition": {"type": "string"}},
+}
+
+
+class Schemas:
+    def __init__(self):
+        self.defs = {}
+        module, name = QUERY_MODEL.split(".")
+        self.query = getattr(importlib.import_module(f"grafana_foundation_sdk.models.{module}"), name)
+        self.variants = importlib.import_module("grafana_foundation_sdk.cog.variants")
+
+    def ref(self, cls):
+        name = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+        if name not in self.defs:
+            self.defs[name] = None  # cycles: reserve the name first
+            self.defs[name] = self.object_schema(cls)
+        return {"$ref": f"#/$defs/{name}"}
+
+    def object_schema(self, cls):
+        hints = typing.get_type_hints(cls)
+        source = inspect.getsource(cls.to_json)
+        always = dict(re.findall(r'^\s+"(\w+)": self\.(\w+),$', source, re.M))
+        optional = dict(re.findall(r'payload\["(\w+)"\] = self\.(\w+)$', source, re.M))
+        properties = {}
+        for key, attr in {**always, **optional}.items():
+            schema = self.type_schema(hints[attr])
+            # to_json leaves out an optional field that is None; Grafana's
+            # own exports write some of them as null.
+            properties[key] = schema if key in always else {"anyOf": [schema, {"type": "null"}]}
+        name = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+        properties.update(ALLOWANCES.get(name, {}))
+        return {"type": "object", "properties": dict(sorted(properties.items())), "additionalProperties": False}
+
+    def type_schema(self, hint):
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType):
+            options = [self.type_schema(a) for a in args if a is not type(None)]
+            return options[0] if len(options) == 1 else {"anyOf": options}
+        if origin is list:
+            return {"type": "array", "items": self.type_schema(args[0])}
+        if origin is dict:
+            return {"type": "object", "additionalProperties": self.type_schema(args[1])}
+        if origin is typing.Literal:
+            return {"enum": list(args)}
+        if hint is str:
+            return {"type": "string"}
+        if hint is bool:
+            return {"type": "boolean"}
+        if hint is int:
+            return {"type": "integer"}
+        if hint is float:
+            return {"type": "number"}
+        if hint in (object, typing.Any):
+            return {}
+        if hint is self.variants.Dataquery:
+            return self.ref(self.query)
+        if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+            return {"enum": [member.value for member in hint]}
+        if inspect.isclass(hint) and hasattr(hint, "to_json"):
+            return self.ref(hint)
+        raise TypeError(f"no JSON Schema for {hint!r}")
+
+
+def write(out, name, cls, version, title):
+    schemas = Schemas()
+    root = schemas.ref(cls)
+    document = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": (
+            f"Generated by generate.py from PyPI {PACKAGE} {version} "
+            f"({cls.__module__}.{cls.__name__}); do not edit."
+        ),
+        "title": title,
+        **root,
+        "$defs": dict(sorted(schemas.defs.items())),
+    }
+    (out / name).write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
+
+
+def main():
+    # Into this directory, or the one named (the test compares the two).
+    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    version = importlib.metadata.version(PACKAGE)
+    dashboard = importlib.import_module("grafana_foundation_sdk.models.dashboard")
+    write(out, "dashboard.schema.json", dashboard.Dashboard, version, "Grafana dashboard")
+    for panel in PANEL_TYPES:
+        module = importlib.import_module(f"grafana_foundation_sdk.models.{panel}")
+        write(out, f"{panel}.options.schema.json", module.Options, version, f"options of the {panel} panel")
+        if hasattr(module, "FieldConfig"):
+            write(out, f"{panel}.fieldconfig.schema.json", module.FieldConfig, version, f"fieldConfig.defaults.custom of the {panel} panel")
+
+
+main()
