@@ -37,7 +37,9 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     support::require_privileges()?;
     let btf = KernelBtf::load(&config.btf)?;
-    let listener = server::bind(config.listen)?;
+    // Bind before attaching anything: a busy port is the most common
+    // start-up failure and must not leave probes behind.
+    let bound = server::bind(config.listen, config.tls.clone(), &config.http)?;
     tracing::info!(
         listen = %config.listen,
         tls = config.tls.is_some(),
@@ -78,14 +80,16 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     let probes = Arc::new(probes);
     let aggregator = Aggregator::new(KernelMaps::new(maps), config.exited_ttl).with_selection(config.selection);
     let empty_tables = Arc::new(Latest::default());
+    let exporter = Arc::new(Exporter::new(&config.http));
     let metrics = Arc::new(
         Metrics::new(Box::new(aggregator), info)
             .with_self_source(Box::new(AgentSelf::new(&probes)))
-            .with_empty_tables(Arc::clone(&empty_tables)),
+            .with_empty_tables(Arc::clone(&empty_tables))
+            .with_section(exporter.stats()),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let estimator = Estimator::new(config.empty_tables);
-    let served = runtime.block_on(serve(&config, listener, metrics, (estimator, empty_tables), mode.as_str()));
+    let served = runtime.block_on(serve(&config, bound, exporter, metrics, (estimator, empty_tables), mode.as_str()));
     drop(probes);
     tracing::info!("probes detached; exiting");
     served
@@ -94,7 +98,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 /// Serve until SIGINT/SIGTERM, harvesting every `--harvest-interval`.
 async fn serve(
     config: &AgentConfig,
-    listener: std::net::TcpListener,
+    bound: server::Bound,
+    exporter: Arc<Exporter>,
     metrics: Arc<Metrics>,
     (estimator, empty_tables): (Estimator, Arc<Latest>),
     mode: &str,
@@ -106,11 +111,8 @@ async fn serve(
         signals.await;
         let _ = stop_tx.send(true);
     });
-    let exporter = Arc::new(Exporter::default());
     exporter.set_metrics(Arc::clone(&metrics) as Arc<dyn crate::export::metrics::Render>);
-    let app = server::router(Arc::clone(&exporter), config.auth.clone());
-    let bound = server::listen(listener, config.tls.clone())?;
-    let server = tokio::spawn(server::serve(bound, app, stopped(stop_rx)));
+    let server = tokio::spawn(server::serve(bound, Arc::clone(&exporter), config.auth.clone(), stopped(stop_rx)));
     let harvester = tokio::spawn(harvest_periodically(Arc::clone(&metrics), config.harvest_interval, exporter));
     let estimating = tokio::spawn(estimate_periodically(estimator, metrics, empty_tables));
     // Scripts wait for this line (xtask's VM tests): keep "serving /metrics".

@@ -48,6 +48,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per run; boxing would buy nothing")]
 pub enum Command {
     /// Run the exporter: attach probes and serve Prometheus metrics.
     ///
@@ -420,6 +421,50 @@ pub struct AgentArgs {
     /// is ignored); /healthz and /readyz stay open.
     #[arg(long, value_name = "PATH", env = "PTWATCH_BEARER_TOKEN_FILE")]
     pub bearer_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The listener's limits (docs/http.md), `[http]` in the config file.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Connections served at once, TLS handshakes included. At the cap the
+    /// oldest connection not answering a request is closed to make room;
+    /// lowered to fit the open-file limit [default: 512].
+    #[arg(long = "http-max-connections", value_name = "N", env = "PTWATCH_HTTP_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Time a client gets to complete the TLS handshake, then to send a
+    /// request's line and headers (from connecting, or from the first byte
+    /// of a next request) [default: 10s].
+    #[arg(long = "http-header-timeout", value_name = "D", value_parser = parse_duration,
+          env = "PTWATCH_HTTP_HEADER_TIMEOUT")]
+    pub header_timeout: Option<Duration>,
+
+    /// How long a kept-alive connection may wait for its next request
+    /// [default: 90s].
+    #[arg(long = "http-idle-timeout", value_name = "D", value_parser = parse_duration,
+          env = "PTWATCH_HTTP_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Time to answer a request, from its headers to the last byte of the
+    /// response [default: 30s].
+    #[arg(long = "http-write-timeout", value_name = "D", value_parser = parse_duration,
+          env = "PTWATCH_HTTP_WRITE_TIMEOUT")]
+    pub write_timeout: Option<Duration>,
+
+    /// Largest request line plus headers, in bytes (1024 to 1048576); larger
+    /// requests get 431 [default: 8192].
+    #[arg(long = "http-max-header-bytes", value_name = "BYTES", env = "PTWATCH_HTTP_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<u32>,
+
+    /// /metrics responses in progress at once; more scrapes wait for a
+    /// slot. Concurrent scrapes share renders either way [default: 8].
+    #[arg(long = "http-max-concurrent-scrapes", value_name = "N", env = "PTWATCH_HTTP_MAX_CONCURRENT_SCRAPES",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_scrapes: Option<u32>,
 }
 
 /// Parse `90`, `90s`, `5m`, `2h`, `500ms` into a duration.
@@ -490,6 +535,13 @@ mod tests {
         assert_eq!(text("log"), log.filter);
         assert_eq!(parse_duration(&text("empty_tables_interval")), Ok(defaults.empty_tables.interval));
         assert_eq!(parse_duration(&text("empty_tables_budget")), Ok(defaults.empty_tables.budget));
+        let http = crate::config::HttpSection::default();
+        assert_eq!(text("max_connections").parse(), Ok(http.max_connections));
+        assert_eq!(parse_duration(&text("header_timeout")), Ok(http.header_timeout));
+        assert_eq!(parse_duration(&text("idle_timeout")), Ok(http.idle_timeout));
+        assert_eq!(parse_duration(&text("write_timeout")), Ok(http.write_timeout));
+        assert_eq!(text("max_header_bytes").parse(), Ok(http.max_header_bytes));
+        assert_eq!(text("max_concurrent_scrapes").parse(), Ok(http.max_concurrent_scrapes));
     }
 
     /// Every option has its variable, named by the rule docs/cli.md states

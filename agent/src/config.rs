@@ -27,7 +27,10 @@ use serde::{de, Deserialize, Deserializer};
 use crate::{
     aggregate::{RankBy, Selection},
     cli::{parse_duration, AgentArgs, LogArgs, LogFormat},
-    export::{server::Auth, tls},
+    export::{
+        server::{Auth, HttpLimits, LimitsError},
+        tls,
+    },
     kernel::btf::VMLINUX_BTF,
     probes::plan::ProbeMode,
 };
@@ -60,6 +63,8 @@ pub enum ConfigError {
     /// Options that are valid alone but not together.
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    Http(#[from] LimitsError),
 }
 
 /// `:line:column` of a parse error, when toml knows it.
@@ -99,6 +104,7 @@ pub struct FileConfig {
     pub tls: TlsSection,
     pub auth: AuthSection,
     pub empty_tables: EmptyTablesSection,
+    pub http: HttpSection,
 }
 
 impl Default for FileConfig {
@@ -128,6 +134,7 @@ impl Default for FileConfig {
             tls: TlsSection::default(),
             auth: AuthSection::default(),
             empty_tables: EmptyTablesSection::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -203,6 +210,36 @@ impl Default for AuthSection {
     }
 }
 
+/// `[http]`: the listener's limits (docs/http.md).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    pub max_header_bytes: u32,
+    pub max_concurrent_scrapes: u32,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        // Each default is explained where the limits are defined.
+        let limits = HttpLimits::default();
+        Self {
+            max_connections: limits.max_connections,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_concurrent_scrapes: limits.max_concurrent_scrapes,
+        }
+    }
+}
+
 /// What the agent runs with.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -222,6 +259,8 @@ pub struct AgentConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Secrets already read from their files.
     pub auth: Option<Auth>,
+    /// Checked; the connection cap is fitted to the open-file limit at bind.
+    pub http: HttpLimits,
     /// The file the values came from, for the start-up log line.
     pub config_file: Option<PathBuf>,
     /// Found while resolving, before logging existed; the agent logs them.
@@ -321,6 +360,15 @@ impl AgentConfig {
                 empty_tables.budget, empty_tables.interval
             )));
         }
+        let http = HttpLimits {
+            max_connections: args.http.max_connections.unwrap_or(file.http.max_connections),
+            header_timeout: args.http.header_timeout.unwrap_or(file.http.header_timeout),
+            idle_timeout: args.http.idle_timeout.unwrap_or(file.http.idle_timeout),
+            write_timeout: args.http.write_timeout.unwrap_or(file.http.write_timeout),
+            max_header_bytes: args.http.max_header_bytes.unwrap_or(file.http.max_header_bytes),
+            max_concurrent_scrapes: args.http.max_concurrent_scrapes.unwrap_or(file.http.max_concurrent_scrapes),
+        };
+        http.validate()?;
 
         Ok(Self {
             listen: args.listen.unwrap_or(file.listen),
@@ -339,6 +387,7 @@ impl AgentConfig {
             log,
             tls,
             auth,
+            http,
             config_file: args.config.clone(),
             warnings,
         })
@@ -491,6 +540,13 @@ bearer_token_file = "/t"
 [empty_tables]
 interval = "2m"
 budget = "50ms"
+[http]
+max_connections = 64
+header_timeout = "3s"
+idle_timeout = 30
+write_timeout = "1m"
+max_header_bytes = 4096
+max_concurrent_scrapes = 2
 "#,
         )
         .unwrap();
@@ -508,6 +564,17 @@ budget = "50ms"
         assert_eq!(config.auth.basic_user.as_deref(), Some("u"));
         assert_eq!(config.empty_tables.interval, Duration::from_secs(120));
         assert_eq!(config.empty_tables.budget, Duration::from_millis(50));
+        assert_eq!(
+            config.http,
+            HttpSection {
+                max_connections: 64,
+                header_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(30),
+                write_timeout: Duration::from_secs(60),
+                max_header_bytes: 4096,
+                max_concurrent_scrapes: 2,
+            }
+        );
     }
 
     #[test]
@@ -525,6 +592,9 @@ budget = "50ms"
             ("max_tracked_processes = 5000000", "between 1 and 4194304", 1),
             ("[tls]\ncrt = \"/c\"", "unknown field `crt`", 2),
             ("[empty_tables]\nbudget = \"1x\"", "invalid duration unit", 2),
+            ("[http]\nheader_timeout = \"0s\"", "greater than zero", 2),
+            ("[http]\nmax_connections = -1", "invalid value", 2),
+            ("[http]\nmax_conections = 1", "unknown field `max_conections`", 2),
         ] {
             let (position, message) = parse(text).unwrap_err();
             assert!(message.contains(needle), "{text:?}: {message}");

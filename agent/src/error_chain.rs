@@ -81,7 +81,6 @@ mod tests {
             Box::new(PrivilegeError::Drop(io_error())),
             Box::new(ProbeError::Load(aya::EbpfError::FileError { path: path.clone(), error: io_error() })),
             Box::new(ServerError::Bind { addr: "127.0.0.1:1".parse().expect("addr"), source: io_error() }),
-            Box::new(ServerError::Serve(io_error())),
             Box::new(TlsError::Read { what: "key", path: path.clone(), source: io_error() }),
             Box::new(BtfError::Read { path: path.clone(), source: io_error() }),
             Box::new(SupportError::Tracefs { path: "/sys/kernel/tracing", source: io_error() }),

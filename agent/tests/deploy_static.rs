@@ -15,7 +15,9 @@ use std::{
     process::{Command, Output},
 };
 
-use deploy_common::{deploy_dir, exposure, kustomize, run, temp_dir, text, venv_tool, EXPOSURE_CEILING};
+use deploy_common::{
+    deploy_dir, exposure, kustomize, run, temp_dir, text, venv_tool, yaml_documents, EXPOSURE_CEILING,
+};
 use support::{agent_command, free_port, ptwatch_bin, AgentProcess};
 
 /// The unit with its ExecStart binary replaced by the one under test
@@ -129,6 +131,13 @@ fn example_config_files_are_accepted_by_the_agent() {
     }
 }
 
+/// `kubectl kustomize DIR`: a copy of the kustomization, changed by a test.
+fn kustomize_dir(dir: &Path) -> String {
+    let output = run(Command::new("kubectl").arg("kustomize").arg(dir), "kubectl (needed to render deploy/kubernetes)");
+    assert!(output.status.success(), "kubectl kustomize failed:\n{}", text(&output));
+    String::from_utf8(output.stdout).expect("UTF-8 manifests")
+}
+
 fn kubernetes_validate(manifests: &str, dir: &Path) -> Output {
     let path = dir.join("rendered.yaml");
     std::fs::write(&path, manifests).expect("write rendered manifests");
@@ -240,4 +249,52 @@ fn prometheus_rules_check_and_unit_tests_pass() {
         assert!(cases.iter().any(|c| c.contains("exp_alerts: []")), "{alert}: no not-firing case");
         assert!(cases.iter().any(|c| c.contains("exp_labels:")), "{alert}: no firing case");
     }
+}
+
+/// The NetworkPolicy component (docs/http.md#who-may-connect): off by
+/// default; turned on the documented way (uncommenting `components:` in
+/// the kustomization), it renders a valid policy that admits only
+/// Prometheus, to the port the DaemonSet serves on, and selects the agent's
+/// pods (the Helm chart's `networkPolicy.enabled` renders the same rule:
+/// deploy_helm.rs).
+#[test]
+fn network_policy_is_off_by_default_and_valid_when_switched_on() {
+    assert!(!kustomize().contains("kind: NetworkPolicy"), "the NetworkPolicy must be off by default");
+    let dir = temp_dir("netpol");
+    let copy = dir.join("kubernetes");
+    let copied = run(Command::new("cp").arg("-r").arg(deploy_dir().join("kubernetes")).arg(&copy), "cp");
+    assert!(copied.status.success(), "{}", text(&copied));
+    let kustomization = copy.join("kustomization.yaml");
+    let original = std::fs::read_to_string(&kustomization).expect("read kustomization.yaml");
+    let switch = "# components:\n#   - components/network-policy\n";
+    assert!(original.contains(switch), "the documented switch is in kustomization.yaml:\n{original}");
+    let switched = original.replace(switch, "components:\n  - components/network-policy\n");
+    std::fs::write(&kustomization, switched).expect("write kustomization.yaml");
+    let manifests = kustomize_dir(&copy);
+    let output = kubernetes_validate(&manifests, &dir);
+    assert!(output.status.success(), "kubernetes-validate failed:\n{}", text(&output));
+    assert!(text(&output).contains("passed for resource networkpolicy/ptwatch "), "{}", text(&output));
+
+    let documents = yaml_documents(&manifests);
+    let of_kind = |kind: &str| {
+        documents.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered:\n{manifests}"))
+    };
+    let (policy, daemonset) = (of_kind("NetworkPolicy"), of_kind("DaemonSet"));
+    assert_eq!(policy["metadata"]["namespace"], daemonset["metadata"]["namespace"]);
+    let spec = &policy["spec"];
+    assert_eq!(spec["podSelector"]["matchLabels"], daemonset["spec"]["template"]["metadata"]["labels"]);
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"],
+        serde_json::json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }],
+            "ports": [{"port": 9977, "protocol": "TCP"}],
+        }])
+    );
+    let port = &daemonset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"];
+    assert_eq!(port, &serde_json::json!(9977));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -21,6 +21,7 @@ use crate::{cargo::Built, cmd};
 
 mod agent;
 mod footprint;
+mod scrape;
 mod stats;
 mod work;
 
@@ -53,6 +54,9 @@ pub struct BenchArgs {
     /// Series in the /metrics answer whose latency is measured.
     #[arg(long, default_value_t = 10_000)]
     footprint_series: usize,
+    /// Concurrent scrapers of the last part, with that many series (0 skips it).
+    #[arg(long, default_value_t = 50)]
+    scrapers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,6 +204,9 @@ pub fn run(built: &Built, args: &BenchArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&results).context("serialising results")?;
     fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     println!("results written to {}", path.display());
+    if args.scrapers > 0 {
+        scrape::run(&built.ptwatch, &built.workload, &log, &dir, args.scrapers, args.footprint_series)?;
+    }
     Ok(())
 }
 

@@ -110,6 +110,12 @@ impl From<bool> for Value {
     }
 }
 
+/// Families written at each scrape beside the harvest's, by a part of the
+/// agent that keeps its own statistics (the HTTP listener).
+pub trait Section: Send + Sync {
+    fn write(&self, out: &mut Exposition);
+}
+
 /// The samples of one family.
 pub struct Samples<'a> {
     exposition: &'a mut Exposition,

@@ -352,6 +352,48 @@ pub const SCRAPE_DURATION: Family = family(
     All,
     "Time to build each /metrics response (read the kernel maps, harvest, encode), seconds.",
 );
+pub const HTTP_METRICS_REQUESTS: Family = family(
+    "ptwatch_http_metrics_requests_total",
+    Counter,
+    "requests",
+    &[],
+    All,
+    "/metrics requests answered with metrics; concurrent ones share a render (ptwatch_scrape_duration_seconds_count).",
+);
+pub const HTTP_CONNECTIONS_OPEN: Family = family(
+    "ptwatch_http_connections_open",
+    Gauge,
+    "connections",
+    &[],
+    All,
+    "Connections open now, TLS handshakes included.",
+);
+pub const HTTP_MAX_CONNECTIONS: Family = family(
+    "ptwatch_http_max_connections",
+    Gauge,
+    "connections",
+    &[],
+    All,
+    "The connection cap in force: --http-max-connections, lowered to fit the open-file limit.",
+);
+pub const HTTP_CONNECTIONS_ACCEPTED: Family =
+    family("ptwatch_http_connections_accepted_total", Counter, "connections", &[], All, "Connections accepted.");
+pub const HTTP_CONNECTIONS_DROPPED: Family = family(
+    "ptwatch_http_connections_dropped_total",
+    Counter,
+    "connections",
+    &["reason"],
+    All,
+    "Connections the agent closed on its own or refused, by reason (docs/http.md).",
+);
+pub const HTTP_ACCEPT_ERRORS: Family = family(
+    "ptwatch_http_accept_errors_total",
+    Counter,
+    "errors",
+    &[],
+    All,
+    "Failed accept calls (e.g. EMFILE: out of file descriptors); the listener backs off after each.",
+);
 pub const MAP_ENTRIES: Family = family(
     "ptwatch_map_entries",
     Gauge,
@@ -549,6 +591,12 @@ pub const FAMILIES: &[&Family] = &[
     &MAP_ENTRIES,
     &MAP_MAX_ENTRIES,
     &SCRAPE_DURATION,
+    &HTTP_METRICS_REQUESTS,
+    &HTTP_CONNECTIONS_OPEN,
+    &HTTP_MAX_CONNECTIONS,
+    &HTTP_CONNECTIONS_ACCEPTED,
+    &HTTP_CONNECTIONS_DROPPED,
+    &HTTP_ACCEPT_ERRORS,
     &BPF_STATS_ENABLED,
     &BPF_PROGRAM_RUNS,
     &BPF_PROGRAM_RUN_SECONDS,

@@ -16,7 +16,7 @@ use std::{
 use ptwatch_common::{Cause, Level, NodeCounters};
 
 use super::{
-    exposition::{label_text, Exposition, Format, Histogram},
+    exposition::{label_text, Exposition, Format, Histogram, Section},
     families::{self as f, Family},
     self_metrics::SelfSource,
 };
@@ -118,6 +118,8 @@ pub struct Metrics {
     /// The empty-page-table estimates (their own task fills it); None in
     /// unit tests of the other families.
     empty_tables: Option<Arc<crate::empty_tables::Latest>>,
+    /// More families, written after the agent's own.
+    sections: Vec<Arc<dyn Section>>,
 }
 
 struct State {
@@ -134,6 +136,7 @@ impl Metrics {
             scrape_duration: Histogram::new(SCRAPE_BUCKETS),
             last_size: AtomicUsize::new(0),
             empty_tables: None,
+            sections: Vec::new(),
         }
     }
 
@@ -146,6 +149,12 @@ impl Metrics {
     /// Also export the empty-page-table estimates found in `latest`.
     pub fn with_empty_tables(mut self, latest: Arc<crate::empty_tables::Latest>) -> Self {
         self.empty_tables = Some(latest);
+        self
+    }
+
+    /// Also write the families of `section` at each scrape.
+    pub fn with_section(mut self, section: Arc<dyn Section>) -> Self {
+        self.sections.push(section);
         self
     }
 
@@ -186,6 +195,9 @@ impl Render for Metrics {
             }
         }
         reading.render(&mut out);
+        for section in &self.sections {
+            section.write(&mut out);
+        }
         self.scrape_duration.render(&mut out.family(&f::SCRAPE_DURATION));
         let body = out.finish();
         self.last_size.store(body.len(), Ordering::Relaxed);

@@ -74,17 +74,17 @@ pub struct Options {
 }
 
 /// A fleet of `ptwatch-workload hold` processes, alive until dropped.
-struct Fleet {
+pub(super) struct Fleet {
     children: Vec<(Child, Option<ChildStdin>)>,
 }
 
 impl Fleet {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { children: Vec::new() }
     }
 
     /// Start processes until there are `count`, each having done its DONTNEED.
-    fn grow(&mut self, workload: &Path, count: usize) -> Result<()> {
+    pub(super) fn grow(&mut self, workload: &Path, count: usize) -> Result<()> {
         while self.children.len() < count {
             let mut child = Command::new(workload)
                 .args(["hold", "2"])
@@ -122,7 +122,7 @@ impl Drop for Fleet {
 }
 
 /// CPU ticks (user + system) and the clock tick rate.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(super) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the agent's stat")?;
     let rest = &stat[stat.rfind(')').context("stat format")? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -130,7 +130,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-fn ticks_per_second() -> f64 {
+pub(super) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
@@ -141,16 +141,16 @@ fn ticks_per_second() -> f64 {
 }
 
 /// Resident memory of the agent, MiB, from `/proc/<pid>/status`.
-struct Resident {
+pub(super) struct Resident {
     /// `VmRSS`: anonymous + file-backed + shared memory.
-    rss: f64,
+    pub(super) rss: f64,
     /// `VmHWM`.
     peak: f64,
     anon: f64,
     file: f64,
 }
 
-fn resident(pid: u32) -> Result<Resident> {
+pub(super) fn resident(pid: u32) -> Result<Resident> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's status")?;
     let kib = |field: &str| -> Result<f64> {
         status
@@ -202,11 +202,11 @@ fn phase(agent: &Agent, name: &str, tracked: usize, window: Duration) -> Result<
 }
 
 /// Samples in a Prometheus text exposition.
-fn count_series(text: &str) -> usize {
+pub(super) fn count_series(text: &str) -> usize {
     text.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).count()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -252,22 +252,7 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
     agent.scrape()?;
     phases.push(phase(&agent, "tracking", fleet.len(), options.window)?);
 
-    // Series per tracked process, measured, to size the fleet for the
-    // target; other processes of the node skew the estimate, so grow again
-    // until the target is reached (a few rounds at most).
-    for _ in 0..4 {
-        let text = agent.scrape()?;
-        let series = count_series(&text);
-        if series >= options.series {
-            break;
-        }
-        let per_process = text.lines().filter(|l| l.contains("pid=\"") && !l.contains("pid=\"other\"")).count() as f64
-            / fleet.len().max(1) as f64;
-        let wanted = ((options.series - series) as f64 / per_process.max(1.0)).ceil().max(1.0);
-        let target = fleet.len() + wanted as usize;
-        eprintln!("[bench] {series} series, {per_process:.1} per process: growing to {target} processes");
-        fleet.grow(workload, target)?;
-    }
+    grow_to_series(&agent, &mut fleet, workload, options.series)?;
     let latency = latency(&agent, 50)?;
     eprintln!(
         "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
@@ -279,6 +264,27 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
     );
     drop(fleet);
     Ok(Footprint { phases, latency })
+}
+
+/// Grow `fleet` until `agent` exports at least `series` series. Series per
+/// tracked process are measured to size the fleet; other processes of the
+/// node skew the estimate, so grow again until the target is reached (a few
+/// rounds at most).
+pub(super) fn grow_to_series(agent: &Agent, fleet: &mut Fleet, workload: &Path, series: usize) -> Result<()> {
+    for _ in 0..4 {
+        let text = agent.scrape()?;
+        let exported = count_series(&text);
+        if exported >= series {
+            break;
+        }
+        let per_process = text.lines().filter(|l| l.contains("pid=\"") && !l.contains("pid=\"other\"")).count() as f64
+            / fleet.len().max(1) as f64;
+        let wanted = ((series - exported) as f64 / per_process.max(1.0)).ceil().max(1.0);
+        let target = fleet.len() + wanted as usize;
+        eprintln!("[bench] {exported} series, {per_process:.1} per process: growing to {target} processes");
+        fleet.grow(workload, target)?;
+    }
+    Ok(())
 }
 
 pub fn print(footprint: &Footprint) {

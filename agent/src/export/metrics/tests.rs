@@ -203,7 +203,9 @@ fn every_family_written_is_in_the_table_and_written_once() {
     };
     let pass = crate::empty_tables::PassReport::default();
     latest.set(crate::empty_tables::Snapshot::new(4096, vec![one], pass, Duration::ZERO));
-    let metrics = Metrics::new(Box::new(Unsend(aggregator)), info(true)).with_empty_tables(latest);
+    let metrics = Metrics::new(Box::new(Unsend(aggregator)), info(true))
+        .with_empty_tables(latest)
+        .with_section(Arc::new(crate::export::server::HttpStats::default()));
     let text = metrics.render(Format::Text);
     let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
     let unique: std::collections::BTreeSet<&str> = typed.iter().copied().collect();
