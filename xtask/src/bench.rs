@@ -49,11 +49,17 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "tracepoint")]
     host_plans: Vec<ProbePlan>,
     /// Probe plans compared in the VM.
-    #[arg(long, value_delimiter = ',', default_value = "fentry,kprobe")]
+    /// (The tracepoint plan there relates the guest's eBPF figures to the
+    /// host's.)
+    #[arg(long, value_delimiter = ',', default_value = "fentry,kprobe,tracepoint")]
     vm_plans: Vec<ProbePlan>,
     /// Kernel booted for the VM comparison.
     #[arg(long, default_value = guest::DEFAULT_KERNEL)]
     vm_kernel: guest::Kernel,
+    /// How the VM's clocks run (icount: guest time counts instructions,
+    /// unaffected by the host's load).
+    #[arg(long, value_enum, default_value_t = guest::Clock::Icount)]
+    vm_clock: guest::Clock,
     /// An older agent binary compared side by side, same plans, same run
     /// (e.g. one built from main before the kernel rewrite).
     #[arg(long)]
@@ -127,7 +133,9 @@ pub fn run_child(child: &Child) -> Result<()> {
         Child::Report { results } => {
             let all = results.iter().map(|path| bystanders::load(path)).collect::<Result<Vec<_>>>()?;
             all.iter().for_each(report::print);
-            report::print_goals(&all.iter().collect::<Vec<_>>());
+            let all: Vec<&SessionResults> = all.iter().collect();
+            report::print_goals(&all);
+            report::print_estimates(&all);
             Ok(())
         }
     }
@@ -192,13 +200,20 @@ fn slowdown(built: &Built, args: &BenchArgs, dir: &std::path::Path, log: &std::p
         all.push(results);
     }
     if args.on.contains(&Place::Vm) {
-        let results =
-            guest::run(args.vm_kernel, &session("vm", &args.vm_plans), &dir.join("vm"), &built.workspace.root)?;
+        let results = guest::run(
+            args.vm_kernel,
+            args.vm_clock,
+            &session("vm", &args.vm_plans),
+            &dir.join("vm"),
+            &built.workspace.root,
+        )?;
         bystanders::save(&results, &dir.join("bystanders-vm.json"))?;
         report::print(&results);
         all.push(results);
     }
-    report::print_goals(&all.iter().collect::<Vec<_>>());
+    let all: Vec<&SessionResults> = all.iter().collect();
+    report::print_goals(&all);
+    report::print_estimates(&all);
     println!("results written to {}/bystanders-*.json", dir.display());
     Ok(())
 }

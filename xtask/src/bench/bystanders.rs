@@ -219,15 +219,23 @@ pub struct SessionResults {
     /// `/proc/loadavg` before and after.
     pub loadavg_start: String,
     pub loadavg_end: String,
-    /// For a VM session: the host's `/proc/loadavg` before and after (the
-    /// emulation's speed depends on it).
+    /// For a VM session, what the host knows about it.
     #[serde(default)]
-    pub host_loadavg: Option<[String; 2]>,
+    pub vm: Option<VmInfo>,
     pub pt_reclaim: Option<bool>,
     pub calibration: Vec<Calibration>,
     pub pairs: Vec<PairRecord>,
     pub summaries: Vec<ArmWorkload>,
     pub elapsed_secs: f64,
+}
+
+/// How a VM session ran, seen from the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The host's `/proc/loadavg` before and after.
+    pub host_loadavg: [String; 2],
+    /// What the guest's clocks measure.
+    pub clock: String,
 }
 
 pub const CONTROL_LABEL: &str = "A/A control (off both times)";
@@ -573,7 +581,7 @@ pub fn run(session: &Session) -> Result<SessionResults> {
         unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         loadavg_start,
         loadavg_end: read_trimmed("/proc/loadavg"),
-        host_loadavg: None,
+        vm: None,
         pt_reclaim,
         calibration,
         pairs,

@@ -10,7 +10,7 @@ use std::{fs, path::Path, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 
-use super::bystanders::{self, Session, SessionResults};
+use super::bystanders::{self, Session, SessionResults, VmInfo};
 use crate::vm::{self, VmOptions};
 
 /// The kernel lines a VM session can boot (`--vm-kernel`).
@@ -18,6 +18,36 @@ pub use crate::vm::DebianKernel as Kernel;
 
 /// Default `--vm-kernel`: the newest Debian kernel, 7.x today.
 pub const DEFAULT_KERNEL: &str = "trixie-backports-newest";
+
+/// How the guest's clocks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Clock {
+    /// qemu `-icount`: guest time advances by a fixed 2 ns per emulated
+    /// instruction, on one vCPU. What the guest measures is then a count of
+    /// instructions, the same whatever the host's load (other people's
+    /// builds stretch real time, not guest time), so ratios are stable. It
+    /// weighs every instruction alike: no cache misses, no TLB costs.
+    Icount,
+    /// Real time, as many vCPUs as host CPUs (multi-threaded TCG): the
+    /// guest's timings stretch with the host's load.
+    Host,
+}
+
+impl Clock {
+    /// For the printed results.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Icount => {
+                "qemu -icount (1 vCPU): guest time is 2 ns per emulated instruction, so times are instruction counts, independent of the host's load; ratios are instruction-count ratios (every instruction weighs alike: no cache or TLB costs)"
+            }
+            Self::Host => "real time on multi-threaded TCG: timings stretch with the host's load; read ratios only",
+        }
+    }
+}
+
+/// `-icount shift=1`: 2 ns of guest time per instruction (500 MIPS), a
+/// rate close to what TCG achieves here, so guest timers stay sensible.
+const ICOUNT_SHIFT: u32 = 1;
 
 /// An agent start under TCG (BTF, program loads, verifier) took 12 s on
 /// Debian 7.3.4; a pessimistic figure, only used to size the timeout.
@@ -40,7 +70,13 @@ fn timeout(session: &Session) -> Duration {
 /// Boot `kernel`, run `session` in it and return what it measured.
 /// `dir` (host side, writable by the guest) receives the session, the
 /// results, the agent's log and the guest's output.
-pub fn run(which: Kernel, session: &Session, dir: &Path, workspace_root: &Path) -> Result<SessionResults> {
+pub fn run(
+    which: Kernel,
+    clock: Clock,
+    session: &Session,
+    dir: &Path,
+    workspace_root: &Path,
+) -> Result<SessionResults> {
     vm::ensure_vm_tools().context("installing the VM tools (qemu, virtme-ng, virtiofsd)")?;
     let kernel =
         vm::fetch_kernel(which, &vm::default_cache_dir()).with_context(|| format!("fetching the {which} kernel"))?;
@@ -76,6 +112,12 @@ pub fn run(which: Kernel, session: &Session, dir: &Path, workspace_root: &Path) 
     let mut options = VmOptions::new(limit);
     options.rw_dirs.push(dir.to_path_buf());
     options.cwd = Some(workspace_root.to_path_buf());
+    if clock == Clock::Icount {
+        // icount needs single-threaded TCG; one vCPU also keeps the
+        // agent's and the driver's instructions out of the loop's time.
+        options.cpus = Some(1);
+        options.extra_vng_args.push(format!("--qemu-opts=-icount shift={ICOUNT_SHIFT}"));
+    }
     let output =
         vm::run_in_vm_with(&kernel, &script, &options).with_context(|| format!("running in the {which} kernel"))?;
     let log = dir.join("guest.log");
@@ -90,6 +132,9 @@ pub fn run(which: Kernel, session: &Session, dir: &Path, workspace_root: &Path) 
         );
     }
     let mut measured = bystanders::load(&results)?;
-    measured.host_loadavg = Some([host_load_start, bystanders::read_trimmed("/proc/loadavg")]);
+    measured.vm = Some(VmInfo {
+        host_loadavg: [host_load_start, bystanders::read_trimmed("/proc/loadavg")],
+        clock: clock.describe().to_owned(),
+    });
     Ok(measured)
 }
