@@ -81,9 +81,13 @@ pub struct BenchArgs {
     #[arg(long)]
     cpu: Option<usize>,
     /// Keep pairs disturbed by other processes' tracing programs (and mark
-    /// them) instead of running them again.
+    /// them) instead of waiting for those to go away and running them again.
     #[arg(long)]
     keep_disturbed: bool,
+    /// Minutes a session may wait, in all, for other processes' tracing
+    /// programs to go away.
+    #[arg(long, default_value_t = 60)]
+    max_wait: u64,
     /// Skip the footprint measurement.
     #[arg(long, conflicts_with = "footprint_only")]
     no_footprint: bool,
@@ -189,6 +193,7 @@ fn slowdown(built: &Built, args: &BenchArgs, dir: &std::path::Path, log: &std::p
         stats_batches: args.batches as usize,
         cpu: args.cpu,
         max_redo: args.pairs,
+        max_wait_secs: args.max_wait * 60,
         keep_disturbed: args.keep_disturbed,
         log: log.to_path_buf(),
     };

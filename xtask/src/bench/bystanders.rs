@@ -82,6 +82,10 @@ pub struct Session {
     pub cpu: Option<usize>,
     /// Pairs that may be discarded (disturbed) and run again, per arm.
     pub max_redo: u32,
+    /// How long a session may wait, in all, for other processes' tracing
+    /// programs to go away before a pair starts.
+    #[serde(default)]
+    pub max_wait_secs: u64,
     /// Keep disturbed pairs (and say so) instead of running them again.
     pub keep_disturbed: bool,
     /// The agent's log.
@@ -155,6 +159,14 @@ impl EbpfRun {
         }
     }
 
+    /// eBPF ns per call of the loop: all programs' time less the
+    /// background's, signed (a burst of other processes' calls in a quiet
+    /// window can make one run's estimate negative).
+    fn own_ns_per_call(&self) -> f64 {
+        let total = |m: &BTreeMap<String, ProgStats>| m.values().map(|s| s.run_time_ns as f64).sum::<f64>();
+        (total(&self.programs) - total(&self.background)) / self.calls.max(1) as f64
+    }
+
     /// The loop's own share: `programs` less `background`, per program.
     fn own(&self) -> BTreeMap<String, ProgStats> {
         self.programs
@@ -179,7 +191,10 @@ pub struct ProgramCost {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EbpfCost {
     pub calls: u64,
+    /// Median over the kept pairs of each pair's estimate.
     pub ns_per_call: f64,
+    /// All pairs' runs pooled (the sum of `programs`).
+    pub pooled_ns_per_call: f64,
     /// Of an agent-off call, percent.
     pub percent_of_call: f64,
     /// Runs of other processes' calls that were subtracted, per call: large
@@ -225,6 +240,9 @@ pub struct SessionResults {
     pub pt_reclaim: Option<bool>,
     pub calibration: Vec<Calibration>,
     pub pairs: Vec<PairRecord>,
+    /// Derived from `pairs`: recomputed when results are read back, so
+    /// saved raw data can be summarised again as the summary evolves.
+    #[serde(skip_deserializing)]
     pub summaries: Vec<ArmWorkload>,
     pub elapsed_secs: f64,
 }
@@ -474,6 +492,38 @@ impl Driver<'_> {
     }
 }
 
+/// Poll interval while other tracing programs are attached.
+const WAIT_POLL: Duration = Duration::from_secs(5);
+
+/// Wait, at most `budget_secs`, until no other process has tracing programs
+/// attached: a pair started then would only be discarded. Returns the
+/// seconds waited.
+fn wait_until_clean(session: &Session, budget_secs: u64) -> Result<u64> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let found = stats::foreign_tracing(&BTreeSet::new())?;
+        if found.is_empty() || session.keep_disturbed {
+            return Ok(start.elapsed().as_secs());
+        }
+        if start.elapsed().as_secs() >= budget_secs {
+            bail!(
+                "other processes kept tracing programs attached ({}) past the --max-wait of the session; run when the machine is quieter, or pass --keep-disturbed",
+                found.join("; ")
+            );
+        }
+        if !told {
+            eprintln!(
+                "[bench] {}: waiting for other tracing programs to go away: {}",
+                session.environment,
+                found.join("; ")
+            );
+            told = true;
+        }
+        thread::sleep(WAIT_POLL);
+    }
+}
+
 fn print_pair(session: &Session, record: &PairRecord, kept: u32) {
     let label = record.arm.map_or(CONTROL_LABEL, |i| session.arms[i].label.as_str());
     let ratios: Vec<String> = session
@@ -545,11 +595,13 @@ pub fn run(session: &Session) -> Result<SessionResults> {
     let mut redone = vec![0u32; arms.len()];
     let mut pairs = Vec::new();
     let mut round = 0u32;
+    let mut waited = 0u64;
     while kept.iter().any(|&k| k < session.pairs) {
         for (slot, &index) in arms.iter().enumerate() {
             if kept[slot] >= session.pairs {
                 continue;
             }
+            waited += wait_until_clean(session, session.max_wait_secs.saturating_sub(waited))?;
             let first = if (round as usize + slot).is_multiple_of(2) { Side::Off } else { Side::On };
             let arm = index.map(|i| &session.arms[i]);
             let mut record = driver.pair(arm, index, round, first)?;
@@ -590,7 +642,15 @@ pub fn run(session: &Session) -> Result<SessionResults> {
     })
 }
 
-fn ebpf_cost(total: &EbpfRun, off_ns_per_call: f64) -> EbpfCost {
+/// Per-pair runs are summarised by the median of their estimates (robust
+/// to bursts of other processes' calls in one window), per-program figures
+/// over all runs pooled.
+fn ebpf_cost(runs: &[&EbpfRun], off_ns_per_call: f64) -> EbpfCost {
+    let mut total = EbpfRun::default();
+    for run in runs {
+        total.add(run);
+    }
+    let per_pair: Vec<f64> = runs.iter().map(|r| r.own_ns_per_call()).collect();
     let calls = total.calls.max(1) as f64;
     let background_runs: u64 = total.background.values().map(|s| s.run_cnt).sum();
     let mut programs: Vec<ProgramCost> = total
@@ -606,10 +666,11 @@ fn ebpf_cost(total: &EbpfRun, off_ns_per_call: f64) -> EbpfCost {
         })
         .collect();
     programs.sort_by(|a, b| b.ns_per_call.total_cmp(&a.ns_per_call));
-    let ns_per_call = programs.iter().map(|p| p.ns_per_call).sum::<f64>();
+    let ns_per_call = stats_ci::median(&per_pair);
     EbpfCost {
         calls: total.calls,
         ns_per_call,
+        pooled_ns_per_call: programs.iter().map(|p| p.ns_per_call).sum::<f64>(),
         percent_of_call: ns_per_call / off_ns_per_call * 100.0,
         background_runs_per_call: background_runs as f64 / calls,
         programs,
@@ -640,13 +701,8 @@ fn summarise(session: &Session, pairs: &[PairRecord], calibration: &[Calibration
                 off.cpu_ns
             };
             let ebpf = arm.map(|_| {
-                let mut total = EbpfRun::default();
-                for p in &kept {
-                    if let Some(run) = p.ebpf.get(&workload) {
-                        total.add(run);
-                    }
-                }
-                ebpf_cost(&total, off_for_share)
+                let runs: Vec<&EbpfRun> = kept.iter().filter_map(|p| p.ebpf.get(&workload)).collect();
+                ebpf_cost(&runs, off_for_share)
             });
             out.push(ArmWorkload {
                 arm: index,
@@ -674,7 +730,10 @@ pub fn save(results: &SessionResults, path: &Path) -> Result<()> {
 /// Read results a guest wrote.
 pub fn load(path: &Path) -> Result<SessionResults> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let mut results: SessionResults =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    results.summaries = summarise(&results.session, &results.pairs, &results.calibration);
+    Ok(results)
 }
 
 #[cfg(test)]
@@ -693,7 +752,7 @@ mod tests {
         let mut background = BTreeMap::new();
         background.insert("exit".to_owned(), ProgStats { run_time_ns: 1_000, run_cnt: 5, recursion_misses: 0 });
         programs.get_mut("exit").unwrap().add(ProgStats { run_time_ns: 1_000, run_cnt: 5, recursion_misses: 0 });
-        let cost = ebpf_cost(&EbpfRun { calls: 10, programs, background }, 1_000.0);
+        let cost = ebpf_cost(&[&EbpfRun { calls: 10, programs, background }], 1_000.0);
         assert!((cost.background_runs_per_call - 0.5).abs() < 1e-9);
         assert_eq!(cost.programs[0].name, "exit");
         assert!((cost.ns_per_call - 400.0).abs() < 1e-9);

@@ -163,15 +163,16 @@ pub fn print(results: &SessionResults) {
     }
     println!();
     println!(
-        "   eBPF programs per workload call (bpf_stats, in separate runs right after each \"on\" block's timed runs)"
+        "   eBPF programs per workload call (bpf_stats, in separate runs right after each \"on\" block's timed runs; per program: all pairs pooled)"
     );
     for row in results.summaries.iter().filter(|r| r.arm.is_some()) {
         let Some(ebpf) = &row.ebpf else { continue };
         println!(
-            "   {} / {}: {:.1} ns per call over {} calls ({:.3} runs per call of other processes subtracted)",
+            "   {} / {}: {:.1} ns per call (median over pairs; pooled {:.1}) over {} calls, {:.3} runs per call of other processes subtracted",
             row.label,
             row.workload.name(),
             ebpf.ns_per_call,
+            ebpf.pooled_ns_per_call,
             ebpf.calls,
             ebpf.background_runs_per_call
         );
