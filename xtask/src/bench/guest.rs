@@ -64,7 +64,7 @@ fn timeout(session: &Session) -> Duration {
         * session.workloads.len() as f64
         * (1.0 + 2.0 * session.stats_batches as f64 / session.batches as f64);
     let per_pair = Duration::from_secs_f64(2.0 * per_block * 2.0) + AGENT_START_GUESS;
-    BOOT_GUESS + per_pair * pairs * 3 / 2
+    BOOT_GUESS + per_pair * pairs * 3
 }
 
 /// Boot `kernel`, run `session` in it and return what it measured.
