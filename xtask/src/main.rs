@@ -79,15 +79,14 @@ enum Command {
     /// test fails when it is stale) and write the man pages and shell
     /// completions the packages ship into target/docs/.
     Docs,
-    /// Measure what the attached agent costs a DONTNEED-heavy process.
+    /// Measure what the agent costs the node: bystanders and DONTNEED loops
+    /// with the agent off and on (host and VM), and its own footprint.
     Bench(bench::BenchArgs),
-    /// The timed loop of `bench`, run in a child process so that it is
-    /// neither the agent nor the process that drives it.
-    #[command(hide = true)]
-    BenchLoop {
-        /// Touch-and-DONTNEED iterations to time.
-        iterations: u64,
-    },
+    /// What `bench` runs in processes of their own: the timed loops (neither
+    /// the agent nor the process that drives it) and, inside a VM, a whole
+    /// session.
+    #[command(hide = true, subcommand)]
+    BenchChild(bench::Child),
 }
 
 fn main() -> ExitCode {
@@ -153,7 +152,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if vmtest::run(&built, &args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Vm(command) => vm::run(command).map(|()| ExitCode::SUCCESS),
-        Command::BenchLoop { iterations } => bench::run_loop(iterations).map(|()| ExitCode::SUCCESS),
+        Command::BenchChild(child) => bench::run_child(&child).map(|()| ExitCode::SUCCESS),
     }
 }
 

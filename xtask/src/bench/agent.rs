@@ -11,12 +11,35 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
 
 /// Loading BTF, testing PT_RECLAIM and loading the programs takes a second
 /// or two; far more means it is stuck.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
+
+/// The agent's probe plans (`ptwatch agent --probe-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbePlan {
+    /// Syscall and io_uring tracepoints: the only plan some hosts allow.
+    Tracepoint,
+    /// fentry/fexit on kernel functions.
+    Fentry,
+    /// kprobes/kretprobes on the same functions.
+    Kprobe,
+}
+
+impl ProbePlan {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+        }
+    }
+}
 
 pub struct Agent {
     child: Child,
@@ -25,13 +48,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Start `ptwatch agent` on a free local port, logging to `log`, and
-    /// return once /metrics answers (the probes are attached by then).
-    pub fn start(binary: &Path, log: &Path) -> Result<Self> {
-        Self::start_with(binary, log, &[])
+    /// [`Agent::start_with`] with a forced probe plan.
+    pub fn start_plan(binary: &Path, log: &Path, plan: ProbePlan) -> Result<Self> {
+        Self::start_with(binary, log, &["--probe-mode", plan.name()])
     }
 
-    /// [`Agent::start`] with extra `ptwatch agent` arguments.
+    /// Start `ptwatch agent` on a free local port with extra arguments,
+    /// logging to `log`, and return once /metrics answers (the probes are
+    /// attached by then).
     pub fn start_with(binary: &Path, log: &Path, args: &[&str]) -> Result<Self> {
         let addr = free_port()?;
         let out = File::options()

@@ -42,6 +42,11 @@ pub struct VmOptions {
     /// host's root file system is the guest's, read-only). `None`: the
     /// caller's cwd.
     pub cwd: Option<PathBuf>,
+    /// virtme-ng only: more host directories the guest may write (the
+    /// run's scratch directory always is).
+    pub rw_dirs: Vec<PathBuf>,
+    /// More qemu arguments (e.g. `-icount`).
+    pub qemu_args: Vec<String>,
     /// Initramfs only: host files the guest needs, as (name in the guest's
     /// `/ptwatch/`, host path). Static executables: the guest has nothing
     /// but busybox.
@@ -50,7 +55,17 @@ pub struct VmOptions {
 
 impl VmOptions {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout, memory: "2G".into(), cpus: 2, cpu: None, append: Vec::new(), cwd: None, files: Vec::new() }
+        Self {
+            timeout,
+            memory: "2G".into(),
+            cpus: 2,
+            cpu: None,
+            append: Vec::new(),
+            cwd: None,
+            rw_dirs: Vec::new(),
+            qemu_args: Vec::new(),
+            files: Vec::new(),
+        }
     }
 }
 

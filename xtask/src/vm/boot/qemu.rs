@@ -62,6 +62,7 @@ pub fn run(kernel: &PreparedKernel, steps: &[Step], opts: &VmOptions, run_dir: &
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", &append.join(" ")])
+        .args(&opts.qemu_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -54,6 +54,12 @@ pub fn run(kernel: &PreparedKernel, steps: &[Step], opts: &VmOptions, run_dir: &
     if let Some(cwd) = &opts.cwd {
         cmd.arg("--cwd").arg(cwd);
     }
+    for dir in &opts.rw_dirs {
+        cmd.arg(format!("--rwdir={}", dir.display()));
+    }
+    if !opts.qemu_args.is_empty() {
+        cmd.arg(format!("--qemu-opts={}", opts.qemu_args.join(" ")));
+    }
     for a in &opts.append {
         cmd.args(["--append", a]);
     }
