@@ -1,6 +1,6 @@
 //! The executables a guest runs, per architecture: `ptwatch`,
 //! `ptwatch-workload` and the integration-test binaries of
-//! [`super::matrix::GUEST_TESTS`].
+//! [`super::matrix::guest_test_binaries`].
 //!
 //! x86_64 guests share the host's root file system, so they run the host's
 //! own release build. arm64 and riscv64 guests need static builds for
@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::matrix::GUEST_TESTS;
+use super::matrix::guest_test_binaries;
 use crate::{
     cargo::{self, Built},
     cmd, setup,
@@ -71,8 +71,8 @@ fn cross(target: Target) -> Result<GuestBinaries> {
 /// are up to date) → test name → executable.
 fn guest_tests(cargo: &mut std::process::Command) -> Result<BTreeMap<String, PathBuf>> {
     cargo.args(["--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
-    for test in GUEST_TESTS {
-        cargo.args(["--test", test.name]);
+    for test in guest_test_binaries() {
+        cargo.args(["--test", test]);
     }
     test_executables(&cmd::stdout(cargo)?)
 }
@@ -90,9 +90,9 @@ pub fn test_executables(cargo_json: &str) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     let mut wanted = BTreeMap::new();
-    for test in GUEST_TESTS {
-        let exe = found.remove(test.name).with_context(|| format!("cargo built no test binary `{}`", test.name))?;
-        wanted.insert(test.name.to_owned(), exe);
+    for test in guest_test_binaries() {
+        let exe = found.remove(test).with_context(|| format!("cargo built no test binary `{test}`"))?;
+        wanted.insert(test.to_owned(), exe);
     }
     Ok(wanted)
 }

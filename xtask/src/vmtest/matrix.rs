@@ -47,13 +47,16 @@ pub enum Scope {
 }
 
 /// An integration-test binary of `agent/tests/` run inside the guests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestTest {
     /// Cargo test target name (`agent/tests/<name>.rs`).
     pub name: &'static str,
     /// libtest name filters (none: every test of the binary).
     pub filters: &'static [&'static str],
     pub scope: Scope,
+    /// Run the binary's `#[ignore]`d tests (`--ignored`): tests that change
+    /// the machine (a sysctl) and only ever run in a throw-away guest.
+    pub ignored: bool,
 }
 
 /// The guest tests. Adding a test binary to the VMs is one line here.
@@ -61,10 +64,77 @@ pub struct GuestTest {
 /// VmPTE; its other tests (filters, lost events, exit paths) do not depend
 /// on the kernel and run on the host.
 pub const GUEST_TESTS: &[GuestTest] = &[
-    GuestTest { name: "kernels", filters: &[], scope: Scope::PerPlan },
-    GuestTest { name: "trace", filters: &["reclaim_is_traced", "min_pages_and_cause_filters"], scope: Scope::PerPlan },
-    GuestTest { name: "scan", filters: &[], scope: Scope::PerKernel },
+    GuestTest { name: "kernels", filters: &[], scope: Scope::PerPlan, ignored: false },
+    GuestTest {
+        name: "trace",
+        filters: &["reclaim_is_traced", "min_pages_and_cause_filters"],
+        scope: Scope::PerPlan,
+        ignored: false,
+    },
+    GuestTest { name: "scan", filters: &[], scope: Scope::PerKernel, ignored: false },
 ];
+
+/// The tests of the preemptible boot ([`Boot::Preemptible`]): threads that
+/// fault, DONTNEED and unmap concurrently (programs interleave on one CPU
+/// only when the kernel preempts them), and pids recycled within seconds
+/// (`kernel.pid_max` lowered, which only a throw-away guest may do).
+pub const PREEMPTIBLE_TESTS: &[GuestTest] = &[
+    GuestTest {
+        name: "kernels",
+        filters: &[
+            "concurrent_faults_dontneed_and_munmap_are_classified_exactly",
+            "concurrent_threads_are_counted_exactly",
+        ],
+        scope: Scope::PerPlan,
+        ignored: false,
+    },
+    GuestTest { name: "pid_reuse", filters: &[], scope: Scope::PerKernel, ignored: true },
+];
+
+/// Every test binary some guest runs (built once per architecture).
+pub fn guest_test_binaries() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = GUEST_TESTS.iter().chain(PREEMPTIBLE_TESTS).map(|t| t.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// How a guest boots, and so which tests it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// The kernel's defaults: [`GUEST_TESTS`], `ptwatch check` and the
+    /// cost runs.
+    Standard,
+    /// `preempt=full` on a `PREEMPT_DYNAMIC` kernel (Debian's are; they
+    /// default to voluntary or lazy preemption): [`PREEMPTIBLE_TESTS`].
+    Preemptible,
+}
+
+impl Boot {
+    /// Kernel command-line arguments.
+    pub fn append(self) -> &'static [&'static str] {
+        match self {
+            Self::Standard => &[],
+            Self::Preemptible => &["preempt=full"],
+        }
+    }
+
+    pub fn tests(self) -> &'static [GuestTest] {
+        match self {
+            Self::Standard => GUEST_TESTS,
+            Self::Preemptible => PREEMPTIBLE_TESTS,
+        }
+    }
+
+    /// What the kernel log must say for the boot to count (the kernel
+    /// ignores a `preempt=` it cannot honour, with a warning).
+    pub fn console_proof(self) -> Option<&'static str> {
+        match self {
+            Self::Standard => None,
+            Self::Preemptible => Some("Dynamic Preempt: full"),
+        }
+    }
+}
 
 /// One guest boot of the matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,17 +146,35 @@ pub struct Job {
     pub plans: Vec<Plan>,
     /// Run the [`Scope::PerKernel`] tests.
     pub per_kernel_tests: bool,
+    pub boot: Boot,
 }
 
 impl Job {
     /// `arm64/newest-7` or, for a second CPU model of a line,
     /// `arm64/newest-7@cortex-a57`.
     pub fn name(&self) -> String {
-        if self.cpu == self.line.arch.default_cpu() {
-            self.line.to_string()
-        } else {
-            format!("{}@{}", self.line, self.cpu.name())
+        let mut name = self.line.to_string();
+        if self.cpu != self.line.arch.default_cpu() {
+            name = format!("{name}@{}", self.cpu.name());
         }
+        for arg in self.boot.append() {
+            name = format!("{name}+{arg}");
+        }
+        name
+    }
+
+    /// The guest tests this job runs, each with the plan it forces (None:
+    /// once per kernel), in order.
+    pub fn test_runs(&self) -> Vec<(&'static GuestTest, Option<Plan>)> {
+        let tests = self.boot.tests();
+        let mut runs = Vec::new();
+        for plan in &self.plans {
+            runs.extend(tests.iter().filter(|t| t.scope == Scope::PerPlan).map(|t| (t, Some(*plan))));
+        }
+        if self.per_kernel_tests {
+            runs.extend(tests.iter().filter(|t| t.scope == Scope::PerKernel).map(|t| (t, None)));
+        }
+        runs
     }
 
     /// Relative wall time, to start the longest first when guests run
@@ -123,14 +211,35 @@ pub fn jobs(lines: &[KernelLine], both_arm64_geometries: bool) -> Vec<Job> {
             if runs_every_plan(line) {
                 plans.push(Plan::Tracepoint);
             }
-            Job { line, cpu: line.arch.default_cpu(), plans, per_kernel_tests: true }
+            Job { line, cpu: line.arch.default_cpu(), plans, per_kernel_tests: true, boot: Boot::Standard }
         })
         .collect();
+    // The preemptible boot: the newest x86_64 kernel (the cheapest to
+    // emulate), both function plans (the tracepoint plan's programs do not
+    // nest the same way).
+    let preemptible: Vec<Job> = lines
+        .iter()
+        .filter(|l| l.arch == Arch::X86_64 && l.series == Series::Sid7)
+        .map(|&line| Job {
+            line,
+            cpu: line.arch.default_cpu(),
+            plans: vec![Plan::Fentry, Plan::Kprobe],
+            per_kernel_tests: true,
+            boot: Boot::Preemptible,
+        })
+        .collect();
+    jobs.extend(preemptible);
     if both_arm64_geometries {
         let extra: Vec<Job> = lines
             .iter()
             .filter(|l| l.arch == Arch::Arm64 && l.series == Series::Newest7)
-            .map(|&line| Job { line, cpu: Cpu::Arm64CortexA57, plans: vec![Plan::Fentry], per_kernel_tests: false })
+            .map(|&line| Job {
+                line,
+                cpu: Cpu::Arm64CortexA57,
+                plans: vec![Plan::Fentry],
+                per_kernel_tests: false,
+                boot: Boot::Standard,
+            })
             .collect();
         jobs.extend(extra);
     }
@@ -145,15 +254,27 @@ mod tests {
     #[test]
     fn the_matrix() {
         let jobs = jobs(&[], true);
-        assert_eq!(jobs.len(), KernelLine::MATRIX.len() + 1);
+        assert_eq!(jobs.len(), KernelLine::MATRIX.len() + 2);
         for job in &jobs {
             assert!(job.plans.contains(&Plan::Fentry), "{job:?}");
             if job.per_kernel_tests {
                 assert!(job.plans.contains(&Plan::Kprobe), "every kernel, both function plans: {job:?}");
             }
         }
+        let preemptible: Vec<&Job> = jobs.iter().filter(|j| j.boot == Boot::Preemptible).collect();
+        assert_eq!(preemptible.len(), 1, "{jobs:?}");
+        assert_eq!(preemptible[0].name(), "x86_64/sid-7+preempt=full");
+        let runs: Vec<(&str, Option<Plan>)> = preemptible[0].test_runs().iter().map(|(t, p)| (t.name, *p)).collect();
+        assert_eq!(
+            runs,
+            [("kernels", Some(Plan::Fentry)), ("kernels", Some(Plan::Kprobe)), ("pid_reuse", None)],
+            "{runs:?}"
+        );
         for arch in Arch::ALL {
-            let every_plan = jobs.iter().filter(|j| j.line.arch == arch && j.plans.contains(&Plan::Tracepoint)).count();
+            let every_plan = jobs
+                .iter()
+                .filter(|j| j.boot == Boot::Standard && j.line.arch == arch && j.plans.contains(&Plan::Tracepoint))
+                .count();
             assert_eq!(every_plan, 1, "the tracepoint plan once per architecture ({arch})");
         }
         let names: Vec<String> = jobs.iter().map(Job::name).collect();

@@ -171,6 +171,7 @@ fn test_job(built: &Built, job: &Job, bins: &GuestBinaries, guest_cpus: u32) -> 
     let mut options = VmOptions::new(GUEST_TIMEOUT);
     options.cpus = guest_cpus;
     options.cpu = Some(job.cpu);
+    options.append = job.boot.append().iter().map(|a| (*a).to_owned()).collect();
     let paths = match job.line.arch.boot_method() {
         BootMethod::Virtme => {
             options.cwd = Some(built.workspace.root.clone());

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    matrix::{Job, Plan, Scope, GUEST_TESTS},
+    matrix::{Boot, Job, Plan},
     steps::{cost_step, test_step, CHECK, GEOMETRY},
 };
 use crate::{
@@ -62,15 +62,10 @@ pub fn evaluate(job: &Job, kernel: &PreparedKernel, run: &GuestRun, pt_reclaim: 
         problems.push(failure);
     }
     let mut tests = Vec::new();
-    let mut expected_steps: Vec<String> = Vec::new();
-    for plan in &job.plans {
-        for t in GUEST_TESTS.iter().filter(|t| t.scope == Scope::PerPlan) {
-            expected_steps.push(test_step(t.name, Some(*plan)));
-        }
-    }
-    if job.per_kernel_tests {
-        for t in GUEST_TESTS.iter().filter(|t| t.scope == Scope::PerKernel) {
-            expected_steps.push(test_step(t.name, None));
+    let expected_steps: Vec<String> = job.test_runs().iter().map(|(t, plan)| test_step(t.name, *plan)).collect();
+    if let (Some(proof), Some(geometry)) = (job.boot.console_proof(), log.step(GEOMETRY)) {
+        if !geometry.output.contains(proof) {
+            problems.push(format!("the kernel did not boot as asked: no `{proof}` in its log"));
         }
     }
     for name in &expected_steps {
@@ -99,7 +94,11 @@ pub fn evaluate(job: &Job, kernel: &PreparedKernel, run: &GuestRun, pt_reclaim: 
         });
     }
 
-    let auto_mode = if job.per_kernel_tests { judge_check(log, pt_reclaim, &mut problems) } else { None };
+    let auto_mode = if job.per_kernel_tests && job.boot == Boot::Standard {
+        judge_check(log, pt_reclaim, &mut problems)
+    } else {
+        None
+    };
     let arch = kernel.line.arch;
     let geometry = log.step(GEOMETRY).map(|s| {
         // The right emulator booted the right kernel.
@@ -113,7 +112,8 @@ pub fn evaluate(job: &Job, kernel: &PreparedKernel, run: &GuestRun, pt_reclaim: 
     }
 
     let mut costs = BTreeMap::new();
-    for plan in &job.plans {
+    let cost_plans: &[Plan] = if job.boot == Boot::Standard { &job.plans } else { &[] };
+    for plan in cost_plans {
         let name = cost_step(*plan);
         match log.step(&name) {
             Some(step) => {

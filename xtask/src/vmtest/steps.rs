@@ -2,7 +2,7 @@
 //! per plan and per kernel, `ptwatch check --json`, and a cost run per plan
 //! that scrapes the agent's own per-program run statistics.
 
-use super::matrix::{Job, Plan, Scope, GUEST_TESTS};
+use super::matrix::{Boot, Job, Plan};
 use crate::vm::Step;
 
 /// Where the executables are inside the guest.
@@ -36,32 +36,33 @@ pub fn steps(job: &Job, paths: &GuestPaths, pt_reclaim: bool) -> Vec<Step> {
         GEOMETRY,
         "echo \"machine $(uname -m)\"; grep -m1 '^mmu' /proc/cpuinfo; \
          grep -qw la57 /proc/cpuinfo && echo 'cpu-flag la57'; \
-         dmesg | grep -iE '52-bit|LPA2|5-level|sv(39|48|57)' | head -5; true",
+         dmesg | grep -iE '52-bit|LPA2|5-level|sv(39|48|57)' | head -5; \
+         dmesg | grep -i 'Dynamic Preempt' | head -1; true",
     )];
-    let test = |name: &str, filters: &[&str], plan: Option<Plan>| {
+    let test = |name: &str, filters: &[&str], ignored: bool, plan: Option<Plan>| {
         let exe = &paths.tests[name];
-        let mut step = Step::new(test_step(name, plan), format!("{exe} --test-threads=1 {}", filters.join(" ")))
-            .env("PTWATCH_BIN", paths.ptwatch.clone())
-            .env("PTWATCH_WORKLOAD_BIN", paths.workload.clone())
-            .env("PTWATCH_EXPECT_PT_RECLAIM", if pt_reclaim { "1" } else { "0" });
+        let ignored = if ignored { " --ignored" } else { "" };
+        let mut step =
+            Step::new(test_step(name, plan), format!("{exe} --test-threads=1{ignored} {}", filters.join(" ")))
+                .env("PTWATCH_BIN", paths.ptwatch.clone())
+                .env("PTWATCH_WORKLOAD_BIN", paths.workload.clone())
+                .env("PTWATCH_EXPECT_PT_RECLAIM", if pt_reclaim { "1" } else { "0" });
         if let Some(plan) = plan {
             step = step.env("PTWATCH_TEST_PROBE_MODE", plan.as_str());
         }
         step
     };
-    for plan in &job.plans {
-        for t in GUEST_TESTS.iter().filter(|t| t.scope == Scope::PerPlan) {
-            steps.push(test(t.name, t.filters, Some(*plan)));
-        }
+    for (t, plan) in job.test_runs() {
+        steps.push(test(t.name, t.filters, t.ignored, plan));
     }
-    if job.per_kernel_tests {
-        for t in GUEST_TESTS.iter().filter(|t| t.scope == Scope::PerKernel) {
-            steps.push(test(t.name, t.filters, None));
+    // `ptwatch check` and the costs are the standard boot's business.
+    if job.boot == Boot::Standard {
+        if job.per_kernel_tests {
+            steps.push(Step::new(CHECK, format!("{} check --json", paths.ptwatch)).separate_stderr());
         }
-        steps.push(Step::new(CHECK, format!("{} check --json", paths.ptwatch)).separate_stderr());
-    }
-    for plan in &job.plans {
-        steps.push(cost(paths, *plan));
+        for plan in &job.plans {
+            steps.push(cost(paths, *plan));
+        }
     }
     steps
 }
