@@ -8,7 +8,10 @@ mod support;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use ptwatch::cli::{generate, markdown};
+use ptwatch::{
+    cli::{generate, markdown},
+    export::families::{Kind, Plans, FAMILIES},
+};
 
 fn repo_file(relative: &str) -> (PathBuf, String) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").join(relative);
@@ -275,4 +278,89 @@ fn metrics_reference_parses() {
         assert!(["counter", "gauge", "histogram"].contains(&family.kind.as_str()), "{family:?}");
         assert!(seen.insert(family.name.clone()), "{} is documented twice", family.name);
     }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    }
+}
+
+/// docs/metrics.md and the agent's family table describe the same
+/// families, in both directions: name, type, unit and labels, and a family
+/// only some plans export says which.
+#[test]
+fn metrics_reference_matches_the_family_table() {
+    let (path, text) = repo_file("docs/metrics.md");
+    let documented = documented_families(&text);
+    let mut problems = Vec::new();
+    for family in FAMILIES {
+        let Some(doc) = documented.iter().find(|d| d.name == family.name) else {
+            problems.push(format!("{}: exported, not documented", family.name));
+            continue;
+        };
+        if doc.kind != kind_name(family.kind) {
+            problems.push(format!("{}: documented as a {}, is a {}", family.name, doc.kind, kind_name(family.kind)));
+        }
+        // `–` in the table: a value without a unit (info gauges).
+        let unit = if family.unit.is_empty() { "–" } else { family.unit };
+        if doc.unit != unit {
+            problems.push(format!("{}: unit documented as {:?}, is {:?}", family.name, doc.unit, unit));
+        }
+        if doc.labels != family.labels {
+            problems.push(format!("{}: labels documented as {:?}, are {:?}", family.name, doc.labels, family.labels));
+        }
+        if family.plans == Plans::FreeProbes && !doc.meaning.contains("fentry") {
+            problems.push(format!("{}: only the fentry and kprobe plans export it; the docs must say so", family.name));
+        }
+    }
+    for doc in &documented {
+        if !FAMILIES.iter().any(|f| f.name == doc.name) {
+            problems.push(format!("{}: documented, but the agent has no such family", doc.name));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} disagrees with agent/src/export/families.rs:\n{}",
+        path.display(),
+        problems.join("\n")
+    );
+}
+
+/// What a running agent serves is the family table: every family in the
+/// scrape is in it (so documented, by the test above), and every family
+/// this plan exports is in the scrape, but for the two that need
+/// `kernel.bpf_stats_enabled=1` (a setting of the whole machine).
+#[test]
+fn a_scrape_serves_exactly_the_family_table() {
+    let agent = support::AgentProcess::start(&["--empty-tables-interval", "1s", "--empty-tables-budget", "200ms"]);
+    let conditional = ["ptwatch_bpf_program_runs_total", "ptwatch_bpf_program_run_seconds_total"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // The empty-table families appear after the first estimation pass.
+    let text = loop {
+        let text = agent.scrape();
+        if text.contains("ptwatch_node_empty_pagetable_bytes") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let served: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let frees_probed = text.lines().any(|l| l.starts_with("ptwatch_probe_attached{event=\"pagetable_free\"} 1"));
+    let mut problems = Vec::new();
+    for name in &served {
+        if !FAMILIES.iter().any(|f| f.name == *name) {
+            problems.push(format!("{name}: served, not in the family table"));
+        }
+    }
+    for family in FAMILIES.iter().filter(|f| f.exported_with(frees_probed)) {
+        if !served.contains(family.name) && !conditional.contains(&family.name) {
+            problems.push(format!("{}: in the family table, not served", family.name));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n(frees probed: {frees_probed})\n{text}", problems.join("\n"));
+    let (status, stderr) = agent.stop();
+    assert!(status.success(), "{stderr}");
 }

@@ -315,7 +315,7 @@ pub const PROBE_INFO: Family = family(
 pub const PT_RECLAIM_SUPPORTED: Family = family(
     "ptwatch_pt_reclaim_supported",
     Gauge,
-    "",
+    "0/1",
     &[],
     All,
     "1 if the running kernel reclaims empty PTE tables on MADV_DONTNEED (tested at start-up), else 0.",
@@ -331,7 +331,7 @@ pub const RECLAIM_ACCOUNTING: Family = family(
 pub const PROBE_ATTACHED: Family = family(
     "ptwatch_probe_attached",
     Gauge,
-    "",
+    "0/1",
     &["event"],
     All,
     "1 when the event (dontneed, io_uring_dontneed, pt_reclaim, pagetable_free) has a working probe, else 0.",
@@ -413,7 +413,7 @@ pub const MAP_MAX_ENTRIES: Family = family(
 pub const BPF_STATS_ENABLED: Family = family(
     "ptwatch_bpf_stats_enabled",
     Gauge,
-    "",
+    "0/1",
     &[],
     All,
     "1 while kernel.bpf_stats_enabled is set, so that the kernel counts eBPF program runs and their time.",
