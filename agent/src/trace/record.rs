@@ -137,12 +137,16 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// `HH:MM:SS.uuuuuu` in local time.
 pub fn local_time(timestamp_ns: u64) -> String {
-    let seconds = (timestamp_ns / 1_000_000_000) as libc::time_t;
+    let seconds = timestamp_ns / 1_000_000_000;
     let micros = (timestamp_ns % 1_000_000_000) / 1000;
+    // The `time_t` of a timespec: naming the type itself is deprecated on
+    // musl targets (its width changed in musl 1.2), the field is not.
+    let mut when = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    when.tv_sec = seconds.try_into().unwrap_or(0);
     // SAFETY: an all-zero `tm` is valid; localtime_r writes into it.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to a time_t and a tm owned by this frame.
-    if unsafe { libc::localtime_r(&seconds, &mut tm) }.is_null() {
+    if unsafe { libc::localtime_r(&when.tv_sec, &mut tm) }.is_null() {
         return format!("{seconds}.{micros:06}");
     }
     format!("{:02}:{:02}:{:02}.{micros:06}", tm.tm_hour, tm.tm_min, tm.tm_sec)
