@@ -19,6 +19,9 @@ use support::{run_workload, AgentProcess, CounterWatch, Metrics};
 /// Small enough to wrap in a few hundred spawns, above the kernel's
 /// minimum (301).
 const PID_MAX: u32 = 1024;
+/// Where pid allocation starts again after `pid_max` (the kernel's
+/// `RESERVED_PIDS`).
+const FIRST_AFTER_WRAP: u32 = 300;
 
 /// Restores `kernel.pid_max` when dropped (the guest is thrown away anyway,
 /// but a test that fails half-way should leave nothing odd behind).
@@ -47,7 +50,8 @@ fn burn_pids_until_next_is(pid: u32) -> bool {
         let got = child.id();
         let mut child = child;
         let _ = child.wait();
-        if got + 1 == pid {
+        let next = if got + 1 >= PID_MAX { FIRST_AFTER_WRAP } else { got + 1 };
+        if next == pid {
             return true;
         }
     }
