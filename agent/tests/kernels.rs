@@ -94,14 +94,35 @@ impl Kernel {
 
 /// `counted` equals `expected`, or falls short by no more than the runs the
 /// kernel skipped meanwhile (`misses`, exported as
-/// `ptwatch_bpf_program_misses_total`): never more than expected, never an
-/// unexplained loss.
+/// `ptwatch_bpf_program_misses_total`) can explain: never more than
+/// expected, never an unexplained loss. `per_miss` is the most one skipped
+/// run can lose: a skipped free hook loses its one table, a skipped entry
+/// of a DONTNEED or `free_pgtables` call the classification of every table
+/// that call frees (they count as `other`).
 fn assert_exact_or_missed(counted: u64, expected: u64, misses: u64, what: &str) {
+    assert_exact_or_missed_by(counted, expected, misses, 1, what);
+}
+
+fn assert_exact_or_missed_by(counted: u64, expected: u64, misses: u64, per_miss: u64, what: &str) {
     assert!(counted <= expected, "{what}: {counted} counted, more than the {expected} that happened");
     assert!(
-        expected - counted <= misses,
-        "{what}: {counted} counted of {expected}, and the kernel skipped only {misses} program runs"
+        expected - counted <= misses * per_miss,
+        "{what}: {counted} counted of {expected}, and the kernel skipped only {misses} program runs (each losing at most {per_miss})"
     );
+}
+
+/// The most tables one call of a workload covers: `tables` over `calls`,
+/// rounded up.
+fn per_call(tables: u64, calls: u64) -> u64 {
+    tables.div_ceil(calls.max(1)).max(1)
+}
+
+/// Whether the running kernel is at least `major.minor` (from `uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    found >= (major, minor)
 }
 
 fn frees_of(counters: &ProcessCounters, cause: Cause) -> u64 {
@@ -172,7 +193,8 @@ fn check_request_counts(kernel: &Kernel, args: &[&str], report: &Report, skipped
     let what = format!("{args:?}: {counters:?} vs {report:?}");
     if expect_pt_reclaim() {
         assert_eq!(report.expected_tables * 4, report.vmpte_drop_kib, "the kernel reclaimed what {args:?} expects");
-        assert_exact_or_missed(counters.frees.reclaimed(), report.expected_tables, skipped, &what);
+        let per_miss = per_call(report.expected_tables, report.calls);
+        assert_exact_or_missed_by(counters.frees.reclaimed(), report.expected_tables, skipped, per_miss, &what);
     } else {
         assert_eq!(report.vmpte_drop_kib, 0, "no PT_RECLAIM: VmPTE does not drop");
         assert_eq!(counters.frees.reclaimed(), 0, "{what}");
@@ -199,6 +221,11 @@ fn dontneed_reclaim_calls_and_bytes_equal_the_kernels_accounting() {
         &["cuts", "64", "0", "6144", "1", "dontneed-locked"],
         &["cuts", "64", "0", "4096", "1", "process-madvise"],
     ] {
+        // process_madvise(2) accepts MADV_DONTNEED (on the caller's own
+        // address space) since Linux 6.13; before, it fails with EINVAL.
+        if args.contains(&"process-madvise") && !kernel_at_least(6, 13) {
+            continue;
+        }
         let (report, skipped) = run_counted(&kernel, args);
         check_request_counts(&kernel, args, &report, skipped);
     }
@@ -247,11 +274,16 @@ fn concurrent_threads_are_counted_exactly() {
     let (report, skipped) = run_counted(&kernel, &["threads", "4", "16", "25"]);
     let counters = kernel.process(report.pid);
     // glibc also DONTNEEDs the unused stack of each exiting thread.
-    assert!((report.calls..=report.calls + 4).contains(&counters.dontneed_calls), "{counters:?} vs {report:?}");
+    assert!(
+        (report.calls - skipped.min(report.calls)..=report.calls + 4).contains(&counters.dontneed_calls),
+        "{counters:?} vs {report:?}, {skipped} runs skipped"
+    );
     let exact = !matches!(kernel.probes.accounting(), ReclaimAccounting::PgtablesBytes { .. });
     match (expect_pt_reclaim(), exact) {
         (true, true) => {
-            assert_exact_or_missed(counters.frees.reclaimed(), report.expected_tables, skipped, &format!("{report:?}"));
+            let per_miss = per_call(report.expected_tables, report.calls);
+            let what = format!("{report:?}");
+            assert_exact_or_missed_by(counters.frees.reclaimed(), report.expected_tables, skipped, per_miss, &what);
         }
         // The fallback can see other threads' faults; documented as approximate.
         (true, false) => assert!(counters.frees.reclaimed() > 0),
@@ -469,7 +501,11 @@ fn a_full_process_map_overflows_into_the_cgroup_slot_exactly() {
         assert_eq!(reclaimed, 0);
     }
     let after = kernel.node();
-    assert!(after.dontneed_calls - before.dontneed_calls >= fleet.calls, "node counts everything");
+    let misses = kernel.recursion_misses() - misses_before;
+    assert!(
+        after.dontneed_calls - before.dontneed_calls + misses >= fleet.calls,
+        "node counts everything but the runs the kernel skipped ({misses})"
+    );
     assert!(after.process_map_overflows > before.process_map_overflows, "overflows are counted");
 }
 
@@ -493,17 +529,45 @@ fn concurrent_faults_dontneed_and_munmap_are_classified_exactly() {
     );
     let skipped = kernel.recursion_misses() - skipped_before;
     let expected_reclaim = if expect_pt_reclaim() { report.reclaimable_tables } else { 0 };
+    // One call, reclaim or munmap, covers one region's tables.
+    let per_miss = per_call(report.unmapped_tables, report.dontneed_calls);
     let exact_reclaim = !matches!(kernel.probes.accounting(), ReclaimAccounting::PgtablesBytes { .. });
     if exact_reclaim {
-        assert_exact_or_missed(counters.frees.reclaimed(), expected_reclaim, skipped, &format!("reclaim {counters:?}"));
+        let what = format!("reclaim {counters:?}");
+        assert_exact_or_missed_by(counters.frees.reclaimed(), expected_reclaim, skipped, per_miss, &what);
     }
     if kernel.frees_seen() {
-        let unmapped = counters.frees.get(Cause::Unmap, pte_level(&kernel));
-        assert_exact_or_missed(unmapped, report.unmapped_tables, skipped, &format!("unmap {counters:?}"));
+        let what = format!("unmap {counters:?}");
+        match pte_level(&kernel) {
+            Level::Pte => {
+                let unmapped = counters.frees.get(Cause::Unmap, Level::Pte);
+                assert_exact_or_missed_by(unmapped, report.unmapped_tables, skipped, per_miss, &what);
+            }
+            // Levels not told apart (arm64, riscv64): the PTE tables plus
+            // at most the three upper tables one munmap can empty.
+            _ => {
+                let unmapped = frees_of(&counters, Cause::Unmap);
+                let most = report.unmapped_tables + 3 * report.dontneed_calls;
+                assert!(unmapped <= most, "{what}: {unmapped} counted, more than the {most} possible");
+                assert_exact_or_missed_by(
+                    unmapped.min(report.unmapped_tables),
+                    report.unmapped_tables,
+                    skipped,
+                    per_miss,
+                    &what,
+                );
+            }
+        }
         // The exec that started the workload moved its stack: at most one
-        // table per level, cause `other`. Nothing else is unexplained.
-        assert!(frees_of(&counters, Cause::Other) <= 4, "{counters:?}");
+        // table per level, cause `other`; and what skipped runs left
+        // unclassified. Nothing else is unexplained.
+        assert!(frees_of(&counters, Cause::Other) <= 5 + skipped * per_miss, "{counters:?}, {skipped} runs skipped");
     }
     let node = kernel.node();
-    assert_eq!(node.context_exit_misses, misses_before, "no exit hook missed: {node:?}");
+    // An exit hook the kernel skipped leaves its context marked: the next
+    // call on that thread counts it as missed.
+    assert!(
+        node.context_exit_misses - misses_before <= skipped,
+        "exit hooks missed beyond the runs the kernel skipped ({skipped}): {node:?}"
+    );
 }
