@@ -372,7 +372,15 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
         if pte_function { Need::Required } else { Need::Unused },
     ));
     for hook in &hooks::LEVEL_FUNCTIONS[1..] {
-        points.push(point(hook, level_role, level_need));
+        // P4D tables exist only with 5-level paging, and kernels that cannot
+        // have them (Debian's 5.10) define no ___p4d_free_tlb: optional,
+        // stated below when absent.
+        let need = if hook.function == hooks::P4D_FREE_TLB.function && level_need == Need::Required {
+            Need::Optional
+        } else {
+            level_need
+        };
+        points.push(point(hook, level_role, need));
     }
     points.push(point(
         &hooks::TLB_REMOVE_TABLE,
@@ -398,6 +406,13 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
     }
     if !kernel.has(registry, hooks::PTE_FREE_DEFER.function) {
         limitations.push(format!("collapse frees are not seen: pte_free_defer is not in {} (6.5+)", registry.as_str()));
+    }
+    if free_source == FreeSource::LevelFunctions && !kernel.has(registry, hooks::P4D_FREE_TLB.function) {
+        limitations.push(format!(
+            "P4D table frees (5-level paging only) are not counted: {} is not in {}",
+            hooks::P4D_FREE_TLB.function,
+            registry.as_str()
+        ));
     }
     if free_source == FreeSource::TlbRemoveTableNoLevel {
         limitations.push(
