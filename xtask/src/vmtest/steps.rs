@@ -78,13 +78,13 @@ fn cost(paths: &GuestPaths, plan: Plan) -> Step {
         format!(
             "{ptwatch} agent --probe-mode {plan} --listen {COST_LISTEN} 2> {log} &\n\
              agent=$!\n\
-             for i in $(seq 300); do grep -q 'serving /metrics' {log} && break; sleep 0.2; done\n\
+             for i in $(seq 1500); do grep -q 'serving /metrics' {log} && break; kill -0 $agent 2>/dev/null || break; sleep 0.2; done\n\
              sysctl -w kernel.bpf_stats_enabled=1 > /dev/null\n\
              {workload} cuts 128 0 2048 4 dontneed > /dev/null\n\
              {workload} unmap 128 > /dev/null\n\
              {workload} thp 16 > /dev/null\n\
              {workload} collapse 16 > /dev/null\n\
-             busybox wget -q -O - http://{COST_LISTEN}/metrics\n\
+             busybox wget -q -O - http://{COST_LISTEN}/metrics || {{ echo 'the agent did not serve within 300 s' >&2; false; }}\n\
              st=$?\n\
              sysctl -w kernel.bpf_stats_enabled=0 > /dev/null\n\
              kill -TERM $agent; wait $agent; echo \"agent exit $?\" >&2\n\
