@@ -153,6 +153,7 @@ fn metrics(processes: u32) -> Metrics {
         ],
         frees_probed: false,
         clock: ptwatch::aggregate::BootClock::detect(),
+        bystander_cost: "hooked_functions_only",
     };
     let metrics = Metrics::new(Box::new(Bench(aggregator)), info);
     metrics.refresh();

@@ -114,10 +114,15 @@ fn scrape_duration_probe_status_and_kernel_maps() {
 
     // Attach status agrees with probe_info; DONTNEED is always probed.
     assert_eq!(scrape.value("ptwatch_probe_attached", &[("event", "dontneed")]), 1.0);
+    // The plan's cost to everyone else is stated on every sample: the
+    // tracepoint plan's syscall tracepoints tax every syscall of the node.
+    let tracepoint_plan = text.contains(r#"probe_mode="tracepoint""#);
+    let cost = if tracepoint_plan { "every_syscall" } else { "hooked_functions_only" };
     for (labels, _) in scrape.samples("ptwatch_probe_info", &[]) {
         let event = labels["event"].as_str();
         let expected = if labels["attach"] == "none" { 0.0 } else { 1.0 };
         assert_eq!(scrape.value("ptwatch_probe_attached", &[("event", event)]), expected, "{event}");
+        assert_eq!(labels["bystander_cost"], cost, "{text}");
     }
     // One sample per event of the plan report.
     assert_eq!(scrape.samples("ptwatch_probe_attached", &[]).len(), ptwatch::probes::plan::Event::ALL.len(), "{text}");

@@ -308,9 +308,9 @@ pub const PROBE_INFO: Family = family(
     "ptwatch_probe_info",
     Gauge,
     "",
-    &["event", "attach"],
+    &["event", "attach", "bystander_cost"],
     All,
-    "Always 1; for each event (dontneed, io_uring_dontneed, pt_reclaim, pagetable_free), how it is probed: fentry, kprobe, tracepoint, or none when this plan cannot show it on this kernel.",
+    "Always 1; for each event (dontneed, io_uring_dontneed, pt_reclaim, pagetable_free), how it is probed: fentry, kprobe, tracepoint, or none when this plan cannot show it on this kernel; bystander_cost: what the plan costs processes it does not trace (hooked_functions_only, or every_syscall while syscall tracepoints are attached).",
 );
 pub const PT_RECLAIM_SUPPORTED: Family = family(
     "ptwatch_pt_reclaim_supported",

@@ -44,6 +44,9 @@ pub struct AgentInfo {
     pub frees_probed: bool,
     /// Turns process start times into the `start_time` label.
     pub clock: BootClock,
+    /// What the plan costs processes it does not trace
+    /// ([`crate::probes::plan::BystanderCost::as_str`]).
+    pub bystander_cost: &'static str,
 }
 
 impl AgentInfo {
@@ -58,6 +61,7 @@ impl AgentInfo {
             probes: plan.events().into_iter().map(|(event, attach)| (event.as_str(), attach)).collect(),
             frees_probed: plan.frees_observed(),
             clock: BootClock::detect(),
+            bystander_cost: probes.mode().bystander_cost().as_str(),
         }
     }
 
@@ -403,7 +407,7 @@ fn render_health(out: &mut Exposition, view: &View<'_>, info: &AgentInfo, scrape
     {
         let mut samples = out.family(&f::PROBE_INFO);
         for (event, attach) in &info.probes {
-            samples.values(&[event, attach.map_or("none", Attach::as_str)], 1u64);
+            samples.values(&[event, attach.map_or("none", Attach::as_str), info.bystander_cost], 1u64);
         }
     }
     out.family(&f::PT_RECLAIM_SUPPORTED).sample("", "", info.pt_reclaim_supported);

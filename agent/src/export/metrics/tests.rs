@@ -26,6 +26,7 @@ fn info(frees_probed: bool) -> AgentInfo {
         ],
         frees_probed,
         clock: BootClock::new(10_000_000, 1_764_000_000),
+        bystander_cost: "hooked_functions_only",
     }
 }
 
@@ -127,7 +128,13 @@ fn node_info_and_health_families_are_always_present() {
         value(&text, series);
     }
     assert_eq!(value(&text, r#"ptwatch_build_info{version="0.1.0",kernel="6.18.0",probe_mode="fentry"}"#), 1.0);
-    assert_eq!(value(&text, r#"ptwatch_probe_info{event="pagetable_free",attach="none"}"#), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            r#"ptwatch_probe_info{event="pagetable_free",attach="none",bystander_cost="hooked_functions_only"}"#
+        ),
+        1.0
+    );
     assert_eq!(value(&text, "ptwatch_pt_reclaim_supported"), 1.0);
     // The tracepoint plan cannot see frees: no free family at all.
     assert!(!text.contains("pagetable_pages_freed"), "{text}");
