@@ -149,8 +149,8 @@ pub enum PrivilegeError {
         #[source]
         source: io::Error,
     },
-    #[error("capabilities must be dropped while the process has one thread, and it has {threads}")]
-    NotAlone { threads: usize },
+    #[error("capabilities must be dropped while the process has one thread, and it has {count}: {threads}")]
+    NotAlone { count: usize, threads: String },
     #[error("dropping capabilities failed")]
     Drop(#[source] io::Error),
     #[error("threads {threads} still hold capabilities after dropping them (kept set: {kept})")]
@@ -375,6 +375,26 @@ fn thread_credentials(tid: i32) -> Option<ThreadCredentials> {
     ThreadCredentials::parse(&fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?)
 }
 
+/// The process' threads once it is down to one, or after a second: a
+/// thread that has just exited (joined) stays listed in `/proc/self/task`
+/// until the kernel has released it, a moment later (longer under
+/// emulation).
+fn alone() -> Result<Vec<i32>, PrivilegeError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let threads = thread_ids()?;
+        if threads.len() == 1 || std::time::Instant::now() > deadline {
+            return Ok(threads);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A thread's name, for the error message.
+fn thread_name(tid: i32) -> String {
+    fs::read_to_string(format!("/proc/self/task/{tid}/comm")).map_or_else(|_| "gone".into(), |c| c.trim().to_owned())
+}
+
 fn thread_ids() -> Result<Vec<i32>, PrivilegeError> {
     let path = "/proc/self/task";
     let entries = fs::read_dir(path).map_err(|source| PrivilegeError::Read { path: path.into(), source })?;
@@ -397,9 +417,10 @@ pub struct Dropped {
 /// result in `/proc`. The process must have one thread: the others would
 /// keep their privileges.
 pub fn drop_all_except(keep: CapabilitySet) -> Result<Dropped, PrivilegeError> {
-    let threads = thread_ids()?;
+    let threads = alone()?;
     if threads.len() != 1 {
-        return Err(PrivilegeError::NotAlone { threads: threads.len() });
+        let names: Vec<String> = threads.iter().map(|tid| format!("{tid} ({})", thread_name(*tid))).collect();
+        return Err(PrivilegeError::NotAlone { count: threads.len(), threads: names.join(", ") });
     }
     let before = current()?;
     let keep = keep.intersection(before.permitted);
@@ -474,7 +495,7 @@ mod tests {
         });
         let before = current().expect("capget");
         let err = drop_all_except(CapabilitySet::EMPTY).expect_err("more than one thread");
-        assert!(matches!(err, PrivilegeError::NotAlone { threads } if threads >= 2), "{err}");
+        assert!(matches!(err, PrivilegeError::NotAlone { count, .. } if count >= 2), "{err}");
         assert_eq!(current().expect("capget"), before, "nothing was dropped");
         drop(stop);
         other.join().expect("join");

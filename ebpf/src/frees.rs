@@ -68,14 +68,11 @@ fn current_owner(config: &KernelConfig, current: u64) -> Owner {
 /// Why the page at `level` is freed through `tlb`, given this thread's
 /// context (copied before it may be released).
 #[inline(always)]
-fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: Option<&ThreadContext>) -> (Cause, Level) {
+fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: &FreeContext) -> (Cause, Level) {
     let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit / 8).unwrap_or(0);
     if (fullmm_byte >> (config.tlb_fullmm_bit % 8)) & 1 == 1 {
         return (Cause::Exit, level);
     }
-    let Some(context) = context else {
-        return (Cause::Other, level);
-    };
     // The mmu_gather of the `free_pgtables` call this thread is in: a
     // stale mark from a missed exit cannot match a later gather by chance
     // (it was dropped when the next context began).
@@ -84,7 +81,7 @@ fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: Opt
     }
     // PT_RECLAIM frees PTE tables only: where the architecture does not
     // name the level, a table freed inside a DONTNEED zap of this mm is one.
-    if context.dontneed_mm == mm && matches!(level, Level::Pte | Level::Unknown) {
+    if context.dontneed_mm != NONE && context.dontneed_mm == mm && matches!(level, Level::Pte | Level::Unknown) {
         return (Cause::Reclaim, Level::Pte);
     }
     (Cause::Other, level)
@@ -92,11 +89,11 @@ fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: Opt
 
 /// Count one page-table page of the mm behind `tlb`, freed at `level`.
 #[inline(always)]
-fn on_free(config: &KernelConfig, task: CurrentTask, tlb: u64, level: Level, context: Option<ThreadContext>) {
+fn on_free(config: &KernelConfig, task: CurrentTask, tlb: u64, level: Level, context: FreeContext) {
     let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
         return;
     };
-    let (cause, level) = classify(config, tlb, mm, level, context.as_ref());
+    let (cause, level) = classify(config, tlb, mm, level, &context);
     if cause == Cause::Reclaim && config.emit_events != 0 {
         events::reclaimed_in_call(task.tid);
     }
@@ -116,12 +113,28 @@ fn record_free(config: &KernelConfig, mm: u64, cause: Cause, level: Level) {
     events::page_table_freed(config, owner.as_ref(), cause, level);
 }
 
+/// What classifying a free needs of the thread's context: the
+/// `free_pgtables` gather and the DONTNEED address space it is inside of
+/// (`NONE`: none, as for a thread without context).
+#[derive(Clone, Copy)]
+struct FreeContext {
+    free_pgtables_tlb: u64,
+    dontneed_mm: u64,
+}
+
 /// The context of this thread, copied (the entry may be released below).
+/// Always initialised, with `NONE` when the thread has none: an `Option`
+/// of the whole value leaves stack slots the compiler may read on either
+/// path, which older verifiers (5.10) reject as uninitialised reads.
 #[inline(always)]
-fn context_of(tid: u32) -> (Option<*mut ThreadContext>, Option<ThreadContext>) {
+fn context_of(tid: u32) -> (Option<*mut ThreadContext>, FreeContext) {
     let pointer = context::get(tid);
-    // SAFETY: a live map value of this thread's key, copied at once.
-    (pointer, pointer.map(|p| unsafe { *p }))
+    let copied = match pointer {
+        // SAFETY: a live map value of this thread's key, read at once.
+        Some(p) => unsafe { FreeContext { free_pgtables_tlb: (*p).free_pgtables_tlb, dontneed_mm: (*p).dontneed_mm } },
+        None => FreeContext { free_pgtables_tlb: NONE, dontneed_mm: NONE },
+    };
+    (pointer, copied)
 }
 
 /// `tlb_remove_table(tlb, table)`.
