@@ -332,16 +332,39 @@ fn metrics_reference_matches_the_family_table() {
 /// What a running agent serves is the family table: every family in the
 /// scrape is in it (so documented, by the test above), and every family
 /// this plan exports is in the scrape, but for the two that need
-/// `kernel.bpf_stats_enabled=1` (a setting of the whole machine).
+/// `kernel.bpf_stats_enabled=1` (a setting of the whole machine) and, on
+/// hosts without the cgroup v2 memory controller, the cgroups' page-table
+/// memory.
 #[test]
 fn a_scrape_serves_exactly_the_family_table() {
-    let agent = support::AgentProcess::start(&["--empty-tables-interval", "1s", "--empty-tables-budget", "200ms"]);
-    let conditional = ["ptwatch_bpf_program_runs_total", "ptwatch_bpf_program_run_seconds_total"];
+    let agent = support::AgentProcess::start(&[
+        "--empty-tables-interval",
+        "1s",
+        "--empty-tables-budget",
+        "200ms",
+        "--harvest-interval",
+        "200ms",
+    ]);
+    let mut conditional = vec!["ptwatch_bpf_program_runs_total", "ptwatch_bpf_program_run_seconds_total"];
+    // A live process of a cgroup of its own that DONTNEEDed, so that
+    // process and cgroup series exist (the root cgroup has no memory.stat).
+    let cgroup = support::TestCgroup::create("docs");
+    let held = support::Held::spawn(cgroup.command(&support::workload_bin(), &["hold", "8"]));
+    // A cgroup's page-table memory comes from its memory.stat: only where
+    // the v2 tree has the memory controller (not on hybrid v1 hosts).
+    let memory_controller = cgroup.dir.join("memory.stat").exists();
+    if !memory_controller {
+        conditional.push("ptwatch_cgroup_pagetable_bytes");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    // The empty-table families appear after the first estimation pass.
+    // The empty-table families appear after the first estimation pass, the
+    // cgroup ones once the process' cgroup is resolved (at a harvest).
     let text = loop {
         let text = agent.scrape();
-        if text.contains("ptwatch_node_empty_pagetable_bytes") || std::time::Instant::now() > deadline {
+        let complete = text.contains("ptwatch_node_empty_pagetable_bytes")
+            && text.contains("ptwatch_cgroup_madvise_dontneed_calls_total")
+            && (!memory_controller || text.contains("ptwatch_cgroup_pagetable_bytes"));
+        if complete || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -361,6 +384,7 @@ fn a_scrape_serves_exactly_the_family_table() {
         }
     }
     assert!(problems.is_empty(), "{}\n(frees probed: {frees_probed})\n{text}", problems.join("\n"));
+    drop(held);
     let (status, stderr) = agent.stop();
     assert!(status.success(), "{stderr}");
 }
