@@ -423,6 +423,13 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
         Err(format!("kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"))
     } else if attach == Attach::Kprobe && kernel.kallsyms.is_none() {
         Err("/proc/kallsyms is not readable".to_owned())
+    } else if let Some(params) = unexpected_do_madvise(kernel) {
+        // 5.10's do_madvise takes the target task first: its programs would
+        // read the advice from the length and count nothing.
+        Err(format!(
+            "do_madvise takes ({}) on this kernel; the programs read (mm, start, len_in, behavior) (5.11+)",
+            params.join(", ")
+        ))
     } else {
         missing_required(&points)
     };
@@ -458,6 +465,13 @@ fn check_tracepoints(kernel: &KernelSymbols<'_>) -> PlanCheck {
     let usable =
         if kernel.tracefs.is_none() { Err("tracefs is not mounted".to_owned()) } else { missing_required(&points) };
     PlanCheck { attach: Attach::Tracepoint, points, free_source: FreeSource::None, usable, limitations }
+}
+
+/// `do_madvise`'s parameters when they are not the ones the programs read
+/// (None: as expected, or unknown to BTF).
+fn unexpected_do_madvise(kernel: &KernelSymbols<'_>) -> Option<Vec<String>> {
+    let params = kernel.btf.function_params(hooks::DO_MADVISE_ENTRY.function)?;
+    (params.len() != 4 || params.first().map(String::as_str) != Some("mm")).then_some(params)
 }
 
 fn missing_required(points: &[AttachPoint]) -> Result<(), String> {

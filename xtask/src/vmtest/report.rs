@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    matrix::{Boot, Job, Plan},
+    matrix::{expected_auto, Boot, Job, Plan},
     steps::{cost_step, test_step, CHECK, GEOMETRY},
 };
 use crate::{
@@ -95,7 +95,7 @@ pub fn evaluate(job: &Job, kernel: &PreparedKernel, run: &GuestRun, pt_reclaim: 
     }
 
     let auto_mode = if job.per_kernel_tests && job.boot == Boot::Standard {
-        judge_check(log, pt_reclaim, &mut problems)
+        judge_check(log, pt_reclaim, expected_auto(job.line), &mut problems)
     } else {
         None
     };
@@ -150,7 +150,7 @@ pub fn evaluate(job: &Job, kernel: &PreparedKernel, run: &GuestRun, pt_reclaim: 
 
 /// `ptwatch check --json`: PT_RECLAIM as the config says, and `auto`
 /// choosing fentry (every Debian kernel here allows it).
-fn judge_check(log: &GuestLog, pt_reclaim: bool, problems: &mut Vec<String>) -> Option<String> {
+fn judge_check(log: &GuestLog, pt_reclaim: bool, expected: Plan, problems: &mut Vec<String>) -> Option<String> {
     let Some(step) = log.step(CHECK) else {
         problems.push("ptwatch check: no result".to_owned());
         return None;
@@ -172,8 +172,8 @@ fn judge_check(log: &GuestLog, pt_reclaim: bool, problems: &mut Vec<String>) -> 
             check.pt_reclaim_active
         ));
     }
-    if check.probe_mode != Plan::Fentry.as_str() {
-        problems.push(format!("auto chose {} instead of fentry", check.probe_mode));
+    if check.probe_mode != expected.as_str() {
+        problems.push(format!("auto chose {} instead of {expected}", check.probe_mode));
     }
     Some(check.probe_mode)
 }
