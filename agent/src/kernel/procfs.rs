@@ -21,6 +21,17 @@ pub fn kib_field(text: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// (major, minor) of the running kernel, from its release (`6.18.44-…`);
+/// (0, 0) when unreadable.
+pub fn kernel_version() -> (u32, u32) {
+    parse_version(&kernel_release())
+}
+
+fn parse_version(release: &str) -> (u32, u32) {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
 /// The release string of the running kernel (`uname -r`).
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -36,6 +47,15 @@ pub fn comm_to_string(comm: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn versions_from_releases() {
+        assert_eq!(parse_version("6.18.44-fc-v595"), (6, 18));
+        assert_eq!(parse_version("5.10.0-46-cloud-amd64"), (5, 10));
+        assert_eq!(parse_version("7.3.4+deb13-cloud-arm64"), (7, 3));
+        assert_eq!(parse_version("unknown"), (0, 0));
+    }
+
     use super::*;
 
     #[test]

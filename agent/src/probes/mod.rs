@@ -202,6 +202,7 @@ impl Probes {
             kallsyms: kallsyms.as_ref(),
             tracefs: tracefs.as_ref().ok().copied(),
             io_uring_readable: config::io_uring_readable(&base),
+            version: crate::kernel::procfs::kernel_version(),
         };
         let mut checks: Vec<_> = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]
             .into_iter()

@@ -300,7 +300,14 @@ pub struct KernelSymbols<'a> {
     /// The tracepoint plan can read io_uring madvise requests (`struct
     /// io_madvise` in BTF, the io_uring tracepoints carry the request).
     pub io_uring_readable: bool,
+    /// The kernel's version (major, minor), from its release string.
+    pub version: (u32, u32),
 }
+
+/// Before 5.11, `madvise(2)` reaches `do_madvise` inlined into the syscall
+/// (Debian's 5.10 build): the out-of-line copy the function plans hook sees
+/// io_uring and process_madvise only, so DONTNEED requests would go unseen.
+const FUNCTION_PLANS_SINCE: (u32, u32) = (5, 11);
 
 /// The perf PMU through which kprobes attach; absent without CONFIG_KPROBES.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
@@ -423,11 +430,16 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
         Err(format!("kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"))
     } else if attach == Attach::Kprobe && kernel.kallsyms.is_none() {
         Err("/proc/kallsyms is not readable".to_owned())
-    } else if let Some(params) = unexpected_do_madvise(kernel) {
-        // 5.10's do_madvise takes the target task first: its programs would
-        // read the advice from the length and count nothing.
+    } else if kernel.version < FUNCTION_PLANS_SINCE {
         Err(format!(
-            "do_madvise takes ({}) on this kernel; the programs read (mm, start, len_in, behavior) (5.11+)",
+            "on Linux {}.{} madvise(2) does not call the do_madvise these programs hook (it is inlined into the syscall): DONTNEED requests would go unseen; the fentry and kprobe plans need {}.{}+",
+            kernel.version.0, kernel.version.1, FUNCTION_PLANS_SINCE.0, FUNCTION_PLANS_SINCE.1
+        ))
+    } else if let Some(params) = unexpected_do_madvise(kernel) {
+        // The programs read the advice from the fourth argument: another
+        // signature would make them count nothing, silently.
+        Err(format!(
+            "do_madvise takes ({}) on this kernel; the programs read (mm, start, len_in, behavior)",
             params.join(", ")
         ))
     } else {
@@ -588,7 +600,8 @@ mod tests {
     #[test]
     fn fentry_plan_follows_the_running_kernels_btf() {
         let btf = btf();
-        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        let kernel =
+            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
         let check = check(Attach::Fentry, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
         let names = names(&check);
@@ -616,7 +629,8 @@ mod tests {
     #[test]
     fn a_missing_required_function_makes_the_plan_unusable_and_says_which() {
         let btf = btf();
-        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        let kernel =
+            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
         let mut plan = check(Attach::Fentry, &kernel);
         for p in &mut plan.points {
             if p.name == "do_madvise" {
@@ -629,7 +643,8 @@ mod tests {
     #[test]
     fn kprobe_plan_needs_kallsyms() {
         let btf = btf();
-        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false };
+        let kernel =
+            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
         assert!(check(Attach::Kprobe, &kernel).usable.is_err());
     }
 
@@ -638,7 +653,13 @@ mod tests {
         crate::kernel::support::ensure_tracefs().unwrap();
         let btf = btf();
         let tracefs = Path::new("/sys/kernel/tracing");
-        let kernel = KernelSymbols { btf: &btf, kallsyms: None, tracefs: Some(tracefs), io_uring_readable: true };
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: None,
+            tracefs: Some(tracefs),
+            io_uring_readable: true,
+            version: (6, 18),
+        };
         let check = check(Attach::Tracepoint, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
         let names = names(&check);

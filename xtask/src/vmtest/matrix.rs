@@ -199,8 +199,8 @@ fn runs_every_plan(line: KernelLine) -> bool {
 }
 
 /// The plan `--probe-mode auto` must choose on `line`: fentry, but on 5.10,
-/// whose `do_madvise` takes the target task first (the function plans
-/// refuse it, docs/kernel-support.md), the tracepoint plan.
+/// where madvise(2) does not call the out-of-line `do_madvise` (the function
+/// plans refuse the kernel, docs/kernel-support.md), the tracepoint plan.
 pub fn expected_auto(line: KernelLine) -> Plan {
     if line.series == Series::Bullseye510 {
         Plan::Tracepoint
