@@ -506,7 +506,16 @@ fn a_full_process_map_overflows_into_the_cgroup_slot_exactly() {
     let reclaimed = own.frees.reclaimed() + overflow.frees.reclaimed();
     if expect_pt_reclaim() {
         assert_eq!(fleet.expected_tables * 4, fleet.vmpte_drop_kib, "the kernel reclaimed what the fleet expects");
-        assert_exact_or_missed(reclaimed, fleet.expected_tables, misses, &format!("cgroup total\n{context}"));
+        // A skipped entry or exit of a child's DONTNEED loses that call's
+        // tables.
+        let per_miss = per_call(fleet.expected_tables, fleet.calls);
+        assert_exact_or_missed_by(
+            reclaimed,
+            fleet.expected_tables,
+            misses,
+            per_miss,
+            &format!("cgroup total\n{context}"),
+        );
     } else {
         assert_eq!(reclaimed, 0);
     }
