@@ -52,6 +52,19 @@ pub struct TestRun {
 struct Check {
     probe_mode: String,
     pt_reclaim_active: bool,
+    plan: CheckPlans,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckPlans {
+    plans: Vec<CheckPlan>,
+}
+
+/// One plan of `ptwatch check --json`: `usable` is null, or why not.
+#[derive(Debug, Deserialize)]
+struct CheckPlan {
+    attach: String,
+    usable: Option<serde_json::Value>,
 }
 
 /// Judge `run` of `job` on `kernel`.
@@ -174,6 +187,18 @@ fn judge_check(log: &GuestLog, pt_reclaim: bool, expected: Plan, problems: &mut 
     }
     if check.probe_mode != expected.as_str() {
         problems.push(format!("auto chose {} instead of {expected}", check.probe_mode));
+    }
+    // Where the function plans are refused, `check` must say exactly why.
+    if expected == Plan::Tracepoint {
+        for plan in check.plan.plans.iter().filter(|p| p.attach != Plan::Tracepoint.as_str()) {
+            let reason = plan.usable.as_ref().map(ToString::to_string).unwrap_or_default();
+            if !reason.contains("inlined into the syscall") {
+                problems.push(format!(
+                    "check: the {} plan is not refused for the inlined do_madvise: {reason:?}",
+                    plan.attach
+                ));
+            }
+        }
     }
     Some(check.probe_mode)
 }
