@@ -27,6 +27,26 @@ pub const MIB: usize = 1 << 20;
 /// Span of one PTE table on x86_64 and arm64 with 4 KiB pages.
 pub const PTE_TABLE_SPAN: usize = 2 * MIB;
 
+/// A private anonymous read-write mapping of `len` bytes, `NORESERVE` so
+/// that address space costs nothing until touched. The caller unmaps it.
+pub fn map_anonymous(len: usize) -> Result<*mut u8> {
+    // SAFETY: a fresh anonymous mapping; the result is checked.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        bail!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(base.cast())
+}
+
 /// How the range is advised away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Advice {
@@ -109,21 +129,7 @@ unsafe impl Send for Region {}
 impl Region {
     pub fn new(len: usize, offset: usize) -> Result<Self> {
         let map_len = len + offset + 2 * PTE_TABLE_SPAN;
-        // SAFETY: anonymous private mapping, checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            bail!("mmap of {map_len} bytes failed: {}", std::io::Error::last_os_error());
-        }
-        let base = base.cast::<u8>();
+        let base = map_anonymous(map_len)?;
         let aligned = (base as usize).next_multiple_of(PTE_TABLE_SPAN);
         let start = (aligned + offset) as *mut u8;
         // SAFETY: the whole mapping belongs to us.

@@ -48,7 +48,7 @@ fn run() -> Result<()> {
         }
         Some("hold") => {
             let (report, region) = hold_dontneeded(arg(&args, 1, "MIB")?)?;
-            hold(&report)?;
+            sparse::print_and_wait(&report)?;
             drop(region);
             // Already printed: the report must be out before the wait.
             return Ok(());
@@ -80,18 +80,6 @@ fn run() -> Result<()> {
         ),
     };
     println!("{}", serde_json::to_string(&report)?);
-    Ok(())
-}
-
-/// Print the report at once (the caller scans this process while it lives),
-/// then wait until stdin is closed.
-fn hold(report: &ptwatch_workload::Report) -> Result<()> {
-    use std::io::{Read as _, Write as _};
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(report)?)?;
-    stdout.flush()?;
-    let mut sink = Vec::new();
-    std::io::stdin().read_to_end(&mut sink).context("waiting for stdin to close")?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{advise, vmpte_kib, Advice, Region, Report, MIB, PTE_TABLE_SPAN};
+use crate::{advise, map_anonymous, vmpte_kib, Advice, Region, Report, MIB, PTE_TABLE_SPAN};
 
 const GIB: usize = 1 << 30;
 const PAGE: usize = 4096;
@@ -117,22 +117,7 @@ pub fn sparse(gib: usize, every: usize) -> Result<(EmptyReport, Sparse)> {
     let vmpte_before_kib = vmpte_kib()?;
     let len = gib * GIB;
     let map_len = len + PTE_TABLE_SPAN;
-    // SAFETY: anonymous private mapping, checked below; NORESERVE so that
-    // the address space costs nothing until touched.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        bail!("mmap of {map_len} bytes failed: {}", std::io::Error::last_os_error());
-    }
-    let base = base.cast::<u8>();
+    let base = map_anonymous(map_len)?;
     let start = (base as usize).next_multiple_of(PTE_TABLE_SPAN) as *mut u8;
     let sparse = Sparse { base, map_len };
     // SAFETY: the whole mapping belongs to us.
