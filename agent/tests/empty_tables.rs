@@ -206,8 +206,15 @@ fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
     let kept = held.kept_tables();
     assert!((32..=34).contains(&kept), "{kept}");
     let pid = held.pid().to_string();
-    let agent = agent.wait_until("export the workload's empty tables", |agent| {
-        agent.metrics().get("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]).is_some()
+    // A pass that ran while the workload was still emptying its tables may
+    // already have given it a series: wait for one that began after its
+    // report (the pass under way now may have begun before it).
+    const PASSES: &str = "ptwatch_empty_pagetable_estimate_passes_total";
+    let passes_at_report = agent.metrics().get(PASSES, &[]).unwrap_or(0.0);
+    let agent = agent.wait_until("export the workload's empty tables from a pass after its report", |agent| {
+        let metrics = agent.metrics();
+        metrics.get(PASSES, &[]).unwrap_or(0.0) >= passes_at_report + 2.0
+            && metrics.get("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]).is_some()
     });
     let metrics = agent.metrics();
     promtool_check(&metrics.text);
