@@ -10,8 +10,10 @@
 //!   must hold its stated bound and the pass its CPU budget, whether the
 //!   process is read exactly or sampled.
 //!
-//! The estimator is run as the agent runs it ([`Estimator::pass`]); the last
-//! test checks the exported series of a real agent.
+//! The estimator is run as the agent runs it ([`Estimator::pass`]); the
+//! `the_agent_*` tests check the exported series of a real agent, and the
+//! whole-span one also runs in every kernel of the VM matrix (with and
+//! without PT_RECLAIM: `xtask/src/vmtest/matrix.rs`).
 
 mod support;
 
@@ -192,19 +194,16 @@ fn a_sparse_64_gib_mapping_is_sampled_within_its_bound_under_a_small_budget() {
     sparse("2", Duration::from_millis(40), Method::Sampled);
 }
 
-/// The real agent: a halves workload it tracks gets its own series, equal
-/// to what the kernel kept; its cgroup and the node include it; the families
-/// parse with promtool; the passes keep their budget.
-#[test]
-fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
+/// A real agent (every process with its own series) and the unprivileged
+/// workload `args` started after it, so that its DONTNEED calls are counted
+/// and it is tracked. Returns them once the agent has exported the
+/// workload's empty tables from a pass that began after the workload's
+/// report, with that scrape and the exported count (tables).
+fn exported_by_agent(args: &[&str]) -> (AgentProcess, Held, support::Metrics, u64) {
     let agent =
         AgentProcess::start(&["--empty-tables-interval", "1s", "--top-processes", "0", "--harvest-interval", "1s"])
             .wait_ready();
-    // Started after the agent, so that its DONTNEED calls are counted and
-    // the process is tracked (with --top-processes 0, with its own series).
-    let held = Held::start_unprivileged(&["halves", "64"]);
-    let kept = held.kept_tables();
-    assert!((32..=34).contains(&kept), "{kept}");
+    let held = Held::start_unprivileged(args);
     let pid = held.pid().to_string();
     // A pass that ran while the workload was still emptying its tables may
     // already have given it a series: wait for one that began after its
@@ -217,8 +216,20 @@ fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
             && metrics.get("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]).is_some()
     });
     let metrics = agent.metrics();
+    let exported = metrics.value("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]) as u64 / 4096;
+    (agent, held, metrics, exported)
+}
+
+/// The real agent: a halves workload it tracks gets its own series, equal
+/// to what the kernel kept; its cgroup and the node include it; the families
+/// parse with promtool; the passes keep their budget.
+#[test]
+fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
+    let (_agent, held, metrics, empty) = exported_by_agent(&["halves", "64"]);
+    let kept = held.kept_tables();
+    assert!((32..=34).contains(&kept), "{kept}");
+    let pid = held.pid().to_string();
     promtool_check(&metrics.text);
-    let empty = metrics.value("ptwatch_process_empty_pagetable_bytes", &[("pid", &pid)]) as u64 / 4096;
     assert!(empty.abs_diff(kept) <= 1, "exported {empty} empty tables, the kernel kept {kept}");
     let samples = metrics.samples("ptwatch_process_empty_pagetable_error_bytes", &[("pid", &pid)]);
     assert_eq!(samples.len(), 1, "{samples:?}");
@@ -244,6 +255,32 @@ fn the_agent_exports_the_empty_tables_of_a_tracked_process() {
     let passes = metrics.value("ptwatch_empty_pagetable_estimate_passes_total", &[]);
     let cpu = metrics.value("ptwatch_empty_pagetable_estimate_cpu_seconds_total", &[]);
     assert!(cpu <= passes * (budget + 0.005), "{cpu} s over {passes} passes");
+}
+
+/// Every kernel of the VM matrix (no promtool there): each 2 MiB span
+/// DONTNEEDed whole. A kernel without PT_RECLAIM (6.1, 6.12) keeps every
+/// table, empty, and the agent's gauge says how many; with PT_RECLAIM the
+/// kernel frees them and the gauge stays near zero.
+#[test]
+fn the_agent_exports_the_tables_a_whole_span_dontneed_leaves() {
+    let (_agent, held, _metrics, exported) = exported_by_agent(&["whole", "64"]);
+    let report = &held.report;
+    let freed = report.report.vmpte_drop_kib / 4;
+    // PTE tables the workload emptied that the kernel did not free.
+    let left = report.empty_tables.saturating_sub(freed);
+    eprintln!("{report:?}; {left} left, agent exported {exported}");
+    if expect_pt_reclaim() {
+        assert_eq!(left, 0, "PT_RECLAIM freed every table the workload emptied");
+        // An upper-level table emptied with them may stay (PT_RECLAIM frees
+        // PTE tables only).
+        assert!(exported <= 2, "exported {exported}");
+    } else {
+        assert_eq!(freed, 0, "no PT_RECLAIM: nothing freed");
+        assert_eq!(left, 32);
+        // Upper-level tables the range needed are kept too, not empty.
+        assert!((32..=34).contains(&held.kept_tables()), "{}", held.kept_tables());
+        assert!(exported.abs_diff(left) <= 1, "exported {exported} empty tables, the kernel left {left}");
+    }
 }
 
 /// What the agent does without `CAP_SYS_PTRACE`: a process whose `smaps`

@@ -72,6 +72,15 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         ignored: false,
     },
     GuestTest { name: "scan", filters: &[], scope: Scope::PerKernel, ignored: false },
+    // The agent's empty-table gauge against the tables a kernel with or
+    // without PT_RECLAIM leaves (the estimator's own tests need 64 GiB
+    // mappings and promtool: host only).
+    GuestTest {
+        name: "empty_tables",
+        filters: &["the_agent_exports_the_tables_a_whole_span_dontneed_leaves"],
+        scope: Scope::PerKernel,
+        ignored: false,
+    },
 ];
 
 /// The tests of the preemptible boot ([`Boot::Preemptible`]): threads that
