@@ -313,12 +313,16 @@ fn munmap_frees_are_counted_as_unmap() {
     let kernel = Kernel::attach();
     let Some((report, counters, skipped)) = frees_of_workload(&kernel, &["unmap", "64"]) else { return };
     let what = format!("{counters:?}");
-    assert_exact_or_missed(
-        counters.frees.get(Cause::Unmap, pte_level(&kernel)),
-        report.expected_tables,
-        skipped,
-        &what,
-    );
+    let level = pte_level(&kernel);
+    let pte = counters.frees.get(Cause::Unmap, level);
+    if level == Level::Unknown {
+        // Every level is `unknown` here, so the upper-level tables the
+        // munmap emptied (they depend on where the mapping landed) are among
+        // them: at least the PTE tables; the VmPTE check below is exact.
+        assert!(pte + skipped >= report.expected_tables, "{pte} of {} PTE tables: {what}", report.expected_tables);
+    } else {
+        assert_exact_or_missed(pte, report.expected_tables, skipped, &what);
+    }
     // Every page-table page the munmap released, at any level, is counted.
     assert_exact_or_missed(frees_of(&counters, Cause::Unmap) * 4, report.vmpte_drop_kib, skipped * 4, &what);
     assert_eq!(counters.frees.reclaimed(), 0, "munmap is not PT_RECLAIM");
@@ -334,19 +338,54 @@ fn pte_level(kernel: &Kernel) -> Level {
     }
 }
 
+/// Frees counted in the unattributed slot (`OVERFLOW_COUNTERS` key
+/// `UNATTRIBUTED_CGROUP`) so far.
+fn unattributed(kernel: &Kernel) -> ProcessCounters {
+    kernel.overflow().remove(&ptwatch_common::UNATTRIBUTED_CGROUP).unwrap_or_default()
+}
+
+/// An exit's tables are freed by whoever drops the last reference to the
+/// address space: the exiting process, almost always, and then they are
+/// its own; but when another task holds one at that moment (`khugepaged`
+/// scanning it, a reader of `/proc/<pid>/stat`), the kernel has already
+/// cleared `mm->owner` and nothing names the process any more: those frees
+/// go to the unattributed slot (docs/kernel-support.md). Seen under
+/// emulation, where such windows last long. Every table is counted either
+/// way, in exactly one of the two.
 #[test]
 fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
     let kernel = Kernel::attach();
-    let Some((report, counters, _)) = frees_of_workload(&kernel, &["exit", "64"]) else { return };
-    let exit_pte = counters.frees.get(Cause::Exit, pte_level(&kernel));
+    let before = unattributed(&kernel);
+    let (report, _) = run_counted(&kernel, &["exit", "64"]);
+    if !kernel.frees_seen() {
+        return;
+    }
+    let counters = kernel.processes().into_iter().filter(|(key, _)| key.tgid == report.pid).fold(
+        ProcessCounters::default(),
+        |mut sum, (_, counters)| {
+            sum.add_counts(&counters);
+            sum.comm = counters.comm;
+            sum
+        },
+    );
+    let after = unattributed(&kernel);
+    let level = pte_level(&kernel);
+    let elsewhere_pte = after.frees.get(Cause::Exit, level) - before.frees.get(Cause::Exit, level);
+    let elsewhere = frees_of(&after, Cause::Exit) - frees_of(&before, Cause::Exit);
+    let what = format!("{counters:?}, {elsewhere} exit frees unattributed meanwhile, vs {report:?}");
+    let exit_pte = counters.frees.get(Cause::Exit, level);
     assert!(
-        exit_pte >= report.expected_tables,
-        "exit freed {exit_pte} PTE tables of {}: {counters:?}",
+        exit_pte + elsewhere_pte >= report.expected_tables,
+        "exit freed {exit_pte} PTE tables of {} ({elsewhere_pte} unattributed): {what}",
         report.expected_tables
     );
     // VmPTE at its peak counted every table of the process; exit frees them all.
-    assert!(frees_of(&counters, Cause::Exit) * 4 >= report.vmpte_peak_kib - 8, "{counters:?} vs {report:?}");
-    assert_eq!(comm(&counters), "ptwatch-workloa");
+    assert!((frees_of(&counters, Cause::Exit) + elsewhere) * 4 >= report.vmpte_peak_kib - 8, "{what}");
+    if elsewhere == 0 {
+        assert_eq!(comm(&counters), "ptwatch-workloa");
+    } else {
+        eprintln!("this exit was finished by another task: {what}");
+    }
 }
 
 /// THP-backed anonymous memory: DONTNEED zaps its huge PMDs, and the kernel
