@@ -466,10 +466,8 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         self.cgroups.clear_live();
         for record in self.records.values_mut() {
             live_entries += usize::from(record.is_live());
-            let mut total = Counts::default();
             for series in record.all_series() {
-                folded.counts.add(&series.in_other());
-                total.add(&series.counts);
+                series.add_in_other_to(&mut folded.counts);
             }
             if record.series.export == Export::Own {
                 own_series += 1;
@@ -478,6 +476,10 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 folded.processes += 1;
             }
             if let Some(cgroup) = &record.cgroup {
+                let mut total = Counts::default();
+                for series in record.all_series() {
+                    total.add(&series.counts);
+                }
                 self.cgroups.add_live(cgroup, &total);
             }
             record.series.new = false;
