@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// Series in the /metrics answer whose latency is measured.
     #[arg(long, default_value_t = 10_000)]
     footprint_series: usize,
+    /// Series of a second /metrics latency measurement, those of exited
+    /// processes kept by a long `--exited-ttl` (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    footprint_large_series: usize,
     /// Concurrent scrapers of the last part, with that many series (0 skips it).
     #[arg(long, default_value_t = 50)]
     scrapers: usize,
@@ -233,6 +237,7 @@ fn footprint(built: &Built, args: &BenchArgs, dir: &std::path::Path, log: &std::
         window: std::time::Duration::from_secs(args.footprint_secs),
         processes: args.footprint_processes,
         series: args.footprint_series,
+        large_series: args.footprint_large_series,
     };
     eprintln!("[bench] footprint: idle, {} tracked processes, ~{} series", options.processes, options.series);
     let results = footprint::run(&built.ptwatch, &built.workload, log, &options)?;

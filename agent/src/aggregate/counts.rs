@@ -35,16 +35,31 @@ impl Counts {
     }
 
     /// `self += other`.
+    #[inline]
     pub fn add(&mut self, other: &Self) {
         self.zip_mut(other, |mine, theirs| *mine = mine.wrapping_add(theirs));
     }
 
     /// `self - other`, each field at least 0. Used where `other` is known to
     /// be a part of `self` (a series' own count within its whole count).
+    #[inline]
     pub fn minus(&self, other: &Self) -> Self {
         let mut out = *self;
         out.zip_mut(other, |mine, theirs| *mine = mine.saturating_sub(theirs));
         out
+    }
+
+    /// `self += whole.minus(part)`, in one pass and without a temporary
+    /// (a scrape does it for every series).
+    #[inline]
+    pub fn add_difference(&mut self, whole: &Self, part: &Self) {
+        let add = |sum: &mut u64, whole: u64, part: u64| *sum = sum.wrapping_add(whole.saturating_sub(part));
+        add(&mut self.dontneed_calls, whole.dontneed_calls, part.dontneed_calls);
+        add(&mut self.dontneed_bytes, whole.dontneed_bytes, part.dontneed_bytes);
+        let fields = whole.frees.pages.as_flattened().iter().zip(part.frees.pages.as_flattened());
+        for (sum, (whole, part)) in self.frees.pages.as_flattened_mut().iter_mut().zip(fields) {
+            add(sum, *whole, *part);
+        }
     }
 
     /// What was counted between reading `before` and reading `self` from
@@ -69,6 +84,7 @@ impl Counts {
     }
 
     /// Apply `f` to each field of `self` with the same field of `other`.
+    #[inline]
     fn zip_mut(&mut self, other: &Self, f: impl Fn(&mut u64, u64)) {
         f(&mut self.dontneed_calls, other.dontneed_calls);
         f(&mut self.dontneed_bytes, other.dontneed_bytes);
@@ -99,6 +115,9 @@ mod tests {
         assert_eq!(sum.freed(Cause::Unmap, Level::Pmd), 33);
         assert_eq!(sum.minus(&counts(1, 2, 3)), counts(10, 20, 30));
         assert_eq!(counts(1, 1, 1).minus(&counts(2, 2, 2)), Counts::default(), "never below zero");
+        let mut total = counts(1, 2, 3);
+        total.add_difference(&counts(10, 20, 30), &counts(4, 5, 40));
+        assert_eq!(total, counts(7, 17, 3), "a field of the part above the whole adds nothing");
     }
 
     #[test]

@@ -88,6 +88,14 @@ impl Series {
         }
     }
 
+    /// `sum += self.in_other()`, without a temporary.
+    pub fn add_in_other_to(&self, sum: &mut Counts) {
+        match self.exported() {
+            Some(own) => sum.add_difference(&self.counts, own),
+            None => sum.add(&self.counts),
+        }
+    }
+
     pub(super) fn count(&mut self, delta: &Counts) {
         self.counts.add(delta);
         if self.export == Export::Own {

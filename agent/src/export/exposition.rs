@@ -49,7 +49,14 @@ pub struct Exposition {
 impl Exposition {
     /// `capacity`: the expected size (the previous body's is a good guess).
     pub fn new(format: Format, capacity: usize) -> Self {
-        Self { format, out: String::with_capacity(capacity) }
+        Self::reusing(format, String::with_capacity(capacity))
+    }
+
+    /// Write into `buffer` (emptied first): a previous body's allocation,
+    /// whose pages are already in memory.
+    pub fn reusing(format: Format, mut buffer: String) -> Self {
+        buffer.clear();
+        Self { format, out: buffer }
     }
 
     /// Start writing `family`'s samples.
@@ -162,7 +169,9 @@ impl Samples<'_> {
         for (bound, cumulative) in buckets.iter().copied().chain([(f64::INFINITY, count)]) {
             let _ = write!(out, "{name}_bucket{{le=\"");
             write_value(out, Value::Float(bound));
-            let _ = writeln!(out, "\"}} {cumulative}");
+            out.push_str("\"} ");
+            write_value(out, Value::Int(cumulative));
+            out.push('\n');
         }
         let _ = write!(out, "{name}_sum ");
         write_value(out, Value::Float(sum));
@@ -215,9 +224,7 @@ pub fn escape(text: &str, quotes: bool) -> Cow<'_, str> {
 
 fn write_value(out: &mut String, value: Value) {
     match value {
-        Value::Int(value) => {
-            let _ = write!(out, "{value}");
-        }
+        Value::Int(value) => out.push_str(itoa::Buffer::new().format(value)),
         // Both formats spell these the Go way; Rust's `inf`/`NaN` differ.
         Value::Float(value) if value.is_nan() => out.push_str("NaN"),
         Value::Float(value) if value.is_infinite() => out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" }),

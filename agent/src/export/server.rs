@@ -92,7 +92,7 @@ impl Exporter {
     /// Start serving `metrics` (once; later calls are ignored).
     pub fn set_metrics(&self, metrics: Arc<dyn Render>) {
         self.set_render(move |format| {
-            Ok(Rendered { body: metrics.render(format).into(), content_type: format.content_type() })
+            Ok(Rendered { body: metrics.render_body(format), content_type: format.content_type() })
         });
     }
 

@@ -10,9 +10,9 @@
 //! distribution kernel) plus one offset per type, and answers the few
 //! questions ptwatch asks by scanning. A general BTF library that builds a
 //! Rust value per type peaked at 40 MiB for the same blob, the largest part
-//! of the agent's start-up footprint. The raw bytes are handed on to aya
-//! when fentry programs need them ([`KernelBtf::into_aya`]), so the blob is
-//! read once.
+//! of the agent's start-up footprint. When fentry programs need aya's own
+//! parse, aya gets a skeleton of the blob with only their target functions
+//! in it ([`KernelBtf::into_skeleton`]), so the whole blob is read and held once.
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +79,22 @@ pub struct KernelBtf {
     offsets: Vec<u32>,
 }
 
+/// The kernel's BTF reduced to the functions fentry programs attach to
+/// ([`KernelBtf::into_skeleton`]): ~1.8 MiB instead of 5–6, and parsed by
+/// aya only when the programs load.
+pub struct Skeleton {
+    path: PathBuf,
+    blob: Vec<u8>,
+}
+
+impl Skeleton {
+    /// aya's parse of it, for `FEntry::load`/`FExit::load`.
+    pub fn to_aya(&self) -> Result<aya::Btf, BtfError> {
+        aya::Btf::parse(&self.blob, aya::Endianness::default())
+            .map_err(|err| BtfError::Invalid { path: self.path.clone(), problem: err.to_string() })
+    }
+}
+
 /// One type's header.
 #[derive(Clone, Copy)]
 struct TypeHeader {
@@ -132,12 +148,51 @@ impl KernelBtf {
         Ok(btf)
     }
 
-    /// The raw blob, for aya's own parser (fentry programs need the
-    /// kernel's BTF ids of their target functions).
-    pub fn into_aya(self) -> Result<aya::Btf, BtfError> {
-        let path = self.path;
-        aya::Btf::parse(&self.data, aya::Endianness::default())
-            .map_err(|err| BtfError::Invalid { path, problem: err.to_string() })
+    /// What fentry programs need of the kernel's BTF, for aya: the type id
+    /// of each target function (`functions`). aya parses a blob into a
+    /// value per type plus a copy of the strings, ~13 MiB for a
+    /// distribution kernel on top of the blob itself: the largest part of
+    /// the agent's start-up peak. So aya gets a blob with the same type ids
+    /// in which only the FUNC types named in `functions` are real; every
+    /// other type is a 12-byte placeholder (a pointer to void), and the
+    /// strings are just those names. The whole blob is freed here.
+    pub fn into_skeleton(self, functions: &[&str]) -> Result<Skeleton, BtfError> {
+        let mut types = Vec::with_capacity(self.offsets.len() * TYPE_HEADER_LEN);
+        // The string section starts with the empty name.
+        let mut strings = vec![0u8];
+        for &at in &self.offsets {
+            let at = at as usize;
+            let header = self.header_at(at).ok_or_else(|| self.invalid("truncated type"))?;
+            let name = self.name(header.name_off);
+            let (name_off, info) = if header.kind == kind::FUNC && functions.contains(&name) {
+                let name_off = u32::try_from(strings.len()).map_err(|_| self.invalid("too many names"))?;
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+                // Kind and linkage as the kernel has them.
+                (name_off, read_u32(&self.data, at + 4).unwrap_or_default())
+            } else {
+                (0, kind::PTR << 24)
+            };
+            for word in [name_off, info, 0] {
+                types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
+        let mut blob = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
+        blob.extend_from_slice(&MAGIC.to_le_bytes());
+        // Version 1, no flags.
+        blob.extend_from_slice(&[1, 0]);
+        // hdr_len, type_off, type_len, str_off, str_len.
+        for word in [HEADER_LEN as u32, 0, type_len, type_len, str_len] {
+            blob.extend_from_slice(&word.to_le_bytes());
+        }
+        blob.append(&mut types);
+        blob.append(&mut strings);
+        Ok(Skeleton { path: self.path, blob })
+    }
+
+    fn invalid(&self, problem: &str) -> BtfError {
+        BtfError::Invalid { path: self.path.clone(), problem: problem.to_owned() }
     }
 
     /// Byte offset of `member` in `struct strukt`, searching through
@@ -390,8 +445,16 @@ mod tests {
     }
 
     #[test]
-    fn hands_the_same_blob_to_aya() {
-        let aya = vmlinux().into_aya().unwrap();
-        assert!(aya.id_by_type_name_kind("do_madvise", aya_obj::btf::BtfKind::Func).is_ok(), "aya finds the function");
+    fn aya_finds_the_wanted_functions_at_the_kernels_ids() {
+        let full = aya::Btf::parse(&std::fs::read(VMLINUX_BTF).unwrap(), aya::Endianness::default()).unwrap();
+        let skeleton = vmlinux().into_skeleton(&["do_madvise", "tlb_remove_table"]).unwrap().to_aya().unwrap();
+        for function in ["do_madvise", "tlb_remove_table"] {
+            let id = |btf: &aya::Btf| btf.id_by_type_name_kind(function, aya_obj::btf::BtfKind::Func).unwrap();
+            assert_eq!(id(&skeleton), id(&full), "{function}");
+        }
+        assert!(
+            skeleton.id_by_type_name_kind("zap_huge_pmd", aya_obj::btf::BtfKind::Func).is_err(),
+            "only the wanted functions are named"
+        );
     }
 }

@@ -3,9 +3,11 @@
 use aya::{
     maps::{HashMap, MapData},
     programs::{FEntry, FExit, KProbe, TracePoint},
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use ptwatch_common::{names, overflow_capacity, KernelConfig, ProcessCounters, UNATTRIBUTED_CGROUP};
+
+use crate::kernel::btf::Skeleton;
 
 use super::{
     calibrate, object,
@@ -20,7 +22,7 @@ use super::{
 pub(super) fn attempt(
     base: KernelConfig,
     check: &mut PlanCheck,
-    btf: Option<&Btf>,
+    btf: Option<&Skeleton>,
     options: &LoadOptions,
 ) -> Result<Attempt, String> {
     match check.attach {
@@ -33,11 +35,15 @@ pub(super) fn attempt(
 fn functions(
     base: KernelConfig,
     check: &mut PlanCheck,
-    btf: Option<&Btf>,
+    skeleton: Option<&Skeleton>,
     options: &LoadOptions,
 ) -> Result<Attempt, ProbeError> {
     let config = KernelConfig { free_source: check.free_source as u64, ..base };
     let mut ebpf = load_object(&config, options)?;
+    // Parsed after the object is loaded: the loader's own transient
+    // allocations are gone by then (start-up peak).
+    let btf = skeleton.map(Skeleton::to_aya).transpose()?;
+    let btf = btf.as_ref();
     let mut attached: AttachedPrograms = Vec::new();
     let mut roles: Vec<Role> = Vec::new();
     for point in check.to_attach() {
@@ -84,7 +90,7 @@ fn functions(
 fn attach_function(
     ebpf: &mut Ebpf,
     attach: Attach,
-    btf: Option<&Btf>,
+    btf: Option<&aya::Btf>,
     name: &'static str,
     function: &str,
     at_return: bool,
@@ -214,7 +220,13 @@ pub(super) fn load_object(config: &KernelConfig, options: &LoadOptions) -> Resul
         return Err(ProbeError::NoObject);
     }
     tracing::debug!(?config, "kernel configuration for the programs");
+    // `new` parses the kernel's whole BTF for CO-RE relocations (~19 MiB
+    // while it runs, at every load): the object has none (offsets come from
+    // the kernel's BTF at start-up, `kernel::btf`; a test below checks), so
+    // it is dropped at once, before the object is parsed. aya 0.14 offers
+    // no loader without it. fentry programs get their BTF at their own load.
     let mut loader = EbpfLoader::new();
+    loader.btf(None);
     loader.override_global(names::KERNEL_CONFIG, config, true);
     // The object's ring buffer is one page (what the agent, which sends no
     // events, keeps); `trace` asks for its own size.
@@ -238,4 +250,21 @@ fn create_unattributed_slot(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     overflow
         .insert(UNATTRIBUTED_CGROUP, ProcessCounters::default(), 0)
         .map_err(|source| ProbeError::Map { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    /// `load_object` gives the loader no kernel BTF: that is only right
+    /// while the object carries no CO-RE relocations.
+    #[test]
+    fn the_object_has_no_core_relocations() {
+        let bytes = super::object::bytes();
+        if bytes.is_empty() {
+            return; // stub build
+        }
+        let object = aya_obj::Object::parse(bytes).unwrap();
+        assert!(!object.has_btf_relocations(), "CO-RE relocations need the kernel BTF in load_object");
+    }
 }

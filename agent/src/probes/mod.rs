@@ -186,9 +186,9 @@ impl Probes {
     /// [`Probes::load`] with options: the same plans, in the same order.
     ///
     /// The BTF is consumed: after the offsets and attach points are
-    /// resolved its bytes go to aya (fentry programs need the kernel's BTF
-    /// ids) and are freed before this returns, which keeps the agent's
-    /// start-up peak memory to one copy of the blob.
+    /// resolved it is freed as soon as a plan is tried, keeping only the
+    /// ids fentry programs need ([`KernelBtf::into_skeleton`]), which keeps
+    /// the agent's start-up peak to one copy of the blob.
     pub fn load_with(btf: KernelBtf, mode: ProbeMode, options: LoadOptions) -> Result<Self, ProbeError> {
         // Tracepoints need tracefs; the other plans do not, so a failure
         // here only rules out the tracepoint plan.
@@ -213,7 +213,6 @@ impl Probes {
             tracepoint.usable = Err(reason.clone());
         }
         let mut btf = Some(btf);
-        let mut aya_btf = None;
         let mut results = Vec::new();
         let mut chosen: Option<Attempt> = None;
         for mut check in checks {
@@ -225,12 +224,19 @@ impl Probes {
             } else if let Err(reason) = &check.usable {
                 Outcome::Unusable(reason.clone())
             } else {
-                if attach == Attach::Fentry && aya_btf.is_none() {
-                    if let Some(btf) = btf.take() {
-                        aya_btf = Some(btf.into_aya()?);
+                // Only fentry programs need BTF at load (their targets'
+                // ids), and fentry is the first plan: whatever is tried,
+                // no later plan needs the blob.
+                let skeleton = match (attach, btf.take()) {
+                    (Attach::Fentry, Some(btf)) => {
+                        let functions: Vec<&str> = check.to_attach().map(|point| point.name.as_str()).collect();
+                        Some(btf.into_skeleton(&functions)?)
                     }
-                }
-                match attach::attempt(base, &mut check, aya_btf.as_ref(), &options) {
+                    _ => None,
+                };
+                let attempted = attach::attempt(base, &mut check, skeleton.as_ref(), &options);
+                drop(skeleton);
+                match attempted {
                     Ok(attempt) => {
                         chosen = Some(attempt);
                         Outcome::Chosen
@@ -249,7 +255,7 @@ impl Probes {
             }
             results.push(PlanResult { bystander_cost: attach.bystander_cost(), check, outcome });
         }
-        drop((btf, aya_btf));
+        drop(btf);
         let Some(attempt) = chosen else {
             let reasons = results
                 .iter()

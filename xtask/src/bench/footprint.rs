@@ -61,6 +61,8 @@ pub struct Latency {
 pub struct Footprint {
     pub phases: Vec<Phase>,
     pub latency: Latency,
+    /// The same with `--footprint-large-series` series (None: skipped).
+    pub large_latency: Option<Latency>,
 }
 
 /// Options of the footprint part.
@@ -71,6 +73,8 @@ pub struct Options {
     pub processes: usize,
     /// Series wanted for the latency measurement.
     pub series: usize,
+    /// Series wanted for the second latency measurement (0: skip it).
+    pub large_series: usize,
 }
 
 /// A fleet of `ptwatch-workload hold` processes, alive until dropped.
@@ -263,7 +267,56 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
         latency.max_ms
     );
     drop(fleet);
-    Ok(Footprint { phases, latency })
+    drop(agent);
+    let large_latency = match options.large_series {
+        0 => None,
+        series => Some(large_latency(ptwatch, workload, log, series)?),
+    };
+    Ok(Footprint { phases, latency, large_latency })
+}
+
+/// Scrapes timed in the large measurement (each takes tens of ms).
+const LARGE_SCRAPES: usize = 20;
+
+/// Forked children per `ptwatch-workload fleet` round of the large measurement.
+const FLEET_ROUND: usize = 5_000;
+
+/// `/metrics` latency with about `series` series. Live processes cost too
+/// much memory at 100,000 series (pids run out too), so the series are
+/// those of short-lived processes (`ptwatch-workload fleet`: fork, reclaim
+/// one table, exit), kept by an agent whose `--exited-ttl` outlasts the
+/// measurement: three counter series per process instead of four.
+fn large_latency(ptwatch: &Path, workload: &Path, log: &Path, series: usize) -> Result<Latency> {
+    eprintln!("[bench] /metrics with ~{series} series of exited processes");
+    let agent = Agent::start_with(ptwatch, log, &["--top-processes", "0", "--exited-ttl", "1h"])?;
+    for _ in 0..100 {
+        let exported = count_series(&agent.scrape()?);
+        if exported >= series {
+            break;
+        }
+        // Three series per exited process.
+        let children = (series - exported).div_ceil(3).clamp(1, FLEET_ROUND);
+        eprintln!("[bench] {exported} series: forking {children} more short-lived processes");
+        let status = Command::new(workload)
+            .args(["fleet", &children.to_string(), "1", "8"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {}", workload.display()))?;
+        if !status.success() {
+            bail!("ptwatch-workload fleet failed: {status}");
+        }
+    }
+    let latency = latency(&agent, LARGE_SCRAPES)?;
+    eprintln!(
+        "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        latency.series,
+        latency.body_bytes / 1024,
+        latency.median_ms,
+        latency.p90_ms,
+        latency.max_ms
+    );
+    Ok(latency)
 }
 
 /// Grow `fleet` until `agent` exports at least `series` series. Series per
@@ -333,6 +386,13 @@ pub fn print(footprint: &Footprint) {
         "{:<44} {:>8.2} MiB / {:.2} MiB",
         "  of which anonymous (heap) / file-backed", l.rss_anon_mib, l.rss_file_mib
     );
+    if let Some(l) = &footprint.large_latency {
+        let label = format!("/metrics, {} series (median of {})", l.series, l.scrapes);
+        println!("{label:<44} {:>9.2} ms", l.median_ms);
+        println!("{:<44} {:>9.2} ms", "/metrics, p90", l.p90_ms);
+        println!("{:<44} {:>9.2} ms", "/metrics, max", l.max_ms);
+        println!("{:<44} {:>8.2} MiB", "RSS with those series", l.rss_mib);
+    }
 }
 
 #[cfg(test)]
