@@ -21,8 +21,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
+use ptwatch_common::{KernelConfig, ProcessKey};
+
 use super::{
-    finish, is_dontneed,
+    finish, finish_for, is_dontneed,
     measure::{self, covers_a_span, AtEntry},
 };
 use crate::{
@@ -134,24 +136,50 @@ fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     on_exit::<WALK>(field(ctx, SYS_EXIT_RET) as i64, false);
 }
 
+/// A load of the member at `offset` of a kernel struct the verifier knows
+/// the BTF type of (`bpf_get_current_task_btf`, `bpf_task_pt_regs`): a
+/// plain load, checked against the type at load time and guarded against
+/// faults at run time, cheaper than a `bpf_probe_read_kernel` call.
+///
+/// # Safety
+/// `base` must come from a helper returning a BTF-typed pointer, and
+/// `offset` be a member offset of that type from the kernel's BTF.
+#[inline(always)]
+unsafe fn btf_load(base: u64, offset: u64) -> u64 {
+    // SAFETY: see the function's contract; the verifier rejects any other.
+    unsafe { (base.wrapping_add(offset) as *const u64).read_volatile() }
+}
+
 /// madvise(2)'s `(start, len_in, behavior)` from the running task's saved
 /// user registers, which the syscall leaves as they were at entry (the
-/// tracepoint runs before a tracer's syscall-exit stop could change them);
-/// `None` when the kernel has no registers for the task.
+/// tracepoint runs before a tracer's syscall-exit stop could change them),
+/// and the running task; `None` when the kernel has no registers for it.
 #[inline(always)]
-fn madvise_args_from_registers() -> Option<(u64, u64, u64)> {
+fn madvise_args_from_registers() -> Option<(u64, (u64, u64, u64))> {
     let [start, len, behavior] = syscall_arg_register_offsets();
     // SAFETY: no preconditions; programs calling these helpers are loaded
     // only on kernels that have both (the agent checks BTF's bpf_func_id).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: as above.
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
     if regs == 0 {
         return None;
     }
-    // SAFETY: `regs` is the kernel's `struct pt_regs` of this task, and the
-    // offsets are members of it (from BTF); the verifier checks each load
-    // against that type.
-    let reg = |offset: u64| unsafe { (regs.wrapping_add(offset) as *const u64).read_volatile() };
-    Some((reg(start), reg(len), reg(behavior)))
+    // SAFETY: `regs` is the task's `struct pt_regs`, the offsets members
+    // of it (from BTF).
+    let args = unsafe { (btf_load(regs, start), btf_load(regs, len), btf_load(regs, behavior)) };
+    Some((task as u64, args))
+}
+
+/// The running task's process key, read through its BTF-typed pointer
+/// (the same fields as `CurrentTask::process_key`, without helper calls).
+#[inline(always)]
+fn process_key_of(config: &KernelConfig, task: CurrentTask, task_btf: u64) -> ProcessKey {
+    // SAFETY: `task_btf` is from bpf_get_current_task_btf, `group_leader`
+    // a `task_struct *` member of it and `start_boottime` a member of that.
+    let start_time_ns =
+        unsafe { btf_load(btf_load(task_btf, config.task_group_leader_offset), config.task_start_boottime_offset) };
+    ProcessKey { tgid: task.tgid, _pad: 0, start_time_ns }
 }
 
 /// The exit program where the registers can be read: a DONTNEED whose
@@ -159,7 +187,7 @@ fn madvise_args_from_registers() -> Option<(u64, u64, u64)> {
 /// here without any per-thread state; the others go through the context.
 fn madvise_exit_regs<const WALK: bool>(ctx: &TracePointContext) {
     let ret = field(ctx, SYS_EXIT_RET) as i64;
-    let Some((start, len, behavior)) = madvise_args_from_registers() else {
+    let Some((task_btf, (start, len, behavior))) = madvise_args_from_registers() else {
         on_exit::<WALK>(ret, false);
         return;
     };
@@ -175,7 +203,8 @@ fn madvise_exit_regs<const WALK: bool>(ctx: &TracePointContext) {
     }
     let config = config();
     if let Some(task) = CurrentTask::observed(&config) {
-        finish(&config, task, (start, len), 0, true, Some(len));
+        let key = process_key_of(&config, task, task_btf);
+        finish_for(&config, task, key, (start, len), 0, true, Some(len));
     }
 }
 
