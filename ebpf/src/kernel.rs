@@ -35,9 +35,6 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     emit_events: 0,
     trace_tgid: 0,
     trace_cgroup_id: 0,
-    syscall_start_reg_offset: u64::MAX,
-    syscall_len_reg_offset: u64::MAX,
-    syscall_behavior_reg_offset: u64::MAX,
 };
 
 #[inline(always)]
@@ -45,30 +42,6 @@ pub fn config() -> KernelConfig {
     // SAFETY: a plain read of a global; volatile so the compiler does not fold
     // the initialiser into the code (the loader rewrites it).
     unsafe { core::ptr::read_volatile(&PTWATCH_KERNEL_CONFIG) }
-}
-
-/// Whether small madvise(2) DONTNEEDs are counted at syscall exit from the
-/// saved user registers (`KernelConfig::syscall_behavior_reg_offset`). One
-/// field read, not a copy of the whole configuration: the entry program
-/// asks this for every DONTNEED.
-#[inline(always)]
-pub fn small_requests_at_exit() -> bool {
-    // SAFETY: a plain read of one field of the global, volatile as in `config`.
-    unsafe { core::ptr::read_volatile(&raw const PTWATCH_KERNEL_CONFIG.syscall_behavior_reg_offset) != u64::MAX }
-}
-
-/// Offsets in `struct pt_regs` of madvise's `start`, `len_in` and
-/// `behavior` at syscall exit (see `KernelConfig`).
-#[inline(always)]
-pub fn syscall_arg_register_offsets() -> [u64; 3] {
-    // SAFETY: plain reads of fields of the global, volatile as in `config`.
-    unsafe {
-        [
-            core::ptr::read_volatile(&raw const PTWATCH_KERNEL_CONFIG.syscall_start_reg_offset),
-            core::ptr::read_volatile(&raw const PTWATCH_KERNEL_CONFIG.syscall_len_reg_offset),
-            core::ptr::read_volatile(&raw const PTWATCH_KERNEL_CONFIG.syscall_behavior_reg_offset),
-        ]
-    }
 }
 
 /// The current thread, split into the ids the maps use.

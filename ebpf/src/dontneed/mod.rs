@@ -17,7 +17,7 @@ pub mod io_uring;
 pub mod measure;
 pub mod syscalls;
 
-use ptwatch_common::{KernelConfig, ProcessKey, MADV_DONTNEED, MADV_DONTNEED_LOCKED};
+use ptwatch_common::{KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LOCKED};
 
 use crate::{
     counters::{record_dontneed_call, record_frees, CommSource, Owner},
@@ -47,21 +47,7 @@ pub fn finish(
     counted_here: bool,
     bytes: Option<u64>,
 ) {
-    finish_for(config, task, task.process_key(config), range, reclaimed, counted_here, bytes);
-}
-
-/// [`finish`] for a task whose process key is already known.
-#[inline(always)]
-pub fn finish_for(
-    config: &KernelConfig,
-    task: CurrentTask,
-    key: ProcessKey,
-    range: (u64, u64),
-    reclaimed: u64,
-    counted_here: bool,
-    bytes: Option<u64>,
-) {
-    let owner = Owner { key, comm: CommSource::Current };
+    let owner = Owner { key: task.process_key(config), comm: CommSource::Current };
     if counted_here && reclaimed > 0 {
         record_frees(Some(&owner), ptwatch_common::Cause::Reclaim, ptwatch_common::Level::Pte, reclaimed);
     }

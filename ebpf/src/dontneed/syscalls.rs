@@ -4,32 +4,19 @@
 //! While any `syscalls:*` tracepoint is attached, every syscall of every
 //! process on the node takes the kernel's slow path (SYSCALL_WORK): that
 //! cost is the plan's, measured in docs/benchmarks.md and stated by
-//! `ptwatch check`. What the programs themselves do is kept small: a
-//! madvise(2) whose range covers no whole 2 MiB span (it cannot reclaim) is,
-//! where the kernel lets the exit program read the task's saved user
-//! registers (5.15+), not seen at entry at all and counted at exit from
-//! those registers; elsewhere it stores only its range. The others are
-//! measured around the call (`measure`).
+//! `ptwatch check`. What the programs themselves do is kept small: a request
+//! whose range covers no whole 2 MiB span (it cannot reclaim) stores only
+//! its length; the others are measured around the call (`measure`).
 
-use aya_ebpf::{
-    helpers::{
-        bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
-    EbpfContext as _,
-};
-
-use ptwatch_common::{KernelConfig, ProcessKey};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 
 use super::{
-    finish, finish_for, is_dontneed,
+    finish, is_dontneed,
     measure::{self, covers_a_span, AtEntry},
 };
 use crate::{
     context,
-    kernel::{config, current_mm, small_requests_at_exit, syscall_arg_register_offsets, CurrentTask},
+    kernel::{config, current_mm, CurrentTask},
 };
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
@@ -121,91 +108,13 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
 }
 
 fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
-    if !is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
-        return;
+    if is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
+        on_enter::<WALK>(Some((field(ctx, MADVISE_START), field(ctx, MADVISE_LEN))));
     }
-    let (start, len) = (field(ctx, MADVISE_START), field(ctx, MADVISE_LEN));
-    // Counted by the exit program from the registers (madvise_exit_regs).
-    if !covers_a_span(start, len) && small_requests_at_exit() {
-        return;
-    }
-    on_enter::<WALK>(Some((start, len)));
 }
 
 fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     on_exit::<WALK>(field(ctx, SYS_EXIT_RET) as i64, false);
-}
-
-/// A load of the member at `offset` of a kernel struct the verifier knows
-/// the BTF type of (`bpf_get_current_task_btf`, `bpf_task_pt_regs`): a
-/// plain load, checked against the type at load time and guarded against
-/// faults at run time, cheaper than a `bpf_probe_read_kernel` call.
-///
-/// # Safety
-/// `base` must come from a helper returning a BTF-typed pointer, and
-/// `offset` be a member offset of that type from the kernel's BTF.
-#[inline(always)]
-unsafe fn btf_load(base: u64, offset: u64) -> u64 {
-    // SAFETY: see the function's contract; the verifier rejects any other.
-    unsafe { (base.wrapping_add(offset) as *const u64).read_volatile() }
-}
-
-/// madvise(2)'s `(start, len_in, behavior)` from the running task's saved
-/// user registers, which the syscall leaves as they were at entry (the
-/// tracepoint runs before a tracer's syscall-exit stop could change them),
-/// and the running task; `None` when the kernel has no registers for it.
-#[inline(always)]
-fn madvise_args_from_registers() -> Option<(u64, (u64, u64, u64))> {
-    let [start, len, behavior] = syscall_arg_register_offsets();
-    // SAFETY: no preconditions; programs calling these helpers are loaded
-    // only on kernels that have both (the agent checks BTF's bpf_func_id).
-    let task = unsafe { bpf_get_current_task_btf() };
-    // SAFETY: as above.
-    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
-    if regs == 0 {
-        return None;
-    }
-    // SAFETY: `regs` is the task's `struct pt_regs`, the offsets members
-    // of it (from BTF).
-    let args = unsafe { (btf_load(regs, start), btf_load(regs, len), btf_load(regs, behavior)) };
-    Some((task as u64, args))
-}
-
-/// The running task's process key, read through its BTF-typed pointer
-/// (the same fields as `CurrentTask::process_key`, without helper calls).
-#[inline(always)]
-fn process_key_of(config: &KernelConfig, task: CurrentTask, task_btf: u64) -> ProcessKey {
-    // SAFETY: `task_btf` is from bpf_get_current_task_btf, `group_leader`
-    // a `task_struct *` member of it and `start_boottime` a member of that.
-    let start_time_ns =
-        unsafe { btf_load(btf_load(task_btf, config.task_group_leader_offset), config.task_start_boottime_offset) };
-    ProcessKey { tgid: task.tgid, _pad: 0, start_time_ns }
-}
-
-/// The exit program where the registers can be read: a DONTNEED whose
-/// range covers no whole span, which its entry program skipped, is counted
-/// here without any per-thread state; the others go through the context.
-fn madvise_exit_regs<const WALK: bool>(ctx: &TracePointContext) {
-    let ret = field(ctx, SYS_EXIT_RET) as i64;
-    let Some((task_btf, (start, len, behavior))) = madvise_args_from_registers() else {
-        on_exit::<WALK>(ret, false);
-        return;
-    };
-    if !is_dontneed(behavior) {
-        return;
-    }
-    if covers_a_span(start, len) {
-        on_exit::<WALK>(ret, false);
-        return;
-    }
-    if ret < 0 {
-        return;
-    }
-    let config = config();
-    if let Some(task) = CurrentTask::observed(&config) {
-        let key = process_key_of(&config, task, task_btf);
-        finish_for(&config, task, key, (start, len), 0, true, Some(len));
-    }
 }
 
 fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
@@ -231,9 +140,7 @@ fn process_madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
 /// Each handler becomes two programs: with the page-table walk, and without
 /// it (kernels whose verifier rejects the walk: 6.1 gives up on its
 /// bpf_loop callbacks; the walk code is then not even loaded). Names match
-/// `ptwatch_common::names::MADVISE_PROGRAMS` and
-/// `MADVISE_EXIT_FROM_REGISTERS` (the exit programs that read the saved
-/// registers, loaded only where `bpf_task_pt_regs` exists).
+/// `ptwatch_common::names::MADVISE_PROGRAMS`.
 macro_rules! with_and_without_walk {
     ($($event:literal => $plain:ident, $walk:ident, $handler:ident;)*) => {$(
         #[tracepoint(category = "syscalls", name = $event)]
@@ -253,7 +160,6 @@ macro_rules! with_and_without_walk {
 with_and_without_walk! {
     "sys_enter_madvise" => madvise_enter_plain, madvise_enter_walk, madvise_enter;
     "sys_exit_madvise" => madvise_exit_plain, madvise_exit_walk, madvise_exit;
-    "sys_exit_madvise" => madvise_exit_regs_plain, madvise_exit_regs_walk, madvise_exit_regs;
     "sys_enter_process_madvise" => process_madvise_enter_plain, process_madvise_enter_walk, process_madvise_enter;
     "sys_exit_process_madvise" => process_madvise_exit_plain, process_madvise_exit_walk, process_madvise_exit;
 }
