@@ -258,6 +258,17 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
 
     grow_to_series(&agent, &mut fleet, workload, options.series)?;
     let latency = latency(&agent, 50)?;
+    print_latency(&latency);
+    drop(fleet);
+    drop(agent);
+    let large_latency = match options.large_series {
+        0 => None,
+        series => Some(large_latency(ptwatch, workload, log, series)?),
+    };
+    Ok(Footprint { phases, latency, large_latency })
+}
+
+fn print_latency(latency: &Latency) {
     eprintln!(
         "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
         latency.series,
@@ -266,13 +277,6 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
         latency.p90_ms,
         latency.max_ms
     );
-    drop(fleet);
-    drop(agent);
-    let large_latency = match options.large_series {
-        0 => None,
-        series => Some(large_latency(ptwatch, workload, log, series)?),
-    };
-    Ok(Footprint { phases, latency, large_latency })
 }
 
 /// Scrapes timed in the large measurement (each takes tens of ms).
@@ -308,14 +312,7 @@ fn large_latency(ptwatch: &Path, workload: &Path, log: &Path, series: usize) -> 
         }
     }
     let latency = latency(&agent, LARGE_SCRAPES)?;
-    eprintln!(
-        "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
-        latency.series,
-        latency.body_bytes / 1024,
-        latency.median_ms,
-        latency.p90_ms,
-        latency.max_ms
-    );
+    print_latency(&latency);
     Ok(latency)
 }
 
