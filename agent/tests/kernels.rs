@@ -49,19 +49,23 @@ impl Kernel {
         self.maps.processes.iter().map(|entry| entry.expect("read PROCESS_COUNTERS")).collect()
     }
 
-    /// The entries of process `pid` (one per process lifetime), summed.
-    fn process(&self, pid: u32) -> ProcessCounters {
-        let mut sum = ProcessCounters::default();
-        let mut found = false;
+    /// The entries of process `pid` (one per process lifetime), summed;
+    /// `None` if it has none.
+    fn process_if_counted(&self, pid: u32) -> Option<ProcessCounters> {
+        let mut sum: Option<ProcessCounters> = None;
         for (key, counters) in self.processes() {
             if key.tgid == pid {
+                let sum = sum.get_or_insert_with(ProcessCounters::default);
                 sum.add_counts(&counters);
                 sum.comm = counters.comm;
-                found = true;
             }
         }
-        assert!(found, "no PROCESS_COUNTERS entry for pid {pid}");
         sum
+    }
+
+    /// The entries of process `pid`, summed; it must have one.
+    fn process(&self, pid: u32) -> ProcessCounters {
+        self.process_if_counted(pid).unwrap_or_else(|| panic!("no PROCESS_COUNTERS entry for pid {pid}"))
     }
 
     fn overflow(&self) -> BTreeMap<u64, ProcessCounters> {
@@ -360,14 +364,8 @@ fn exit_frees_are_counted_as_exit_and_attributed_to_the_process() {
     if !kernel.frees_seen() {
         return;
     }
-    let counters = kernel.processes().into_iter().filter(|(key, _)| key.tgid == report.pid).fold(
-        ProcessCounters::default(),
-        |mut sum, (_, counters)| {
-            sum.add_counts(&counters);
-            sum.comm = counters.comm;
-            sum
-        },
-    );
+    // No entry at all when every free went elsewhere.
+    let counters = kernel.process_if_counted(report.pid).unwrap_or_default();
     let after = unattributed(&kernel);
     let level = pte_level(&kernel);
     let elsewhere_pte = after.frees.get(Cause::Exit, level) - before.frees.get(Cause::Exit, level);

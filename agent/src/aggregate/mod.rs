@@ -424,6 +424,8 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
             HostReads::NewRecords => {
                 keys.extend_from_slice(&self.buffers.new_keys);
                 keys.sort_unstable();
+                // A harvest that failed before its summary left its keys.
+                keys.dedup();
             }
         }
         keys
