@@ -47,6 +47,13 @@ pub struct KernelConfig {
     /// leader's start time (`ProcessKey`).
     pub task_group_leader_offset: u64,
     pub task_start_boottime_offset: u64,
+    /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the
+    /// running task's fields are then read with plain loads through its
+    /// BTF-typed pointer instead of `bpf_probe_read_kernel` calls, which is
+    /// most of what counting a small DONTNEED costs. 0 keeps the helper
+    /// calls (the verifier drops the branch that would call the missing
+    /// helper: this field is a load-time constant).
+    pub current_task_btf: u64,
     /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
     /// address space is torn down (exit, execve).
     pub tlb_fullmm_bit: u64,

@@ -10,10 +10,10 @@ use aya_ebpf::{
     maps::Array,
     programs::TracePointContext,
 };
-use ptwatch_common::{request::op, AgentRequest, KernelConfig};
+use ptwatch_common::{request::op, AgentRequest};
 
 use crate::{
-    kernel::{config, current_mm, read_kernel, CurrentTask},
+    kernel::{config, current_mm, read_kernel, Config, CurrentTask},
     pagetable::count_pte_tables,
 };
 
@@ -41,8 +41,8 @@ struct Search {
 /// The pending request, when the running task is the agent (every other
 /// process calling getppid meanwhile is ignored).
 #[inline(always)]
-fn pending_request(config: &KernelConfig) -> Option<&'static mut AgentRequest> {
-    if u64::from(CurrentTask::get().tgid) != config.agent_tgid {
+fn pending_request(config: Config) -> Option<&'static mut AgentRequest> {
+    if u64::from(CurrentTask::get().tgid) != config.agent_tgid() {
         return None;
     }
     let req = AGENT_REQUEST.get_ptr_mut(0)?;
@@ -54,13 +54,13 @@ fn pending_request(config: &KernelConfig) -> Option<&'static mut AgentRequest> {
 #[tracepoint(category = "syscalls", name = "sys_enter_getppid")]
 pub fn agent_request(_ctx: TracePointContext) -> u32 {
     let config = config();
-    let Some(req) = pending_request(&config) else {
+    let Some(req) = pending_request(config) else {
         return 0;
     };
     match req.op {
         op::FIRST_KERNEL_SLOT => {
             let [first, ..] = req.args;
-            let pgd = current_mm(&config).and_then(|mm| read_kernel::<u64>(mm, config.mm_pgd_offset));
+            let pgd = current_mm(config).and_then(|mm| read_kernel::<u64>(mm, config.mm_pgd_offset()));
             req.status = 0;
             if let Some(pgd) = pgd {
                 let mut search = Search { base: pgd, first, step: 0, physical: 0, magic: [0; 2], found: 0, hit: 0 };
@@ -91,14 +91,14 @@ pub fn agent_request(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_getppid")]
 pub fn walk_self_test(_ctx: TracePointContext) -> u32 {
     let config = config();
-    let Some(req) = pending_request(&config) else {
+    let Some(req) = pending_request(config) else {
         return 0;
     };
     if req.op != op::COUNT_PTE_TABLES {
         return 0;
     }
     let [start, len, ..] = req.args;
-    match current_mm(&config).and_then(|mm| count_pte_tables(&config, mm, start, start.wrapping_add(len))) {
+    match current_mm(config).and_then(|mm| count_pte_tables(config, mm, start, start.wrapping_add(len))) {
         Some(count) => {
             req.result = count.tables;
             req.status = if count.complete { 1 } else { 2 };

@@ -12,13 +12,13 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use ptwatch_common::{
-    overflow_capacity, Cause, KernelConfig, Level, NodeCounters, ProcessCounters, ProcessKey, COMM_LEN,
+    overflow_capacity, Cause, Level, NodeCounters, ProcessCounters, ProcessKey, COMM_LEN,
     DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
 };
 
 use crate::{
     atomic,
-    kernel::{config, current_task, read_kernel},
+    kernel::{config, current_task, read_kernel, Config},
 };
 
 /// A plain hash map: an entry is never evicted, the agent removes it once
@@ -66,13 +66,13 @@ pub enum CommSource {
 
 impl CommSource {
     #[inline(always)]
-    pub fn read(self, config: &KernelConfig) -> [u8; COMM_LEN] {
+    pub fn read(self, config: Config) -> [u8; COMM_LEN] {
         let task = match self {
             Self::Current => current_task(),
             Self::Task(task) => task,
         };
-        read_kernel::<u64>(task, config.task_group_leader_offset)
-            .and_then(|leader| read_kernel(leader, config.task_comm_offset))
+        read_kernel::<u64>(task, config.task_group_leader_offset())
+            .and_then(|leader| read_kernel(leader, config.task_comm_offset()))
             .unwrap_or_default()
     }
 }
@@ -136,7 +136,7 @@ fn process_entry(owner: &Owner) -> Option<*mut ProcessCounters> {
     }
     // SAFETY: no preconditions; 0 without cgroup v2.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let fresh = fresh_entry(cgroup_id, owner.comm.read(&config()))?;
+    let fresh = fresh_entry(cgroup_id, owner.comm.read(config()))?;
     // BPF_NOEXIST: another CPU may have created it meanwhile; then its entry
     // is used. A full map fails here, and the caller overflows.
     let _ = PROCESS_COUNTERS.insert(owner.key, fresh, u64::from(BPF_NOEXIST));

@@ -17,12 +17,12 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use ptwatch_common::{Cause, EventKind, KernelConfig, Level, TraceEvent};
+use ptwatch_common::{Cause, EventKind, Level, TraceEvent};
 
 use crate::{
     atomic, context,
     counters::{CommSource, Owner},
-    kernel::CurrentTask,
+    kernel::{Config, CurrentTask},
 };
 
 /// One page: the smallest ring buffer. `ptwatch trace` sets its own size at
@@ -37,16 +37,16 @@ static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The kernel-side filters of `--pid` and `--cgroup`; `None` when the event
 /// is not wanted (or events are off). Returns the running task's cgroup.
 #[inline(always)]
-fn wanted(config: &KernelConfig, tgid: u32) -> Option<u64> {
-    if config.emit_events == 0 {
+fn wanted(config: Config, tgid: u32) -> Option<u64> {
+    if config.emit_events() == 0 {
         return None;
     }
-    if config.trace_tgid != 0 && config.trace_tgid != u64::from(tgid) {
+    if config.trace_tgid() != 0 && config.trace_tgid() != u64::from(tgid) {
         return None;
     }
     // SAFETY: no preconditions; 0 without cgroup v2.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if config.trace_cgroup_id != 0 && config.trace_cgroup_id != cgroup_id {
+    if config.trace_cgroup_id() != 0 && config.trace_cgroup_id() != cgroup_id {
         return None;
     }
     Some(cgroup_id)
@@ -70,7 +70,7 @@ pub fn reclaimed_in_call(tid: u32) {
 /// A DONTNEED request of `task` over `range` finished, having reclaimed
 /// `reclaimed` PTE tables and advised `bytes`.
 #[inline(always)]
-pub fn dontneed_done(config: &KernelConfig, task: CurrentTask, range: (u64, u64), reclaimed: u64, bytes: u64) {
+pub fn dontneed_done(config: Config, task: CurrentTask, range: (u64, u64), reclaimed: u64, bytes: u64) {
     let Some(cgroup_id) = wanted(config, task.tgid) else {
         return;
     };
@@ -94,7 +94,7 @@ pub fn dontneed_done(config: &KernelConfig, task: CurrentTask, range: (u64, u64)
 
 /// One page-table page of `owner` (`None`: no owner) freed for `cause`.
 #[inline(always)]
-pub fn page_table_freed(config: &KernelConfig, owner: Option<&Owner>, cause: Cause, level: Level) {
+pub fn page_table_freed(config: Config, owner: Option<&Owner>, cause: Cause, level: Level) {
     let tgid = owner.map_or(0, |o| o.key.tgid);
     let Some(cgroup_id) = wanted(config, tgid) else {
         return;

@@ -14,13 +14,13 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use ptwatch_common::{context::NONE, Cause, FreeSource, KernelConfig, Level, ProcessKey, ThreadContext};
+use ptwatch_common::{context::NONE, Cause, FreeSource, Level, ProcessKey, ThreadContext};
 
 use crate::{
     context,
     counters::{record_frees, CommSource, Owner},
     events,
-    kernel::{config, current_task, leader_start_time, read_kernel, CurrentTask},
+    kernel::{config, current_task, leader_start_time, read_kernel, Config, CurrentTask},
 };
 
 /// The process an mm belongs to.
@@ -33,31 +33,31 @@ use crate::{
 /// set. An mm whose last reference is dropped by an unrelated task (one
 /// reading `/proc/<pid>/`, say) has no owner to name: `None`.
 #[inline(always)]
-fn owner(config: &KernelConfig, mm: u64) -> Option<Owner> {
+fn owner(config: Config, mm: u64) -> Option<Owner> {
     let current = current_task();
-    let own = read_kernel::<u64>(current, config.task_mm_offset) == Some(mm)
+    let own = read_kernel::<u64>(current, config.task_mm_offset()) == Some(mm)
         // Without CONFIG_MEMCG there is no owner at all: the running task.
-        || config.mm_owner_offset == u64::MAX;
+        || config.mm_owner_offset() == u64::MAX;
     if own {
         return Some(current_owner(config, current));
     }
-    let named = read_kernel::<u64>(mm, config.mm_owner_offset).unwrap_or(0);
+    let named = read_kernel::<u64>(mm, config.mm_owner_offset()).unwrap_or(0);
     if named != 0 {
-        let tgid: i32 = read_kernel(named, config.task_tgid_offset)?;
+        let tgid: i32 = read_kernel(named, config.task_tgid_offset())?;
         let key = ProcessKey { tgid: tgid as u32, _pad: 0, start_time_ns: leader_start_time(config, named) };
         return Some(Owner { key, comm: CommSource::Task(named) });
     }
-    let in_execve = config.task_in_execve_bit != u64::MAX
-        && read_kernel::<u8>(current, config.task_in_execve_bit / 8)
-            .is_some_and(|byte| (byte >> (config.task_in_execve_bit % 8)) & 1 == 1);
-    if in_execve || read_kernel::<u64>(current, config.task_active_mm_offset) == Some(mm) {
+    let in_execve = config.task_in_execve_bit() != u64::MAX
+        && read_kernel::<u8>(current, config.task_in_execve_bit() / 8)
+            .is_some_and(|byte| (byte >> (config.task_in_execve_bit() % 8)) & 1 == 1);
+    if in_execve || read_kernel::<u64>(current, config.task_active_mm_offset()) == Some(mm) {
         return Some(current_owner(config, current));
     }
     None
 }
 
 #[inline(always)]
-fn current_owner(config: &KernelConfig, current: u64) -> Owner {
+fn current_owner(config: Config, current: u64) -> Owner {
     let tgid = CurrentTask::get().tgid;
     Owner {
         key: ProcessKey { tgid, _pad: 0, start_time_ns: leader_start_time(config, current) },
@@ -68,9 +68,9 @@ fn current_owner(config: &KernelConfig, current: u64) -> Owner {
 /// Why the page at `level` is freed through `tlb`, given this thread's
 /// context (copied before it may be released).
 #[inline(always)]
-fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: &FreeContext) -> (Cause, Level) {
-    let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit / 8).unwrap_or(0);
-    if (fullmm_byte >> (config.tlb_fullmm_bit % 8)) & 1 == 1 {
+fn classify(config: Config, tlb: u64, mm: u64, level: Level, context: &FreeContext) -> (Cause, Level) {
+    let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit() / 8).unwrap_or(0);
+    if (fullmm_byte >> (config.tlb_fullmm_bit() % 8)) & 1 == 1 {
         return (Cause::Exit, level);
     }
     // The mmu_gather of the `free_pgtables` call this thread is in: a
@@ -89,12 +89,12 @@ fn classify(config: &KernelConfig, tlb: u64, mm: u64, level: Level, context: &Fr
 
 /// Count one page-table page of the mm behind `tlb`, freed at `level`.
 #[inline(always)]
-fn on_free(config: &KernelConfig, task: CurrentTask, tlb: u64, level: Level, context: FreeContext) {
-    let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) else {
+fn on_free(config: Config, task: CurrentTask, tlb: u64, level: Level, context: FreeContext) {
+    let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset()) else {
         return;
     };
     let (cause, level) = classify(config, tlb, mm, level, &context);
-    if cause == Cause::Reclaim && config.emit_events != 0 {
+    if cause == Cause::Reclaim && config.emit_events() != 0 {
         events::reclaimed_in_call(task.tid);
     }
     record_free(config, mm, cause, level);
@@ -103,9 +103,9 @@ fn on_free(config: &KernelConfig, task: CurrentTask, tlb: u64, level: Level, con
 /// Count one page-table page of `mm` freed for `cause`: on the node, and for
 /// the process owning `mm`. Every free, whatever hook saw it, ends here.
 #[inline(always)]
-fn record_free(config: &KernelConfig, mm: u64, cause: Cause, level: Level) {
+fn record_free(config: Config, mm: u64, cause: Cause, level: Level) {
     let owner = owner(config, mm);
-    if owner.as_ref().is_some_and(|o| u64::from(o.key.tgid) == config.agent_tgid) {
+    if owner.as_ref().is_some_and(|o| u64::from(o.key.tgid) == config.agent_tgid()) {
         return;
     }
     record_frees(owner.as_ref(), cause, level, 1);
@@ -143,13 +143,13 @@ fn on_tlb_remove_table(tlb: u64) {
     let config = config();
     let task = CurrentTask::get();
     let (pointer, context) = context_of(task.tid);
-    let level = if config.free_source == FreeSource::TlbRemoveTable as u64 {
+    let level = if config.free_source() == FreeSource::TlbRemoveTable as u64 {
         // A table no PMD/PUD/P4D function announced is a PTE table.
         context::take_level(task.tid, pointer).and_then(|l| Level::from_index(l as usize)).unwrap_or(Level::Pte)
     } else {
         Level::Unknown
     };
-    on_free(&config, task, tlb, level, context);
+    on_free(config, task, tlb, level, context);
 }
 
 /// `___p?d_free_tlb(tlb, table)`: count here, or name the level for the
@@ -158,9 +158,9 @@ fn on_tlb_remove_table(tlb: u64) {
 fn on_level_function(tlb: u64, level: Level) {
     let config = config();
     let task = CurrentTask::get();
-    if config.free_source == FreeSource::LevelFunctions as u64 {
+    if config.free_source() == FreeSource::LevelFunctions as u64 {
         let (_, context) = context_of(task.tid);
-        on_free(&config, task, tlb, level, context);
+        on_free(config, task, tlb, level, context);
     } else {
         context::announce_level(task, level as u32);
     }
@@ -170,7 +170,7 @@ fn on_level_function(tlb: u64, level: Level) {
 /// collapsed into a PMD-mapped THP; freed after an RCU grace period.
 #[inline(always)]
 fn on_pte_free_defer(mm: u64) {
-    record_free(&config(), mm, Cause::Collapse, Level::Pte);
+    record_free(config(), mm, Cause::Collapse, Level::Pte);
 }
 
 /// `zap_huge_pmd` zapped a huge PMD (`ret` 1) of a VMA: for an anonymous
@@ -179,13 +179,13 @@ fn on_pte_free_defer(mm: u64) {
 /// also when the PMD was a migration entry. Architecture-neutral: no page
 /// table bit is decoded.
 #[inline(always)]
-fn on_huge_pmd_zapped(config: &KernelConfig, mm: u64) {
+fn on_huge_pmd_zapped(config: Config, mm: u64) {
     record_free(config, mm, Cause::Thp, Level::Pte);
 }
 
 #[inline(always)]
-fn anonymous(config: &KernelConfig, vma: u64) -> bool {
-    read_kernel::<u64>(vma, config.vma_vm_ops_offset) == Some(0)
+fn anonymous(config: Config, vma: u64) -> bool {
+    read_kernel::<u64>(vma, config.vma_vm_ops_offset()) == Some(0)
 }
 
 #[inline(always)]
@@ -258,9 +258,9 @@ pub fn zap_huge_pmd_fexit(ctx: FExitContext) -> u32 {
     let (tlb, vma): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     let ret: u64 = ctx.arg(4);
     let config = config();
-    if zapped(ret) && anonymous(&config, vma) {
-        if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset) {
-            on_huge_pmd_zapped(&config, mm);
+    if zapped(ret) && anonymous(config, vma) {
+        if let Some(mm) = read_kernel::<u64>(tlb, config.tlb_mm_offset()) {
+            on_huge_pmd_zapped(config, mm);
         }
     }
     0
@@ -273,7 +273,7 @@ pub fn zap_huge_pmd_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let config = config();
-    let mm = if anonymous(&config, vma) { read_kernel::<u64>(tlb, config.tlb_mm_offset) } else { None };
+    let mm = if anonymous(config, vma) { read_kernel::<u64>(tlb, config.tlb_mm_offset()) } else { None };
     // Also for a non-anonymous VMA: clears what a missed kretprobe left.
     context::begin_huge_zap(CurrentTask::get(), mm);
     0
@@ -284,7 +284,7 @@ pub fn zap_huge_pmd_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<u64>();
     if let Some(mm) = context::end_huge_zap(CurrentTask::get().tid) {
         if zapped(ret) {
-            on_huge_pmd_zapped(&config(), mm);
+            on_huge_pmd_zapped(config(), mm);
         }
     }
     0

@@ -1,11 +1,44 @@
 //! Access to kernel state through offsets resolved by the agent from BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+};
 use ptwatch_common::{KernelConfig, ProcessKey};
 
-/// Filled by the agent before load (`EbpfLoader::override_global`).
-#[unsafe(no_mangle)]
-static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
+/// The configuration the agent writes before load
+/// (`EbpfLoader::override_global` on `PTWATCH_KERNEL_CONFIG`), and one
+/// getter per field on [`Config`]. One list makes both: a field added to
+/// `KernelConfig` must be given its default here, and can then be read.
+macro_rules! kernel_config {
+    ($($field:ident: $default:expr,)*) => {
+        /// Filled by the agent before load.
+        #[unsafe(no_mangle)]
+        static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig { $($field: $default,)* };
+
+        impl Config {
+            $(
+                #[inline(always)]
+                pub fn $field(self) -> u64 {
+                    // SAFETY: a plain read of one field of the global;
+                    // volatile so that the compiler does not fold the
+                    // initialiser into the code (the loader rewrites it).
+                    unsafe { core::ptr::read_volatile(&raw const PTWATCH_KERNEL_CONFIG.$field) }
+                }
+            )*
+        }
+    };
+}
+
+/// The agent's configuration, read one field at a time where it is used:
+/// copying all of `KernelConfig` (29 loads) at the start of every program
+/// was a tenth of what an allocator's small DONTNEED cost. The values live
+/// in the object's frozen `.rodata`, so the verifier knows them as
+/// constants: branches on them are pruned at load time, which is what lets
+/// one program carry code for helpers an older kernel does not have.
+#[derive(Clone, Copy)]
+pub struct Config;
+
+kernel_config! {
     task_mm_offset: 0,
     mm_pgtables_bytes_offset: 0,
     mm_pgd_offset: 0,
@@ -22,6 +55,7 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     task_comm_offset: 0,
     task_group_leader_offset: 0,
     task_start_boottime_offset: 0,
+    current_task_btf: 0,
     tlb_fullmm_bit: 0,
     vma_vm_ops_offset: 0,
     io_madvise_addr_offset: u64::MAX,
@@ -35,13 +69,12 @@ static PTWATCH_KERNEL_CONFIG: KernelConfig = KernelConfig {
     emit_events: 0,
     trace_tgid: 0,
     trace_cgroup_id: 0,
-};
+}
 
+/// The configuration (see [`Config`]).
 #[inline(always)]
-pub fn config() -> KernelConfig {
-    // SAFETY: a plain read of a global; volatile so the compiler does not fold
-    // the initialiser into the code (the loader rewrites it).
-    unsafe { core::ptr::read_volatile(&PTWATCH_KERNEL_CONFIG) }
+pub fn config() -> Config {
+    Config
 }
 
 /// The current thread, split into the ids the maps use.
@@ -60,16 +93,43 @@ impl CurrentTask {
 
     /// The running task, or `None` for the agent's own threads.
     #[inline(always)]
-    pub fn observed(config: &KernelConfig) -> Option<Self> {
+    pub fn observed(config: Config) -> Option<Self> {
         let task = Self::get();
-        (u64::from(task.tgid) != config.agent_tgid).then_some(task)
+        (u64::from(task.tgid) != config.agent_tgid()).then_some(task)
     }
 
     /// The identity of the running task's process.
     #[inline(always)]
-    pub fn process_key(self, config: &KernelConfig) -> ProcessKey {
-        ProcessKey { tgid: self.tgid, _pad: 0, start_time_ns: leader_start_time(config, current_task()) }
+    pub fn process_key(self, config: Config) -> ProcessKey {
+        let start_time_ns = if config.current_task_btf() != 0 {
+            // SAFETY: no preconditions; only reached where the kernel has
+            // the helper (the verifier drops this branch elsewhere).
+            let task = unsafe { bpf_get_current_task_btf() } as u64;
+            // SAFETY: `task` is the running task_struct, typed by BTF;
+            // `group_leader` is a task_struct pointer member of it and
+            // `start_boottime` a u64 member (offsets from the kernel's BTF).
+            unsafe { btf_load(btf_load(task, config.task_group_leader_offset()), config.task_start_boottime_offset()) }
+        } else {
+            leader_start_time(config, current_task())
+        };
+        ProcessKey { tgid: self.tgid, _pad: 0, start_time_ns }
     }
+}
+
+/// A load of the u64 at `base + offset`, where `base` is a kernel pointer
+/// the verifier knows the BTF type of: a plain instruction, checked against
+/// the type at load time and guarded against faults at run time, where a
+/// `bpf_probe_read_kernel` is a helper call.
+///
+/// # Safety
+/// `base` must be a BTF-typed pointer (`bpf_get_current_task_btf`, or a
+/// pointer member loaded through one) and `offset` the offset of a
+/// pointer or u64 member of its type, from the kernel's BTF; the verifier
+/// rejects the program otherwise.
+#[inline(always)]
+unsafe fn btf_load(base: u64, offset: u64) -> u64 {
+    // SAFETY: see the contract above.
+    unsafe { (base.wrapping_add(offset) as *const u64).read_volatile() }
 }
 
 /// The running `task_struct`.
@@ -88,16 +148,16 @@ pub fn read_kernel<T>(base: u64, offset: u64) -> Option<T> {
 
 /// `current->mm`, or `None` for kernel threads.
 #[inline(always)]
-pub fn current_mm(config: &KernelConfig) -> Option<u64> {
-    let mm: u64 = read_kernel(current_task(), config.task_mm_offset)?;
+pub fn current_mm(config: Config) -> Option<u64> {
+    let mm: u64 = read_kernel(current_task(), config.task_mm_offset())?;
     (mm != 0).then_some(mm)
 }
 
 /// `mm->pgtables_bytes`: the page-table memory of an address space, the
 /// number behind `VmPTE` in `/proc/<pid>/status`.
 #[inline(always)]
-pub fn pgtables_bytes(config: &KernelConfig, mm: u64) -> Option<u64> {
-    let bytes: i64 = read_kernel(mm, config.mm_pgtables_bytes_offset)?;
+pub fn pgtables_bytes(config: Config, mm: u64) -> Option<u64> {
+    let bytes: i64 = read_kernel(mm, config.mm_pgtables_bytes_offset())?;
     u64::try_from(bytes).ok()
 }
 
@@ -105,8 +165,8 @@ pub fn pgtables_bytes(config: &KernelConfig, mm: u64) -> Option<u64> {
 /// tgid, identifies a process (0 if unreadable: the key then still names
 /// the tgid).
 #[inline(always)]
-pub fn leader_start_time(config: &KernelConfig, task: u64) -> u64 {
-    read_kernel::<u64>(task, config.task_group_leader_offset)
-        .and_then(|leader| read_kernel::<u64>(leader, config.task_start_boottime_offset))
+pub fn leader_start_time(config: Config, task: u64) -> u64 {
+    read_kernel::<u64>(task, config.task_group_leader_offset())
+        .and_then(|leader| read_kernel::<u64>(leader, config.task_start_boottime_offset()))
         .unwrap_or(0)
 }

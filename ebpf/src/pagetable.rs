@@ -25,12 +25,7 @@ pub use x86_64::count_pte_tables;
 /// (the agent does not enable the walk here; see `ptwatch check`).
 #[cfg(any(bpf_target_arch = "aarch64", bpf_target_arch = "riscv64"))]
 #[inline(always)]
-pub fn count_pte_tables(
-    _config: &ptwatch_common::KernelConfig,
-    _mm: u64,
-    _start: u64,
-    _end: u64,
-) -> Option<TableCount> {
+pub fn count_pte_tables(_config: crate::kernel::Config, _mm: u64, _start: u64, _end: u64) -> Option<TableCount> {
     None
 }
 
@@ -43,7 +38,9 @@ mod x86_64 {
         macros::map,
         maps::PerCpuArray,
     };
-    use ptwatch_common::{KernelConfig, MAX_WALK_REGIONS};
+    use ptwatch_common::MAX_WALK_REGIONS;
+
+    use crate::kernel::Config;
 
     use super::{TableCount, PMD_SPAN};
     use crate::kernel::read_kernel;
@@ -110,16 +107,16 @@ mod x86_64 {
     /// PTE tables under the 2 MiB spans that `[start, end)` covers
     /// completely: the only tables a DONTNEED of that range can reclaim.
     #[inline(always)]
-    pub fn count_pte_tables(config: &KernelConfig, mm: u64, start: u64, end: u64) -> Option<TableCount> {
+    pub fn count_pte_tables(config: Config, mm: u64, start: u64, end: u64) -> Option<TableCount> {
         let first = next_boundary(start.wrapping_sub(1), PMD_SPAN);
         let last = end & !(PMD_SPAN - 1);
         if end <= start || first >= last {
             return Some(TableCount { tables: 0, complete: true });
         }
         let mut walk = Walk {
-            direct_map_base: config.direct_map_base,
-            pgd: read_kernel(mm, config.mm_pgd_offset)?,
-            five_level: u64::from(config.pgtable_levels == 5),
+            direct_map_base: config.direct_map_base(),
+            pgd: read_kernel(mm, config.mm_pgd_offset())?,
+            five_level: u64::from(config.pgtable_levels() == 5),
             addr: first,
             last,
             tables: 0,

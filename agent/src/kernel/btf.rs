@@ -232,6 +232,16 @@ impl KernelBtf {
         self.find(name, |h| h.kind == kind::FUNC).is_some()
     }
 
+    /// Whether `enum enum_name` has an enumerator `value` (e.g. whether the
+    /// kernel knows a BPF helper: `bpf_func_id`'s `BPF_FUNC_*`).
+    pub fn has_enum_value(&self, enum_name: &str, value: &str) -> bool {
+        let Some(found) = self.find(enum_name, |h| h.kind == kind::ENUM) else {
+            return false;
+        };
+        (0..found.vlen)
+            .any(|i| read_u32(&self.data, found.extra + i * 8).is_some_and(|name_off| self.name(name_off) == value))
+    }
+
     /// The parameter names of function `name`, in order (`None`: no such
     /// function). Hooks read arguments by position: this confirms the
     /// position on the running kernel.
@@ -365,6 +375,14 @@ mod tests {
 
     fn vmlinux() -> KernelBtf {
         KernelBtf::load(Path::new(VMLINUX_BTF)).expect("these tests need /sys/kernel/btf/vmlinux")
+    }
+
+    #[test]
+    fn finds_enum_values() {
+        let btf = vmlinux();
+        assert!(btf.has_enum_value("bpf_func_id", "BPF_FUNC_probe_read_kernel"));
+        assert!(!btf.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        assert!(!btf.has_enum_value("no_such_enum", "BPF_FUNC_probe_read_kernel"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>) -> Result<Ker
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
         task_group_leader_offset: btf.member_offset("task_struct", "group_leader")?,
         task_start_boottime_offset: btf.member_offset("task_struct", "start_boottime")?,
+        current_task_btf: u64::from(btf.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
         vma_vm_ops_offset: btf.member_offset("vm_area_struct", "vm_ops")?,
         io_madvise_addr_offset: io_madvise.addr,

@@ -30,12 +30,13 @@ use crate::{
 /// pass it (several iovecs).
 #[inline(always)]
 fn begin(mm: u64, range: Option<(u64, u64)>, always: bool) {
-    let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
-        return;
-    };
     let (start, len) = range.unwrap_or((0, 0));
-    if always || range.is_none() || covers_a_span(start, len) {
+    // Decided before anything is read: most requests (an allocator's)
+    // cannot reclaim, and cost nothing more here.
+    if !(always || range.is_none() || covers_a_span(start, len)) {
+        return;
+    }
+    if let Some(task) = CurrentTask::observed(config()) {
         let _ = context::begin_dontneed(task, mm, start, len);
     }
 }
@@ -46,13 +47,13 @@ fn begin(mm: u64, range: Option<(u64, u64)>, always: bool) {
 #[inline(always)]
 fn end(range: Option<(u64, u64)>, bytes: Option<u64>) {
     let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return;
     };
     let stored = context::end_dontneed(task.tid);
     let reclaimed = stored.map_or(0, |c| c.call_reclaimed);
     let range = range.or(stored.map(|c| (c.start, c.len))).unwrap_or((0, 0));
-    finish(&config, task, range, reclaimed, false, bytes);
+    finish(config, task, range, reclaimed, false, bytes);
 }
 
 /// madvise returns 0 on success; the bytes are the length asked for.
@@ -89,8 +90,8 @@ pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
     } else {
         // Nothing stored at entry: count the request without a map lookup.
         let config = config();
-        if let Some(task) = CurrentTask::observed(&config) {
-            finish(&config, task, (start, len), 0, false, madvise_bytes(ret, len));
+        if let Some(task) = CurrentTask::observed(config) {
+            finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
         }
     }
     0
@@ -113,14 +114,14 @@ pub fn do_madvise_kprobe(ctx: ProbeContext) -> u32 {
 pub fn do_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret = i64::from(ctx.ret::<i32>());
     let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return 0;
     };
     // Only DONTNEED requests stored a context; the length comes from it.
     let Some(stored) = context::end_dontneed(task.tid) else {
         return 0;
     };
-    finish(&config, task, (stored.start, stored.len), stored.call_reclaimed, false, madvise_bytes(ret, stored.len));
+    finish(config, task, (stored.start, stored.len), stored.call_reclaimed, false, madvise_bytes(ret, stored.len));
     0
 }
 
@@ -159,12 +160,12 @@ pub fn vector_madvise_kprobe(ctx: ProbeContext) -> u32 {
 pub fn vector_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret::<i64>();
     let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return 0;
     };
     let Some(stored) = context::end_dontneed(task.tid) else {
         return 0;
     };
-    finish(&config, task, (stored.start, stored.len), stored.call_reclaimed, false, vector_bytes(ret));
+    finish(config, task, (stored.start, stored.len), stored.call_reclaimed, false, vector_bytes(ret));
     0
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext as _,
 };
-use ptwatch_common::{context::measured, IoRequest, KernelConfig, MAX_THREAD_CONTEXTS};
+use ptwatch_common::{context::measured, IoRequest, MAX_THREAD_CONTEXTS};
 
 use super::{
     finish, is_dontneed,
@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     counters::{count, Diagnostic},
-    kernel::{config, current_mm, read_kernel, CurrentTask},
+    kernel::{config, current_mm, read_kernel, Config, CurrentTask},
 };
 
 /// `IORING_OP_MADVISE` of `enum io_uring_op` (uapi; stable).
@@ -45,30 +45,30 @@ fn field<T>(ctx: &TracePointContext, offset: u64) -> Option<T> {
 #[inline(always)]
 fn on_submit<const WALK: bool>(ctx: &TracePointContext) {
     let config = config();
-    if field::<u8>(ctx, config.io_submit_opcode_offset) != Some(IORING_OP_MADVISE) {
+    if field::<u8>(ctx, config.io_submit_opcode_offset()) != Some(IORING_OP_MADVISE) {
         return;
     }
-    let Some(req) = field::<u64>(ctx, config.io_submit_req_offset) else {
+    let Some(req) = field::<u64>(ctx, config.io_submit_req_offset()) else {
         return;
     };
-    let advice = read_kernel::<u32>(req, config.io_madvise_advice_offset).unwrap_or(0);
-    if !is_dontneed(u64::from(advice)) || CurrentTask::observed(&config).is_none() {
+    let advice = read_kernel::<u32>(req, config.io_madvise_advice_offset()).unwrap_or(0);
+    if !is_dontneed(u64::from(advice)) || CurrentTask::observed(config).is_none() {
         return;
     }
     let (Some(start), Some(len), Some(mm)) = (
-        read_kernel::<u64>(req, config.io_madvise_addr_offset),
-        read_kernel::<u64>(req, config.io_madvise_len_offset),
-        current_mm(&config),
+        read_kernel::<u64>(req, config.io_madvise_addr_offset()),
+        read_kernel::<u64>(req, config.io_madvise_len_offset()),
+        current_mm(config),
     ) else {
         count(Diagnostic::UnmeasuredRequest);
         return;
     };
-    let len = len & config.io_madvise_len_mask;
+    let len = len & config.io_madvise_len_mask();
     // SAFETY: no preconditions.
     let submitted_ns = unsafe { bpf_ktime_get_ns() };
     let mut request = IoRequest { start, len, submitted_ns, ..IoRequest::default() };
     if covers_a_span(start, len) {
-        let entry = measure::at_entry::<WALK>(&config, mm, start, len);
+        let entry = measure::at_entry::<WALK>(config, mm, start, len);
         request.measured = entry.method();
         request.tables_at_entry = entry.tables;
         request.pgtables_bytes_at_entry = entry.pgtables_bytes;
@@ -83,7 +83,7 @@ fn on_submit<const WALK: bool>(ctx: &TracePointContext) {
 #[inline(always)]
 fn on_complete<const WALK: bool>(ctx: &TracePointContext) {
     let config = config();
-    let Some(req) = field::<u64>(ctx, config.io_complete_req_offset) else {
+    let Some(req) = field::<u64>(ctx, config.io_complete_req_offset()) else {
         return;
     };
     // SAFETY: the value is copied out before the entry is removed.
@@ -91,16 +91,16 @@ fn on_complete<const WALK: bool>(ctx: &TracePointContext) {
         return;
     };
     let _ = IO_REQUESTS.remove(req);
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return;
     };
-    let res = field::<i32>(ctx, config.io_complete_res_offset).unwrap_or(-1);
-    let reclaimed = reclaimed::<WALK>(&config, &request);
-    finish(&config, task, (request.start, request.len), reclaimed, true, (res >= 0).then_some(request.len));
+    let res = field::<i32>(ctx, config.io_complete_res_offset()).unwrap_or(-1);
+    let reclaimed = reclaimed::<WALK>(config, &request);
+    finish(config, task, (request.start, request.len), reclaimed, true, (res >= 0).then_some(request.len));
 }
 
 #[inline(always)]
-fn reclaimed<const WALK: bool>(config: &KernelConfig, request: &IoRequest) -> u64 {
+fn reclaimed<const WALK: bool>(config: Config, request: &IoRequest) -> u64 {
     let (Some(entry), Some(mm)) = (
         AtEntry::stored(request.measured, request.tables_at_entry, request.pgtables_bytes_at_entry),
         current_mm(config),

@@ -11,11 +11,11 @@
 //! the request is used (exact only when nothing else changes the address
 //! space's page tables meanwhile; counted as approximate).
 
-use ptwatch_common::{context::measured, KernelConfig};
+use ptwatch_common::context::measured;
 
 use crate::{
     counters::{count, Diagnostic},
-    kernel::pgtables_bytes,
+    kernel::{pgtables_bytes, Config},
     pagetable::{count_pte_tables, PMD_SPAN},
 };
 
@@ -68,9 +68,9 @@ pub fn covers_a_span(start: u64, len: u64) -> bool {
 /// this program variant contains the walk (kernels whose verifier rejects
 /// it load the variant without).
 #[inline(always)]
-pub fn at_entry<const WALK: bool>(config: &KernelConfig, mm: u64, start: u64, len: u64) -> AtEntry {
+pub fn at_entry<const WALK: bool>(config: Config, mm: u64, start: u64, len: u64) -> AtEntry {
     let mut entry = AtEntry { pgtables_bytes: pgtables_bytes(config, mm).unwrap_or(0), ..AtEntry::default() };
-    if WALK && config.direct_map_base != 0 {
+    if WALK && config.direct_map_base() != 0 {
         if let Some(count) = count_pte_tables(config, mm, start, start.wrapping_add(len)) {
             if count.complete {
                 entry.tables = count.tables;
@@ -83,7 +83,7 @@ pub fn at_entry<const WALK: bool>(config: &KernelConfig, mm: u64, start: u64, le
 
 /// PTE tables the request reclaimed, from what `at_entry` measured.
 #[inline(always)]
-pub fn reclaimed<const WALK: bool>(config: &KernelConfig, mm: u64, start: u64, len: u64, entry: &AtEntry) -> u64 {
+pub fn reclaimed<const WALK: bool>(config: Config, mm: u64, start: u64, len: u64, entry: &AtEntry) -> u64 {
     if WALK && entry.walked {
         if let Some(count) = count_pte_tables(config, mm, start, start.wrapping_add(len)) {
             if count.complete {
@@ -95,5 +95,5 @@ pub fn reclaimed<const WALK: bool>(config: &KernelConfig, mm: u64, start: u64, l
     let now = pgtables_bytes(config, mm).unwrap_or(entry.pgtables_bytes);
     // checked_div: a division the compiler cannot prove safe would leave a
     // panic path, which the verifier rejects.
-    entry.pgtables_bytes.saturating_sub(now).checked_div(config.page_size).unwrap_or(0)
+    entry.pgtables_bytes.saturating_sub(now).checked_div(config.page_size()).unwrap_or(0)
 }

@@ -17,12 +17,12 @@ pub mod io_uring;
 pub mod measure;
 pub mod syscalls;
 
-use ptwatch_common::{KernelConfig, MADV_DONTNEED, MADV_DONTNEED_LOCKED};
+use ptwatch_common::{MADV_DONTNEED, MADV_DONTNEED_LOCKED};
 
 use crate::{
     counters::{record_dontneed_call, record_frees, CommSource, Owner},
     events,
-    kernel::CurrentTask,
+    kernel::{Config, CurrentTask},
 };
 
 /// `behavior` is `MADV_DONTNEED` or `MADV_DONTNEED_LOCKED`. The kernel's
@@ -40,7 +40,7 @@ pub fn is_dontneed(behavior: u64) -> bool {
 /// function must add them. `bytes`: `None` when the request failed.
 #[inline(always)]
 pub fn finish(
-    config: &KernelConfig,
+    config: Config,
     task: CurrentTask,
     range: (u64, u64),
     reclaimed: u64,

@@ -55,10 +55,10 @@ fn field(ctx: &TracePointContext, offset: usize) -> u64 {
 #[inline(always)]
 fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
     let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return;
     };
-    let Some(mm) = current_mm(&config) else {
+    let Some(mm) = current_mm(config) else {
         return;
     };
     let (start, len) = range.unwrap_or((0, 0));
@@ -68,9 +68,9 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
     // A range known not to cover a whole span cannot reclaim: nothing more
     // to measure. Unknown ranges are measured through pgtables_bytes.
     let measured = match range {
-        Some((start, len)) if covers_a_span(start, len) => Some(measure::at_entry::<WALK>(&config, mm, start, len)),
+        Some((start, len)) if covers_a_span(start, len) => Some(measure::at_entry::<WALK>(config, mm, start, len)),
         Some(_) => None,
-        None => Some(measure::at_entry::<false>(&config, mm, 0, 0)),
+        None => Some(measure::at_entry::<false>(config, mm, 0, 0)),
     };
     if let Some(entry) = measured {
         // SAFETY: this thread's live context entry (begin_dontneed).
@@ -87,7 +87,7 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
 #[inline(always)]
 fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     let config = config();
-    let Some(task) = CurrentTask::observed(&config) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return;
     };
     let Some(stored) = context::end_dontneed(task.tid) else {
@@ -95,16 +95,16 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     };
     let mut reclaimed = 0;
     if let (Some(entry), Some(mm)) =
-        (AtEntry::stored(stored.measured, stored.tables_at_entry, stored.pgtables_bytes_at_entry), current_mm(&config))
+        (AtEntry::stored(stored.measured, stored.tables_at_entry, stored.pgtables_bytes_at_entry), current_mm(config))
     {
-        reclaimed = measure::reclaimed::<WALK>(&config, mm, stored.start, stored.len, &entry);
+        reclaimed = measure::reclaimed::<WALK>(config, mm, stored.start, stored.len, &entry);
     }
     let bytes = match (ret >= 0, bytes_from_ret) {
         (false, _) => None,
         (true, true) => Some(ret as u64),
         (true, false) => Some(stored.len),
     };
-    finish(&config, task, (stored.start, stored.len), reclaimed, true, bytes);
+    finish(config, task, (stored.start, stored.len), reclaimed, true, bytes);
 }
 
 fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
