@@ -111,6 +111,11 @@ pub struct BenchArgs {
     /// Concurrent scrapers of the last part, with that many series (0 skips it).
     #[arg(long, default_value_t = 50)]
     scrapers: usize,
+    /// The agent binary whose footprint is measured (default: the one just
+    /// built), e.g. a copy of an earlier build, to compare two builds in
+    /// alternating runs of the same session.
+    #[arg(long)]
+    footprint_agent: Option<PathBuf>,
 }
 
 /// The hidden child commands: what runs in a process of its own.
@@ -239,15 +244,22 @@ fn footprint(built: &Built, args: &BenchArgs, dir: &std::path::Path, log: &std::
         series: args.footprint_series,
         large_series: args.footprint_large_series,
     };
-    eprintln!("[bench] footprint: idle, {} tracked processes, ~{} series", options.processes, options.series);
-    let results = footprint::run(&built.ptwatch, &built.workload, log, &options)?;
+    let agent = args.footprint_agent.as_ref().unwrap_or(&built.ptwatch);
+    anyhow::ensure!(agent.is_file(), "--footprint-agent {} is not a file", agent.display());
+    eprintln!(
+        "[bench] footprint of {}: idle, {} tracked processes, ~{} series",
+        agent.display(),
+        options.processes,
+        options.series
+    );
+    let results = footprint::run(agent, &built.workload, log, &options)?;
     footprint::print(&results);
     let path = dir.join("footprint.json");
     let json = serde_json::to_string_pretty(&results).context("serialising results")?;
     fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     println!("results written to {}", path.display());
     if args.scrapers > 0 {
-        scrape::run(&built.ptwatch, &built.workload, log, dir, args.scrapers, args.footprint_series)?;
+        scrape::run(agent, &built.workload, log, dir, args.scrapers, args.footprint_series)?;
     }
     Ok(())
 }

@@ -40,6 +40,20 @@ impl Counts {
         self.zip_mut(other, |mine, theirs| *mine = mine.wrapping_add(theirs));
     }
 
+    /// `self -= other`, wrapping: undoes an earlier [`Self::add`] of
+    /// `other`, so a sum kept by adding and taking out parts stays exact.
+    #[inline]
+    pub fn sub(&mut self, other: &Self) {
+        self.zip_mut(other, |mine, theirs| *mine = mine.wrapping_sub(theirs));
+    }
+
+    /// Whether every field is 0.
+    #[inline]
+    pub fn is_zero(&self) -> bool {
+        let pages = self.frees.pages.as_flattened().iter().fold(0u64, |any, pages| any | pages);
+        (pages | self.dontneed_calls | self.dontneed_bytes) == 0
+    }
+
     /// `self - other`, each field at least 0. Used where `other` is known to
     /// be a part of `self` (a series' own count within its whole count).
     #[inline]
@@ -115,6 +129,11 @@ mod tests {
         assert_eq!(sum.freed(Cause::Unmap, Level::Pmd), 33);
         assert_eq!(sum.minus(&counts(1, 2, 3)), counts(10, 20, 30));
         assert_eq!(counts(1, 1, 1).minus(&counts(2, 2, 2)), Counts::default(), "never below zero");
+        let mut undone = counts(5, 6, 7);
+        undone.sub(&counts(9, 9, 9));
+        undone.add(&counts(9, 9, 9));
+        assert_eq!(undone, counts(5, 6, 7), "sub undoes add, through wrapping");
+        assert!(Counts::default().is_zero() && !counts(0, 0, 1).is_zero() && !counts(1, 0, 0).is_zero());
         let mut total = counts(1, 2, 3);
         total.add_difference(&counts(10, 20, 30), &counts(4, 5, 40));
         assert_eq!(total, counts(7, 17, 3), "a field of the part above the whole adds nothing");

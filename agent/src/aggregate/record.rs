@@ -105,16 +105,25 @@ impl Series {
 
     /// Give it a series of its own. A new series owns all its counts; one
     /// that was only in `other` starts at zero (what it counted stays in
-    /// `other`); a frozen one grows again from where it stopped.
-    pub(super) fn select(&mut self) {
-        match self.export {
-            Export::Other if self.new => self.own = self.counts,
-            Export::Other => self.own = Counts::default(),
-            Export::Frozen { .. } | Export::Own => {}
+    /// `other`); a frozen one grows again from where it stopped. Returns
+    /// what leaves `other` (a new series' counts, else nothing).
+    #[must_use]
+    pub(super) fn select(&mut self) -> Counts {
+        let taken = match self.export {
+            Export::Other if self.new => {
+                self.own = self.counts;
+                self.counts
+            }
+            Export::Other => {
+                self.own = Counts::default();
+                Counts::default()
+            }
+            Export::Frozen { .. } | Export::Own => Counts::default(),
             // Never: see [`Export::Ended`].
-            Export::Ended => return,
-        }
+            Export::Ended => return Counts::default(),
+        };
         self.export = Export::Own;
+        taken
     }
 
     /// Stop it growing: it keeps its last value for the TTL.
@@ -126,6 +135,14 @@ impl Series {
 
     pub fn is_selectable(&self) -> bool {
         matches!(self.export, Export::Other | Export::Frozen { .. })
+    }
+
+    /// When it was frozen, if it is.
+    fn frozen_since(&self) -> Option<Instant> {
+        match self.export {
+            Export::Frozen { since } => Some(since),
+            _ => None,
+        }
     }
 
     /// Frozen for at least `ttl`.
@@ -209,8 +226,9 @@ impl ProcessRecord {
         std::iter::once(&self.series).chain(self.renamed.iter().map(|(series, _)| series))
     }
 
-    /// Its kernel entry read `counters` now.
-    pub(super) fn observe(&mut self, counters: &ProcessCounters) {
+    /// Its kernel entry read `counters` now. Returns what the process
+    /// counted since the last reading (in its current series).
+    pub(super) fn observe(&mut self, counters: &ProcessCounters) -> Counts {
         let now = Counts::of_process(counters);
         let delta = now.growth_since(&self.kernel);
         self.kernel = now;
@@ -218,12 +236,14 @@ impl ProcessRecord {
         if self.cgroup_id == 0 {
             self.cgroup_id = counters.cgroup_id;
         }
+        delta
     }
 
     /// Its kernel entry was taken out with `counters` as its last value.
-    pub(super) fn observe_final(&mut self, counters: &ProcessCounters) {
-        self.observe(counters);
+    pub(super) fn observe_final(&mut self, counters: &ProcessCounters) -> Counts {
+        let delta = self.observe(counters);
         self.kernel = Counts::default();
+        delta
     }
 
     /// The process now runs as `comm`: close the series of the old name
@@ -240,9 +260,12 @@ impl ProcessRecord {
                 Series::new(comm.into(), Counts::default(), if ended { Export::Ended } else { Export::Other })
             }
         };
-        // The process keeps its place among those with series.
+        // The process keeps its place among those with series (nothing
+        // leaves `other`: the next series is either a frozen one or new
+        // and empty).
         if self.series.export == Export::Own {
-            next.select();
+            let taken = next.select();
+            debug_assert!(taken.is_zero());
         }
         let mut old = std::mem::replace(&mut self.series, next);
         old.freeze(now);
@@ -258,6 +281,17 @@ impl ProcessRecord {
             self.end_name(&old);
             Some(old)
         }
+    }
+
+    /// The earliest time something of the record expires (see
+    /// [`Self::end_frozen`] and the records' TTL), if anything does.
+    pub(super) fn next_expiry(&self, ttl: Duration) -> Option<Instant> {
+        let exited = match self.lifetime {
+            Lifetime::Exited { at } => Some(at),
+            Lifetime::Live => None,
+        };
+        let frozen = self.all_series().filter_map(Series::frozen_since);
+        exited.into_iter().chain(frozen).filter_map(|at| at.checked_add(ttl)).min()
     }
 
     /// Series frozen for `ttl` end: the current one stays counted (in
@@ -320,7 +354,7 @@ mod tests {
     #[test]
     fn a_selected_series_grows_and_a_frozen_one_keeps_its_value() {
         let mut record = ProcessRecord::new(key(1), &counters(b"a", 3));
-        record.series.select();
+        let _ = record.series.select();
         assert_eq!(record.series.exported().map(|c| c.dontneed_calls), Some(3), "new: all its counts");
         record.series.new = false;
         record.observe(&counters(b"a", 5));
@@ -331,7 +365,7 @@ mod tests {
         assert_eq!(record.series.exported().map(|c| c.dontneed_calls), Some(5), "frozen");
         assert_eq!(record.series.in_other().dontneed_calls, 4);
         // Selected again within the TTL: it grows from where it stopped.
-        record.series.select();
+        let _ = record.series.select();
         record.observe(&counters(b"a", 10));
         assert_eq!(record.series.own.dontneed_calls, 6);
         assert_eq!(record.series.in_other().dontneed_calls, 4);
@@ -340,7 +374,7 @@ mod tests {
     #[test]
     fn a_frozen_series_ends_after_the_ttl_and_is_never_selected_again() {
         let mut record = ProcessRecord::new(key(1), &counters(b"a", 3));
-        record.series.select();
+        let _ = record.series.select();
         let t0 = Instant::now();
         record.series.freeze(t0);
         let ttl = Duration::from_secs(10);
@@ -349,14 +383,14 @@ mod tests {
         assert!(record.end_frozen(t0 + ttl, ttl).is_empty(), "the current series stays, counted in other");
         assert_eq!(record.series.export, Export::Ended);
         assert_eq!(record.series.in_other().dontneed_calls, 3);
-        record.series.select();
+        let _ = record.series.select();
         assert_eq!(record.series.export, Export::Ended, "its series would come back lower");
     }
 
     #[test]
     fn a_rename_closes_the_old_names_series_and_counts_from_there() {
         let mut record = ProcessRecord::new(key(7), &counters(b"before", 4));
-        record.series.select();
+        let _ = record.series.select();
         record.series.new = false;
         let t0 = Instant::now();
         assert!(record.rename("after", t0).is_none(), "the old series is kept, frozen");
@@ -380,7 +414,7 @@ mod tests {
     #[test]
     fn a_name_whose_series_ended_never_gets_one_again() {
         let mut record = ProcessRecord::new(key(7), &counters(b"a", 1));
-        record.series.select();
+        let _ = record.series.select();
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
         assert!(record.rename("b", t0).is_none());

@@ -29,7 +29,10 @@ use std::{collections::BTreeMap, time::Instant};
 
 use ptwatch_common::ProcessKey;
 
-use super::{counts::Counts, record::ProcessRecord};
+use super::{
+    counts::Counts,
+    record::{Export, ProcessRecord},
+};
 
 /// A challenger must exceed the weakest selected process' score by more than
 /// 1/this (a quarter) to take its place.
@@ -102,39 +105,40 @@ impl Selection {
         }
     }
 
-    /// Update which records' series are their own.
-    pub fn apply(&self, records: &mut BTreeMap<ProcessKey, ProcessRecord>, now: Instant) {
+    /// Update which records' series are their own, in one walk of the
+    /// records (plus the changes a ranking decides). `in_other` (the sum of
+    /// what every series has in `other`) loses what a new series selected
+    /// at once takes with it.
+    pub fn apply(&self, records: &mut BTreeMap<ProcessKey, ProcessRecord>, now: Instant, in_other: &mut Counts) {
+        let mut challengers: Vec<((u64, u64), ProcessKey)> = Vec::new();
+        let mut incumbents: Vec<((u64, u64), ProcessKey)> = Vec::new();
         for record in records.values_mut() {
-            if record.series.export == super::record::Export::Own && !self.qualifies(record, true) {
+            // One that no longer qualifies even at half the threshold would
+            // not qualify as a challenger either.
+            if record.series.export == Export::Own && !self.qualifies(record, true) {
                 record.series.freeze(now);
+            }
+            if record.series.is_selectable() && self.qualifies(record, false) {
+                if self.top == 0 {
+                    // No limit: everyone who qualifies, nobody to challenge.
+                    in_other.sub(&record.series.select());
+                } else {
+                    challengers.push((self.score(record), record.key));
+                }
+            } else if record.series.export == Export::Own && self.top != 0 {
+                incumbents.push((self.score(record), record.key));
             }
         }
         if self.top == 0 {
-            // No limit: everyone who qualifies, nobody to challenge.
-            for record in records.values_mut() {
-                if record.series.is_selectable() && self.qualifies(record, false) {
-                    record.series.select();
-                }
-            }
             return;
         }
-        let mut challengers: Vec<((u64, u64), ProcessKey)> = records
-            .values()
-            .filter(|r| r.series.is_selectable() && self.qualifies(r, false))
-            .map(|r| (self.score(r), r.key))
-            .collect();
         // Strongest first; among equals the lower (usually older) pid.
         challengers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut incumbents: Vec<((u64, u64), ProcessKey)> = records
-            .values()
-            .filter(|r| r.series.export == super::record::Export::Own)
-            .map(|r| (self.score(r), r.key))
-            .collect();
-        let free = if self.top == 0 { usize::MAX } else { self.top.saturating_sub(incumbents.len()) };
+        let free = self.top.saturating_sub(incumbents.len());
         let mut challengers = challengers.into_iter().peekable();
         for (_, key) in challengers.by_ref().take(free) {
             if let Some(record) = records.get_mut(&key) {
-                record.series.select();
+                in_other.sub(&record.series.select());
             }
         }
         // The weakest incumbents face the strongest remaining challengers;
@@ -150,7 +154,7 @@ impl Selection {
                 record.series.freeze(now);
             }
             if let Some(record) = records.get_mut(&challenger) {
-                record.series.select();
+                in_other.sub(&record.series.select());
             }
         }
     }

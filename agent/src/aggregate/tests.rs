@@ -523,3 +523,78 @@ fn sums_stay_exact_and_counters_monotonic_through_churn() {
         }
     }
 }
+
+/// What `other` and the cgroup totals carry is kept incrementally; every
+/// summary checks it against a full sum over the records and slots
+/// (`Aggregator::check_sums`, in test builds). Random churn through every
+/// change that moves counts: growth, exits and expiry (a TTL of 0 too),
+/// renames, selection and demotion by thresholds, cgroups resolved late,
+/// the overflow slots of a small map.
+#[test]
+fn sums_kept_incrementally_equal_a_full_sum_through_random_churn() {
+    let thresholds = Selection { top: 0, min_reclaimed_pages: Some(40), ..Selection::default() };
+    let hysteresis = Selection { top: 3, min_pagetable_bytes: Some(1 << 19), ..Selection::default() };
+    for (ttl, selection) in [(0, every_process()), (3, thresholds), (5, hysteresis), (20, top(2, RankBy::Reclaimed))] {
+        let world = World::new(8);
+        world.host.0.borrow_mut().ids.insert(1, "/cg1".into());
+        let mut agg = world.aggregator(Duration::from_secs(ttl), selection);
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let t0 = Instant::now();
+        let mut live: BTreeMap<ProcessKey, (String, u64)> = BTreeMap::new();
+        let names = ["a", "b", "c"];
+        for step in 0..300u64 {
+            // cgroup 2's directory shows up late: records of it join then.
+            if step == 100 {
+                world.host.0.borrow_mut().ids.insert(2, "/cg2".into());
+            }
+            for _ in 0..next(3) {
+                let pid = 200 + next(30) as u32;
+                if !live.keys().any(|k| k.tgid == pid) {
+                    let key = world.start(pid, step * 1000 + next(1000), names[0]);
+                    let cgroup = next(3);
+                    if cgroup == 0 {
+                        world.host.0.borrow_mut().pids.insert(pid, "/cg1".into());
+                    }
+                    live.insert(key, (names[0].into(), cgroup));
+                }
+            }
+            let keys: Vec<ProcessKey> = live.keys().copied().collect();
+            for key in keys {
+                let (comm, cgroup) = live[&key].clone();
+                if next(2) == 0 {
+                    world.kernel.0.borrow_mut().count(key, comm.as_bytes(), cgroup, &reclaimed(next(16)));
+                }
+                world.host.0.borrow_mut().vmpte.insert(key.tgid, next(1 << 20));
+                match next(16) {
+                    0 => {
+                        world.proc.exit(key.tgid);
+                        world.host.0.borrow_mut().pids.remove(&key.tgid);
+                        live.remove(&key);
+                    }
+                    1 => {
+                        let comm = names[next(3) as usize];
+                        world.proc.rename(key.tgid, comm);
+                        live.get_mut(&key).unwrap().0 = comm.into();
+                    }
+                    _ => {}
+                }
+            }
+            let now = t0 + Duration::from_secs(step);
+            if step % 4 == 0 {
+                agg.harvest(now).unwrap();
+            } else {
+                agg.harvest_counters(now).unwrap();
+            }
+            assert_eq!(exported_sum(&agg), Counts::of_node(&agg.snapshot().node), "step {step}, ttl {ttl}");
+        }
+        assert!(agg.snapshot().node.process_map_overflows > 0, "the small map overflowed");
+        // (With a TTL of 0 no cgroup is exported.)
+        assert!(ttl == 0 || agg.cgroups().any(|c| c.labels.path == "/cg2"), "the late cgroup was resolved");
+    }
+}

@@ -8,10 +8,12 @@
 //! 99 % confidence, 0 when every span was read. Sums of estimates are
 //! estimates of sums; a sum's bound is that of the summed ranges.
 
+use ptwatch_common::ProcessKey;
+
 use super::{
     exposition::{label_text, Exposition},
     families as f,
-    metrics::{series_labels, AgentInfo, OTHER_LABELS},
+    metrics::OTHER_LABELS,
 };
 use crate::{
     aggregate::{CgroupLabels, Export, View},
@@ -42,19 +44,19 @@ fn method_label(method: Method) -> String {
     label_text(&["method"], &[method.as_str()])
 }
 
-/// Write the families of `snapshot`; the records of `view` say which
-/// processes have their own series and under which labels.
-pub fn render(out: &mut Exposition, snapshot: &Snapshot, view: &View<'_>, info: &AgentInfo) {
+/// Write the families of `snapshot`; `growing` are the live processes
+/// whose current series grows on its own, with its labels (in pid order).
+pub fn render<'a>(out: &mut Exposition, snapshot: &Snapshot, growing: impl Iterator<Item = (&'a str, ProcessKey)>) {
     let bytes = |tables: u64| snapshot.bytes(tables);
     let mut own = std::collections::HashSet::new();
     {
         // Collect once: both families list the same processes.
         let mut rows = Vec::new();
-        for record in view.records().filter(|r| r.is_live() && r.series.export == Export::Own) {
-            let start_time = record.key.start_time_ns / NS_PER_STAT_TICK;
-            let Some(process) = snapshot.process(record.pid(), Some(start_time)) else { continue };
-            own.insert(record.pid());
-            rows.push((series_labels(record, &record.series, &info.clock), process));
+        for (labels, key) in growing {
+            let start_time = key.start_time_ns / NS_PER_STAT_TICK;
+            let Some(process) = snapshot.process(key.tgid, Some(start_time)) else { continue };
+            own.insert(key.tgid);
+            rows.push((labels, process));
         }
         let mut other = Sum::default();
         for process in snapshot.processes.iter().filter(|p| !own.contains(&p.pid)) {

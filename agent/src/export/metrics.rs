@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::body::Bytes;
-use ptwatch_common::{Cause, Level, NodeCounters};
+use ptwatch_common::{Cause, Level, NodeCounters, ProcessKey};
 
 use super::{
     exposition::{label_text, Exposition, Format, Histogram, Section},
@@ -198,12 +198,15 @@ pub struct Metrics {
 struct State {
     aggregator: Box<dyn Harvest>,
     scrape_errors: u64,
+    /// The rows' allocation, kept empty between scrapes (at 10,000 series
+    /// a fresh one cost page faults at each scrape).
+    rows: Vec<Row<'static>>,
 }
 
 impl Metrics {
     pub fn new(aggregator: Box<dyn Harvest>, info: AgentInfo) -> Self {
         Self {
-            state: Mutex::new(State { aggregator, scrape_errors: 0 }),
+            state: Mutex::new(State { aggregator, scrape_errors: 0, rows: Vec::new() }),
             info,
             self_source: None,
             scrape_duration: Histogram::new(SCRAPE_BUCKETS),
@@ -265,12 +268,17 @@ impl Metrics {
         {
             let mut state = self.lock();
             update(&mut state, false);
-            let view = state.aggregator.view();
-            render_view(&mut out, &view, &self.info);
-            render_health(&mut out, &view, &self.info, state.scrape_errors);
+            let State { aggregator, scrape_errors, rows } = &mut *state;
+            let view = aggregator.view();
+            let mut kept = recycle(std::mem::take(rows));
+            collect_rows(&mut kept, &view, &self.info);
+            render_view(&mut out, &view, &kept, &self.info);
+            render_health(&mut out, &view, &self.info, *scrape_errors);
             if let Some(snapshot) = self.empty_tables.as_ref().and_then(|latest| latest.get()) {
-                super::empty_tables::render(&mut out, &snapshot, &view, &self.info);
+                let growing = kept.iter().filter_map(|row| Some((row.labels, row.growing?)));
+                super::empty_tables::render(&mut out, &snapshot, growing);
             }
+            *rows = recycle(kept);
         }
         reading.render(&mut out);
         for section in &self.sections {
@@ -300,7 +308,9 @@ impl Render for Metrics {
 /// a scrape shows, for callers that hold an aggregator themselves.
 pub fn exposition(view: &View<'_>, info: &AgentInfo, format: Format) -> String {
     let mut out = Exposition::new(format, 0);
-    render_view(&mut out, view, info);
+    let mut rows = Vec::new();
+    collect_rows(&mut rows, view, info);
+    render_view(&mut out, view, &rows, info);
     render_health(&mut out, view, info, 0);
     out.finish()
 }
@@ -364,11 +374,23 @@ struct Row<'a> {
     /// Page-table memory, for a series that grows on its own.
     pagetable_bytes: Option<u64>,
     own: &'a Counts,
+    /// The process, if the series is its current one, grows on its own
+    /// and the process lives (what the empty-table families list).
+    growing: Option<ProcessKey>,
 }
 
-/// The exported per-process series, in pid order.
-fn rows<'a>(view: &View<'a>, info: &AgentInfo) -> Vec<Row<'a>> {
-    let mut rows = Vec::with_capacity(usize::try_from(view.snapshot.own_series).unwrap_or(0));
+/// `rows`' allocation, emptied, for rows of another lifetime. (Collecting
+/// a vector's `into_iter` into one of a type of the same size and
+/// alignment reuses its allocation; with no element, the closure never
+/// runs.)
+fn recycle<'b>(mut rows: Vec<Row<'_>>) -> Vec<Row<'b>> {
+    rows.clear();
+    rows.into_iter().map(|_| unreachable!("emptied")).collect()
+}
+
+/// The exported per-process series, in pid order, into `rows` (empty).
+fn collect_rows<'a>(rows: &mut Vec<Row<'a>>, view: &View<'a>, info: &AgentInfo) {
+    rows.reserve(usize::try_from(view.snapshot.own_series).unwrap_or(0));
     for record in view.records() {
         for series in record.all_series() {
             let Some(own) = series.exported() else { continue };
@@ -378,26 +400,26 @@ fn rows<'a>(view: &View<'a>, info: &AgentInfo) -> Vec<Row<'a>> {
                 (true, Export::Own) => record.pagetable_bytes,
                 _ => None,
             };
+            let growing = std::ptr::eq(series, &record.series) && series.export == Export::Own && record.is_live();
             rows.push(Row {
                 labels: series_labels(record, series, &info.clock),
                 counters: [own.reclaimed(), own.dontneed_calls, own.dontneed_bytes],
                 pagetable_bytes,
                 own,
+                growing: growing.then_some(record.key),
             });
         }
     }
-    rows
 }
 
-/// The per-process, per-cgroup and node families.
-fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
+/// The per-process (from `rows`), per-cgroup and node families.
+fn render_view(out: &mut Exposition, view: &View<'_>, rows: &[Row<'_>], info: &AgentInfo) {
     let folded = &view.snapshot.folded;
-    let rows = rows(view, info);
     let counters = [&f::PTE_PAGES_RECLAIMED, &f::DONTNEED_CALLS, &f::DONTNEED_BYTES];
     let folded_counters = [folded.counts.reclaimed(), folded.counts.dontneed_calls, folded.counts.dontneed_bytes];
     for (index, family) in counters.into_iter().enumerate() {
         let mut samples = out.family(family);
-        for row in &rows {
+        for row in rows {
             samples.sample(row.labels, "", row.counters[index]);
         }
         samples.sample(OTHER_LABELS, "", folded_counters[index]);
@@ -405,7 +427,7 @@ fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
     let cells: Vec<(Cause, Level, String)> = cell_labels().collect();
     if info.exports(&f::PAGETABLE_PAGES_FREED) {
         let mut samples = out.family(&f::PAGETABLE_PAGES_FREED);
-        for row in &rows {
+        for row in rows {
             // Only cells that counted: the matrix has 30.
             for (cause, level, cell) in &cells {
                 let pages = row.own.freed(*cause, *level);
@@ -423,7 +445,7 @@ fn render_view(out: &mut Exposition, view: &View<'_>, info: &AgentInfo) {
     }
     {
         let mut samples = out.family(&f::PROCESS_PAGETABLE_BYTES);
-        for row in &rows {
+        for row in rows {
             if let Some(bytes) = row.pagetable_bytes {
                 samples.sample(row.labels, "", bytes);
             }

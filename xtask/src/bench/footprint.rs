@@ -52,6 +52,10 @@ pub struct Latency {
     pub median_ms: f64,
     pub p90_ms: f64,
     pub max_ms: f64,
+    /// The agent's own mean time per render over the timed scrapes
+    /// (`ptwatch_scrape_duration_seconds`: harvest and encoding, without
+    /// the HTTP exchange); None if the agent does not export it.
+    pub render_ms: Option<f64>,
     pub rss_mib: f64,
     pub rss_anon_mib: f64,
     pub rss_file_mib: f64,
@@ -223,11 +227,19 @@ fn latency(agent: &Agent, scrapes: usize) -> Result<Latency> {
     // their cgroups, later ones only read.
     let body = agent.scrape()?;
     let mut times = Vec::with_capacity(scrapes);
+    let mut last = String::new();
     for _ in 0..scrapes {
         let start = Instant::now();
-        agent.scrape()?;
+        last = agent.scrape()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
+    // A response shows the renders before its own.
+    let render_ms = match (render_seconds(&body), render_seconds(&last)) {
+        (Some((sum0, count0)), Some((sum1, count1))) if count1 > count0 => {
+            Some((sum1 - sum0) / (count1 - count0) * 1e3)
+        }
+        _ => None,
+    };
     times.sort_by(f64::total_cmp);
     let memory = resident(agent.pid())?;
     Ok(Latency {
@@ -237,6 +249,7 @@ fn latency(agent: &Agent, scrapes: usize) -> Result<Latency> {
         median_ms: percentile(&times, 0.5),
         p90_ms: percentile(&times, 0.9),
         max_ms: times.last().copied().unwrap_or(f64::NAN),
+        render_ms,
         rss_mib: memory.rss,
         rss_anon_mib: memory.anon,
         rss_file_mib: memory.file,
@@ -268,9 +281,18 @@ pub fn run(ptwatch: &Path, workload: &Path, log: &Path, options: &Options) -> Re
     Ok(Footprint { phases, latency, large_latency })
 }
 
+/// `ptwatch_scrape_duration_seconds` `_sum` and `_count` in an exposition.
+fn render_seconds(text: &str) -> Option<(f64, f64)> {
+    let value = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    Some((value("ptwatch_scrape_duration_seconds_sum")?, value("ptwatch_scrape_duration_seconds_count")?))
+}
+
 fn print_latency(latency: &Latency) {
+    let render = latency.render_ms.map_or_else(|| "?".to_owned(), |ms| format!("{ms:.2} ms"));
     eprintln!(
-        "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        "[bench] /metrics with {} series ({} KiB): median {:.2} ms, p90 {:.2} ms, max {:.2} ms; agent's render {render} (mean)",
         latency.series,
         latency.body_bytes / 1024,
         latency.median_ms,
@@ -372,6 +394,9 @@ pub fn print(footprint: &Footprint) {
     );
     println!("{:<44} {:>9.2} ms", "/metrics, p90", l.p90_ms);
     println!("{:<44} {:>9.2} ms", "/metrics, max", l.max_ms);
+    if let Some(ms) = l.render_ms {
+        println!("{:<44} {:>9.2} ms", "  agent's own render (mean)", ms);
+    }
     println!(
         "{:<44} {:>8.2} MiB {:>6.0} MiB {:>6}",
         "RSS with those series",
@@ -388,17 +413,27 @@ pub fn print(footprint: &Footprint) {
         println!("{label:<44} {:>9.2} ms", l.median_ms);
         println!("{:<44} {:>9.2} ms", "/metrics, p90", l.p90_ms);
         println!("{:<44} {:>9.2} ms", "/metrics, max", l.max_ms);
+        if let Some(ms) = l.render_ms {
+            println!("{:<44} {:>9.2} ms", "  agent's own render (mean)", ms);
+        }
         println!("{:<44} {:>8.2} MiB", "RSS with those series", l.rss_mib);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{count_series, percentile};
+    use super::{count_series, percentile, render_seconds};
 
     #[test]
     fn series_are_the_sample_lines() {
         assert_eq!(count_series("# HELP a x\n# TYPE a counter\na{b=\"1\"} 1\na{b=\"2\"} 2\n\nc 3\n"), 3);
+    }
+
+    #[test]
+    fn render_time_from_the_agents_histogram() {
+        let text = "# TYPE ptwatch_scrape_duration_seconds histogram\nptwatch_scrape_duration_seconds_bucket{le=\"+Inf\"} 4\nptwatch_scrape_duration_seconds_sum 0.004\nptwatch_scrape_duration_seconds_count 4\n";
+        assert_eq!(render_seconds(text), Some((0.004, 4.0)));
+        assert_eq!(render_seconds("a 1\n"), None);
     }
 
     #[test]

@@ -326,3 +326,14 @@ fn empty_tables_own_series_other_cgroups_and_node_add_up() {
     // A pid reused by a process the estimate did not see: no own series.
     assert!(!text.contains("ptwatch_process_empty_pagetable_error_bytes{pid=\"8\""), "{text}");
 }
+
+#[test]
+fn the_rows_allocation_is_kept_from_one_scrape_to_the_next() {
+    let counts = Counts::default();
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(1000);
+    rows.push(Row { labels: "x", counters: [0; 3], pagetable_bytes: None, own: &counts, growing: None });
+    let pointer = rows.as_ptr() as usize;
+    let kept: Vec<Row<'static>> = recycle(rows);
+    assert!(kept.is_empty());
+    assert_eq!((kept.capacity(), kept.as_ptr() as usize), (1000, pointer), "the same allocation");
+}
