@@ -77,9 +77,6 @@ fn text(r: &Report) -> String {
     if let Some(walk) = &r.plan.walk {
         let _ = writeln!(out, "  walk        {walk}");
     }
-    if let Some(small) = &r.plan.small_requests {
-        let _ = writeln!(out, "  small       DONTNEEDs that cannot reclaim: {}", small.describe());
-    }
     let events: Vec<&str> = r.plan.events().into_iter().filter(|(_, a)| a.is_some()).map(|(e, _)| e.as_str()).collect();
     let _ = writeln!(out, "  sees        {}", events.join(", "));
     if !r.causes.is_empty() {

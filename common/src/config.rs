@@ -88,19 +88,6 @@ pub struct KernelConfig {
     /// ... and of tasks in this cgroup v2 id (0: every cgroup). Filtering
     /// here keeps unrelated events out of the ring buffer.
     pub trace_cgroup_id: u64,
-    /// Tracepoint plan: byte offsets in `struct pt_regs` of the saved user
-    /// registers that still hold madvise(2)'s `start`, `len_in` and
-    /// `behavior` when the syscall returns (x86_64 `di`/`si`/`dx`; arm64
-    /// `orig_x0`/`regs[1]`/`regs[2]`; riscv64 `orig_a0`/`a1`/`a2`: the
-    /// first argument register itself holds the return value by then).
-    /// With them the exit program, which then reads the registers through
-    /// `bpf_task_pt_regs` (5.15+), counts a request that covers no whole
-    /// 2 MiB span on its own and the entry program stores nothing for it.
-    /// `u64::MAX` (all three): every request goes through the per-thread
-    /// context.
-    pub syscall_start_reg_offset: u64,
-    pub syscall_len_reg_offset: u64,
-    pub syscall_behavior_reg_offset: u64,
 }
 
 /// Where page-table frees are counted ([`KernelConfig::free_source`]).

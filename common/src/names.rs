@@ -29,12 +29,6 @@ pub const MADVISE_PROGRAMS: [(&str, &str, &str); 4] = [
     ("sys_enter_process_madvise", "process_madvise_enter_walk", "process_madvise_enter_plain"),
     ("sys_exit_process_madvise", "process_madvise_exit_walk", "process_madvise_exit_plain"),
 ];
-/// The `sys_exit_madvise` programs that take madvise's arguments from the
-/// task's saved user registers (`bpf_task_pt_regs`, 5.15+), `(with walk,
-/// without)`: with them the entry programs skip requests that cannot
-/// reclaim. They replace the exit pair of [`MADVISE_PROGRAMS`].
-pub const MADVISE_EXIT_FROM_REGISTERS: (&str, &str, &str) =
-    ("sys_exit_madvise", "madvise_exit_regs_walk", "madvise_exit_regs_plain");
 /// The io_uring programs of the tracepoint plan: `(category, tracepoint,
 /// program with page-table walk, program without)`.
 pub const IO_URING_PROGRAMS: [(&str, &str, &str, &str); 2] = [

@@ -93,31 +93,6 @@ pub fn end_dontneed(tid: u32) -> Option<ThreadContext> {
     Some(ended)
 }
 
-/// The range of the DONTNEED request thread `tid` is marked as inside, if
-/// any (not consumed).
-#[inline(always)]
-pub fn dontneed_range(tid: u32) -> Option<(u64, u64)> {
-    let pointer = get(tid)?;
-    // SAFETY: as in begin_dontneed.
-    let context = unsafe { &*pointer };
-    (context.dontneed_mm != NONE).then_some((context.start, context.len))
-}
-
-/// Thread `tid`'s DONTNEED mark belongs to an earlier request whose exit
-/// was missed: counted and dropped.
-#[inline(always)]
-pub fn drop_stale_dontneed(tid: u32) {
-    let Some(pointer) = get(tid) else {
-        return;
-    };
-    // SAFETY: as in begin_dontneed.
-    let context = unsafe { &mut *pointer };
-    count(Diagnostic::ContextExitMiss);
-    context.dontneed_mm = NONE;
-    context.call_reclaimed = 0;
-    release_if_idle(tid, context);
-}
-
 /// `free_pgtables(tlb, …)` starts on `task`.
 #[inline(always)]
 pub fn begin_free_pgtables(task: CurrentTask, tlb: u64) {

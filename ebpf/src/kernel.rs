@@ -69,9 +69,6 @@ kernel_config! {
     emit_events: 0,
     trace_tgid: 0,
     trace_cgroup_id: 0,
-    syscall_start_reg_offset: u64::MAX,
-    syscall_len_reg_offset: u64::MAX,
-    syscall_behavior_reg_offset: u64::MAX,
 }
 
 /// The configuration (see [`Config`]).

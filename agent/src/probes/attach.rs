@@ -12,7 +12,7 @@ use crate::kernel::btf::Skeleton;
 use super::{
     calibrate, object,
     plan::{describe_error, Attach, Need, PlanCheck, Role},
-    AttachedPrograms, Attempt, LoadOptions, ProbeError, ReclaimAccounting, SmallRequests,
+    AttachedPrograms, Attempt, LoadOptions, ProbeError, ReclaimAccounting,
 };
 
 /// Load and attach the plan `check` describes; `Err` says why it failed.
@@ -24,11 +24,10 @@ pub(super) fn attempt(
     check: &mut PlanCheck,
     btf: Option<&Skeleton>,
     options: &LoadOptions,
-    small_requests: &SmallRequests,
 ) -> Result<Attempt, String> {
     match check.attach {
         Attach::Fentry | Attach::Kprobe => functions(base, check, btf, options).map_err(|e| describe_error(&e)),
-        Attach::Tracepoint => tracepoints_counting_small(base, check, options, small_requests),
+        Attach::Tracepoint => Ok(tracepoints(base, check, options)?),
     }
 }
 
@@ -83,7 +82,7 @@ fn functions(
         }
         attached.extend(done);
     }
-    Ok(Attempt { ebpf, accounting: ReclaimAccounting::FreeClassification, attached, walk: None, small_requests: None })
+    Ok(Attempt { ebpf, accounting: ReclaimAccounting::FreeClassification, attached, walk: None })
 }
 
 /// Load and attach one program of a fentry/kprobe plan; returns its attach
@@ -140,55 +139,17 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
     }
 }
 
-/// The tracepoint plan with `small_requests`' method, and if the kernel
-/// refuses its programs, again with the per-thread context.
-fn tracepoints_counting_small(
-    mut config: KernelConfig,
-    check: &PlanCheck,
-    options: &LoadOptions,
-    small_requests: &SmallRequests,
-) -> Result<Attempt, String> {
-    small_requests.apply(&mut config);
-    let small = match tracepoints(config, check, options, small_requests.uses_registers()) {
-        Ok(attempt) => {
-            tracing::info!(how = %small_requests.describe(), "DONTNEEDs that cannot reclaim");
-            return Ok(Attempt { small_requests: Some(small_requests.clone()), ..attempt });
-        }
-        Err(why) if small_requests.uses_registers() => {
-            SmallRequests::ThreadContext { why: format!("the kernel refused the programs: {why}") }
-        }
-        Err(why) => return Err(why),
-    };
-    tracing::warn!(how = %small.describe(), "DONTNEEDs that cannot reclaim");
-    small.apply(&mut config);
-    let attempt = tracepoints(config, check, options, false)?;
-    Ok(Attempt { small_requests: Some(small), ..attempt })
-}
-
 /// The tracepoint plan: reclaim by page-table walk if calibration, the
 /// self-test and the kernel's verifier all accept it, else through
 /// `pgtables_bytes`. The configuration is a frozen global, so each attempt
-/// is a fresh load of the object. `registers`: attach the exit programs
-/// that read madvise's arguments from the saved registers.
-fn tracepoints(
-    mut config: KernelConfig,
-    check: &PlanCheck,
-    options: &LoadOptions,
-    registers: bool,
-) -> Result<Attempt, String> {
+/// is a fresh load of the object.
+fn tracepoints(mut config: KernelConfig, check: &PlanCheck, options: &LoadOptions) -> Result<Attempt, String> {
     let io_uring = check.has(Role::IoUring);
-    let tracepoints = TracepointPrograms { io_uring, registers };
-    let why = match try_walk(&mut config, options, tracepoints) {
+    let why = match try_walk(&mut config, options, io_uring) {
         Ok((ebpf, attached)) => {
             tracing::info!("reclaim measured exactly by page-table walks");
             let walk = Some("used: calibrated and self-tested at start-up".to_owned());
-            return Ok(Attempt {
-                ebpf,
-                accounting: ReclaimAccounting::PageTableWalk,
-                attached,
-                walk,
-                small_requests: None,
-            });
+            return Ok(Attempt { ebpf, accounting: ReclaimAccounting::PageTableWalk, attached, walk });
         }
         Err(why) => why,
     };
@@ -196,7 +157,7 @@ fn tracepoints(
     config.direct_map_base = 0;
     let attach = || -> Result<(Ebpf, AttachedPrograms), ProbeError> {
         let mut ebpf = load_object(&config, options)?;
-        let attached = attach_tracepoints(&mut ebpf, false, tracepoints)?;
+        let attached = attach_tracepoints(&mut ebpf, false, io_uring)?;
         Ok((ebpf, attached))
     };
     let (ebpf, attached) = attach().map_err(|e| describe_error(&e))?;
@@ -205,14 +166,13 @@ fn tracepoints(
         accounting: ReclaimAccounting::PgtablesBytes { why: why.clone() },
         attached,
         walk: Some(format!("not used: {why}")),
-        small_requests: None,
     })
 }
 
 fn try_walk(
     config: &mut KernelConfig,
     options: &LoadOptions,
-    tracepoints: TracepointPrograms,
+    io_uring: bool,
 ) -> Result<(Ebpf, AttachedPrograms), String> {
     if !cfg!(target_arch = "x86_64") {
         return Err(format!("the page-table walk reads x86_64 page tables; this is {}", std::env::consts::ARCH));
@@ -228,38 +188,17 @@ fn try_walk(
     calibrate::RequestChannel::open(&mut ebpf, names::PROG_WALK_SELF_TEST)
         .and_then(|mut channel| calibrate::self_test(&mut channel))
         .map_err(|e| e.to_string())?;
-    let attached = attach_tracepoints(&mut ebpf, true, tracepoints)
+    let attached = attach_tracepoints(&mut ebpf, true, io_uring)
         .map_err(|e| format!("the walk does not load on this kernel: {}", describe_error(&e)))?;
     Ok((ebpf, attached))
 }
 
-/// Which tracepoint programs to attach besides the madvise ones.
-#[derive(Clone, Copy)]
-struct TracepointPrograms {
-    /// io_uring's submit/complete programs.
-    io_uring: bool,
-    /// The `sys_exit_madvise` programs reading the saved registers
-    /// (`names::MADVISE_EXIT_FROM_REGISTERS`).
-    registers: bool,
-}
-
 /// Attach the DONTNEED tracepoint programs (syscalls, and io_uring when
-/// asked), with or without the page-table walk.
-fn attach_tracepoints(
-    ebpf: &mut Ebpf,
-    walk: bool,
-    programs: TracepointPrograms,
-) -> Result<AttachedPrograms, ProbeError> {
-    let syscalls = names::MADVISE_PROGRAMS.iter().map(|&programs_of_event| {
-        let (event, with_walk, plain) = match programs_of_event {
-            (event, _, _) if programs.registers && event == names::MADVISE_EXIT_FROM_REGISTERS.0 => {
-                names::MADVISE_EXIT_FROM_REGISTERS
-            }
-            other => other,
-        };
-        ("syscalls", event, with_walk, plain)
-    });
-    let io = names::IO_URING_PROGRAMS.iter().filter(|_| programs.io_uring).map(|(c, e, w, p)| (*c, *e, *w, *p));
+/// `io_uring`), with or without the page-table walk.
+fn attach_tracepoints(ebpf: &mut Ebpf, walk: bool, io_uring: bool) -> Result<AttachedPrograms, ProbeError> {
+    let syscalls =
+        names::MADVISE_PROGRAMS.iter().map(|(event, with_walk, plain)| ("syscalls", *event, *with_walk, *plain));
+    let io = names::IO_URING_PROGRAMS.iter().filter(|_| io_uring).map(|(c, e, w, p)| (*c, *e, *w, *p));
     let mut attached = Vec::new();
     for (category, event, with_walk, plain) in syscalls.chain(io) {
         let name = if walk { with_walk } else { plain };

@@ -52,10 +52,6 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>) -> Result<Ker
         emit_events: 0,
         trace_tgid: 0,
         trace_cgroup_id: 0,
-        // Set by the tracepoint plan (`SmallRequests`).
-        syscall_start_reg_offset: u64::MAX,
-        syscall_len_reg_offset: u64::MAX,
-        syscall_behavior_reg_offset: u64::MAX,
     })
 }
 

@@ -14,7 +14,6 @@ mod config;
 mod object;
 pub mod plan;
 mod reap;
-mod registers;
 mod stats;
 
 use aya::{
@@ -29,7 +28,6 @@ use ptwatch_common::{
 pub use config::kernel_config;
 use plan::{Attach, KernelSymbols, Outcome, PlanReport, PlanResult, ProbeMode};
 pub use reap::STALE_REQUEST_AGE;
-pub use registers::SmallRequests;
 pub use stats::ProgramStats;
 
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, support};
@@ -177,8 +175,6 @@ struct Attempt {
     attached: AttachedPrograms,
     /// Tracepoint plan: why the walk is or is not used.
     walk: Option<String>,
-    /// Tracepoint plan: how requests that cannot reclaim are seen.
-    small_requests: Option<SmallRequests>,
 }
 
 impl Probes {
@@ -208,7 +204,6 @@ impl Probes {
             io_uring_readable: config::io_uring_readable(&base),
             version: crate::kernel::procfs::kernel_version(),
         };
-        let small_requests = SmallRequests::resolve(&btf);
         let mut checks: Vec<_> = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]
             .into_iter()
             .map(|attach| plan::check(attach, &kernel))
@@ -239,7 +234,7 @@ impl Probes {
                     }
                     _ => None,
                 };
-                let attempted = attach::attempt(base, &mut check, skeleton.as_ref(), &options, &small_requests);
+                let attempted = attach::attempt(base, &mut check, skeleton.as_ref(), &options);
                 drop(skeleton);
                 match attempted {
                     Ok(attempt) => {
@@ -280,12 +275,7 @@ impl Probes {
             .map_or(Attach::Tracepoint, |r| r.check.attach);
         Ok(Self {
             ebpf: attempt.ebpf,
-            plan: PlanReport {
-                chosen: chosen_attach,
-                plans: results,
-                walk: attempt.walk,
-                small_requests: attempt.small_requests,
-            },
+            plan: PlanReport { chosen: chosen_attach, plans: results, walk: attempt.walk },
             accounting: attempt.accounting,
             attached: attempt.attached,
         })

@@ -535,10 +535,6 @@ pub struct PlanReport {
     /// Why the page-table walk of the tracepoint plan is or is not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub walk: Option<String>,
-    /// Tracepoint plan: how madvise(2) DONTNEEDs that cannot reclaim are
-    /// seen.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub small_requests: Option<super::SmallRequests>,
 }
 
 impl PlanReport {

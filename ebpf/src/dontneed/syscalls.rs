@@ -4,22 +4,11 @@
 //! While any `syscalls:*` tracepoint is attached, every syscall of every
 //! process on the node takes the kernel's slow path (SYSCALL_WORK): that
 //! cost is the plan's, measured in docs/benchmarks.md and stated by
-//! `ptwatch check`. What the programs themselves do is kept small: a
-//! madvise(2) whose range covers no whole 2 MiB span (it cannot reclaim) is,
-//! where the kernel lets the exit program read the task's saved user
-//! registers (5.15+), not seen at entry at all and counted at exit from
-//! those registers; elsewhere it stores only its range. The others are
-//! measured around the call (`measure`).
+//! `ptwatch check`. What the programs themselves do is kept small: a request
+//! whose range covers no whole 2 MiB span (it cannot reclaim) stores only
+//! its length; the others are measured around the call (`measure`).
 
-use aya_ebpf::{
-    helpers::{
-        bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
-    EbpfContext as _,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 
 use super::{
     finish, is_dontneed,
@@ -27,8 +16,7 @@ use super::{
 };
 use crate::{
     context,
-    counters::{count, Diagnostic},
-    kernel::{config, current_mm, Config, CurrentTask},
+    kernel::{config, current_mm, CurrentTask},
 };
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
@@ -122,77 +110,13 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
 }
 
 fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
-    if !is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
-        return;
+    if is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
+        on_enter::<WALK>(Some((field(ctx, MADVISE_START), field(ctx, MADVISE_LEN))));
     }
-    let (start, len) = (field(ctx, MADVISE_START), field(ctx, MADVISE_LEN));
-    // Counted by the exit program from the registers (madvise_exit_regs).
-    if !covers_a_span(start, len) && config().syscall_behavior_reg_offset() != u64::MAX {
-        return;
-    }
-    on_enter::<WALK>(Some((start, len)));
 }
 
 fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     on_exit::<WALK>(field(ctx, SYS_EXIT_RET) as i64, false);
-}
-
-/// madvise(2)'s `(start, len_in, behavior)` from the running task's saved
-/// user registers, which the syscall leaves as they were at entry (the
-/// tracepoint runs before a tracer's syscall-exit stop could change them);
-/// `None` when the kernel has no registers for the task.
-#[inline(always)]
-fn madvise_args_from_registers(config: Config) -> Option<(u64, u64, u64)> {
-    // SAFETY: no preconditions; programs calling these helpers are loaded
-    // only on kernels that have both (the agent checks BTF's bpf_func_id).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
-        return None;
-    }
-    // SAFETY: `regs` is the kernel's `struct pt_regs` of this task, and the
-    // offsets are members of it (from BTF); the verifier checks each load
-    // against that type.
-    let reg = |offset: u64| unsafe { (regs.wrapping_add(offset) as *const u64).read_volatile() };
-    Some((
-        reg(config.syscall_start_reg_offset()),
-        reg(config.syscall_len_reg_offset()),
-        reg(config.syscall_behavior_reg_offset()),
-    ))
-}
-
-/// The exit program where the registers can be read. The entry program
-/// stored a context only for a request that can reclaim; a context with
-/// this request's range is that one's. A context with another range was
-/// left by an earlier request whose exit program the kernel skipped: it is
-/// dropped and counted, never taken for this request. A request without
-/// its context, an allocator's small one or one whose entry program was
-/// skipped, is counted here from the registers alone (the second kind
-/// without its reclaim, counted as unmeasured).
-fn madvise_exit_regs<const WALK: bool>(ctx: &TracePointContext) {
-    let ret = field(ctx, SYS_EXIT_RET) as i64;
-    let config = config();
-    let Some((start, len, behavior)) = madvise_args_from_registers(config) else {
-        on_exit::<WALK>(ret, false);
-        return;
-    };
-    let Some(task) = CurrentTask::observed(config) else {
-        return;
-    };
-    match context::dontneed_range(task.tid) {
-        Some(range) if range == (start, len) && is_dontneed(behavior) => {
-            on_exit::<WALK>(ret, false);
-            return;
-        }
-        Some(_) => context::drop_stale_dontneed(task.tid),
-        None => {}
-    }
-    if !is_dontneed(behavior) || ret < 0 {
-        return;
-    }
-    if covers_a_span(start, len) {
-        count(Diagnostic::UnmeasuredRequest);
-    }
-    finish(config, task, (start, len), 0, true, Some(len));
 }
 
 fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
@@ -218,9 +142,7 @@ fn process_madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
 /// Each handler becomes two programs: with the page-table walk, and without
 /// it (kernels whose verifier rejects the walk: 6.1 gives up on its
 /// bpf_loop callbacks; the walk code is then not even loaded). Names match
-/// `ptwatch_common::names::MADVISE_PROGRAMS` and
-/// `MADVISE_EXIT_FROM_REGISTERS` (the exit programs that read the saved
-/// registers, loaded only where `bpf_task_pt_regs` exists).
+/// `ptwatch_common::names::MADVISE_PROGRAMS`.
 macro_rules! with_and_without_walk {
     ($($event:literal => $plain:ident, $walk:ident, $handler:ident;)*) => {$(
         #[tracepoint(category = "syscalls", name = $event)]
@@ -240,7 +162,6 @@ macro_rules! with_and_without_walk {
 with_and_without_walk! {
     "sys_enter_madvise" => madvise_enter_plain, madvise_enter_walk, madvise_enter;
     "sys_exit_madvise" => madvise_exit_plain, madvise_exit_walk, madvise_exit;
-    "sys_exit_madvise" => madvise_exit_regs_plain, madvise_exit_regs_walk, madvise_exit_regs;
     "sys_enter_process_madvise" => process_madvise_enter_plain, process_madvise_enter_walk, process_madvise_enter;
     "sys_exit_process_madvise" => process_madvise_exit_plain, process_madvise_exit_walk, process_madvise_exit;
 }

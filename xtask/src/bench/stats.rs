@@ -204,7 +204,6 @@ const TRACING_TYPES: &[&str] = &["tracepoint", "raw_tracepoint", "raw_tracepoint
 fn is_ptwatch_syscall_program(name: &str) -> bool {
     ptwatch_common::names::MADVISE_PROGRAMS
         .iter()
-        .chain([&ptwatch_common::names::MADVISE_EXIT_FROM_REGISTERS])
         .flat_map(|(_, walk, plain)| [*walk, *plain])
         .any(|full| full == name || (name.len() == 15 && full.starts_with(name)))
 }
