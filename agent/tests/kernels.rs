@@ -578,12 +578,14 @@ fn concurrent_faults_dontneed_and_munmap_are_classified_exactly() {
     assert!(output.status.success(), "churn: {}", String::from_utf8_lossy(&output.stderr));
     let report: ChurnReport = serde_json::from_slice(&output.stdout).expect("churn report");
     let counters = kernel.process(report.pid);
+    let skipped = kernel.recursion_misses() - skipped_before;
     // glibc also DONTNEEDs the unused stack of each exiting thread.
     assert!(
         (report.dontneed_calls..=report.dontneed_calls + 4).contains(&counters.dontneed_calls),
-        "{counters:?} vs {report:?}"
+        "{counters:?} vs {report:?}; {skipped} program runs skipped, exit misses {}, node {:?}",
+        kernel.node().context_exit_misses - misses_before,
+        kernel.node()
     );
-    let skipped = kernel.recursion_misses() - skipped_before;
     let expected_reclaim = if expect_pt_reclaim() { report.reclaimable_tables } else { 0 };
     // One call, reclaim or munmap, covers one region's tables.
     let per_miss = per_call(report.unmapped_tables, report.dontneed_calls);
