@@ -16,6 +16,17 @@ fn top(top: usize, rank_by: RankBy) -> Selection {
 }
 
 /// Exported own series plus `other`, for each counter.
+/// A deterministic xorshift generator: `next(n)` is in `0..n`.
+fn below(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 fn exported_sum<S: CounterSource, L: Liveness, H: Host>(agg: &Aggregator<S, L, H>) -> Counts {
     let mut sum = agg.snapshot().folded.counts;
     for record in agg.records() {
@@ -419,13 +430,7 @@ fn sums_stay_exact_and_counters_monotonic_through_churn() {
             world.host.0.borrow_mut().ids.insert(id, format!("/cg{id}"));
         }
         let mut agg = world.aggregator(Duration::from_secs(20), top(5, rank_by));
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = below(0x2545_f491_4f6c_dd1d_u64);
         let t0 = Instant::now();
         // Live processes: key → (comm, cgroup).
         let mut live: BTreeMap<ProcessKey, (String, u64)> = BTreeMap::new();
@@ -538,13 +543,7 @@ fn sums_kept_incrementally_equal_a_full_sum_through_random_churn() {
         let world = World::new(8);
         world.host.0.borrow_mut().ids.insert(1, "/cg1".into());
         let mut agg = world.aggregator(Duration::from_secs(ttl), selection);
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = below(0x9e37_79b9_7f4a_7c15_u64);
         let t0 = Instant::now();
         let mut live: BTreeMap<ProcessKey, (String, u64)> = BTreeMap::new();
         let names = ["a", "b", "c"];
