@@ -253,7 +253,7 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
     for _ in 0..threads {
         let region = Region::new(len, 0)?;
         let start = Arc::clone(&start);
-        handles.push(thread::spawn(move || -> Result<(u64, u64, u64)> {
+        handles.push(thread::spawn(move || -> Result<(u64, u64, u64, Region)> {
             start.wait();
             let (mut calls, mut bytes, mut tables) = (0, 0, 0);
             for _ in 0..rounds {
@@ -262,16 +262,23 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
                 calls += 1;
                 tables += region.covered_spans(0, region.len);
             }
-            Ok((calls, bytes, tables))
+            // Handed back, not unmapped here: a thread done early would
+            // otherwise free its tables while the others still DONTNEED,
+            // which the approximate measure (pgtables_bytes) would take
+            // for their reclaim.
+            Ok((calls, bytes, tables, region))
         }));
     }
     let mut report = Report { pid: std::process::id(), ..Report::default() };
+    let mut regions = Vec::new();
     for handle in handles {
-        let (calls, bytes, tables) = handle.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        let (calls, bytes, tables, region) = handle.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
         report.calls += calls;
         report.bytes += bytes;
         report.expected_tables += tables;
+        regions.push(region);
     }
+    drop(regions);
     report.vmpte_end_kib = vmpte_kib()?;
     Ok(report)
 }
