@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     counters::{count, Diagnostic},
-    kernel::{config, current_mm, read_kernel, Config, CurrentTask},
+    kernel::{config, current_mm, read_kernel, CurrentTask},
 };
 
 /// `IORING_OP_MADVISE` of `enum io_uring_op` (uapi; stable).
@@ -95,19 +95,9 @@ fn on_complete<const WALK: bool>(ctx: &TracePointContext) {
         return;
     };
     let res = field::<i32>(ctx, config.io_complete_res_offset()).unwrap_or(-1);
-    let reclaimed = reclaimed::<WALK>(config, &request);
+    let entry = AtEntry::stored(request.measured, request.tables_at_entry, request.pgtables_bytes_at_entry);
+    let reclaimed = measure::reclaimed::<WALK>(config, entry, request.start, request.len);
     finish(config, task, (request.start, request.len), reclaimed, true, (res >= 0).then_some(request.len));
-}
-
-#[inline(always)]
-fn reclaimed<const WALK: bool>(config: Config, request: &IoRequest) -> u64 {
-    let (Some(entry), Some(mm)) = (
-        AtEntry::stored(request.measured, request.tables_at_entry, request.pgtables_bytes_at_entry),
-        current_mm(config),
-    ) else {
-        return 0;
-    };
-    measure::reclaimed::<WALK>(config, mm, request.start, request.len, &entry)
 }
 
 /// With and without the page-table walk, as for the syscall programs.

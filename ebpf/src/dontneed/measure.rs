@@ -15,7 +15,7 @@ use ptwatch_common::context::measured;
 
 use crate::{
     counters::{count, Diagnostic},
-    kernel::{pgtables_bytes, Config},
+    kernel::{current_mm, pgtables_bytes, Config},
     pagetable::{count_pte_tables, PMD_SPAN},
 };
 
@@ -81,9 +81,18 @@ pub fn at_entry<const WALK: bool>(config: Config, mm: u64, start: u64, len: u64)
     entry
 }
 
-/// PTE tables the request reclaimed, from what `at_entry` measured.
+/// PTE tables the request on `[start, start + len)` of the running task's
+/// address space reclaimed, from what `at_entry` measured (`None`: nothing
+/// was, the request could not reclaim). `current->mm` is read only for a
+/// measured request: most (an allocator's small ones) are not.
 #[inline(always)]
-pub fn reclaimed<const WALK: bool>(config: Config, mm: u64, start: u64, len: u64, entry: &AtEntry) -> u64 {
+pub fn reclaimed<const WALK: bool>(config: Config, entry: Option<AtEntry>, start: u64, len: u64) -> u64 {
+    let Some(entry) = entry else {
+        return 0;
+    };
+    let Some(mm) = current_mm(config) else {
+        return 0;
+    };
     if WALK && entry.walked {
         if let Some(count) = count_pte_tables(config, mm, start, start.wrapping_add(len)) {
             if count.complete {

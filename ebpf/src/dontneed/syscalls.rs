@@ -93,14 +93,8 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     let Some(stored) = context::end_dontneed(task.tid) else {
         return;
     };
-    // `current->mm` is read only for a request measured at entry: most
-    // (an allocator's small ones) were not.
-    let reclaimed = AtEntry::stored(stored.measured, stored.tables_at_entry, stored.pgtables_bytes_at_entry)
-        .and_then(|entry| {
-            let mm = current_mm(config)?;
-            Some(measure::reclaimed::<WALK>(config, mm, stored.start, stored.len, &entry))
-        })
-        .unwrap_or(0);
+    let entry = AtEntry::stored(stored.measured, stored.tables_at_entry, stored.pgtables_bytes_at_entry);
+    let reclaimed = measure::reclaimed::<WALK>(config, entry, stored.start, stored.len);
     let bytes = match (ret >= 0, bytes_from_ret) {
         (false, _) => None,
         (true, true) => Some(ret as u64),
