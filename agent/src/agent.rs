@@ -51,20 +51,18 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!("authentication without TLS sends credentials in clear text; set --tls-cert/--tls-key");
     }
 
-    // Test PT_RECLAIM before the probes exist; the agent's own tgid is
-    // filtered in the programs anyway.
-    let pt_reclaim_supported = support::pt_reclaim_works().context("testing PT_RECLAIM support")?;
-    if pt_reclaim_supported {
-        tracing::info!("PT_RECLAIM is active on this kernel: MADV_DONTNEED frees empty PTE tables");
-    } else {
-        tracing::warn!(
-            "PT_RECLAIM is not active on this kernel (needs 6.14+ with CONFIG_PT_RECLAIM): reclaim counters will stay at 0; DONTNEED calls and bytes are still exported"
-        );
-    }
     support::ensure_tracefs()?;
     let options = LoadOptions { max_tracked_processes: config.max_tracked_processes, ..LoadOptions::default() };
     // The BTF is handed over: it is dropped once the programs are loaded.
     let mut probes = Probes::load_with(btf, config.probe_mode, options)?;
+    let pt_reclaim_supported = probes.pt_reclaim_active();
+    if pt_reclaim_supported {
+        tracing::info!("PT_RECLAIM is active on this kernel: MADV_DONTNEED frees empty PTE tables");
+    } else {
+        tracing::warn!(
+            "PT_RECLAIM is not active on this kernel (x86_64 6.14+, arm64, riscv64 and others 7.0+, with CONFIG_PT_RECLAIM): reclaim counters stay at 0; DONTNEED calls and bytes are still exported"
+        );
+    }
     let maps = probes.take_maps()?;
     // Loading and attaching were the privileged part: keep only what reading
     // the maps still needs (docs/install.md#privileges).

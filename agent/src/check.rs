@@ -31,14 +31,13 @@ struct Report {
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     support::require_privileges()?;
     let btf = KernelBtf::load(&args.probes.btf)?;
-    let pt_reclaim_active = support::pt_reclaim_works()?;
     let probes = Probes::load(btf, args.probes.probe_mode)?;
     let plan = probes.plan().clone();
     let report = Report {
         kernel: procfs::kernel_release(),
         btf: args.probes.btf.display().to_string(),
         pt_reclaim_config: support::pt_reclaim_config(),
-        pt_reclaim_active,
+        pt_reclaim_active: probes.pt_reclaim_active(),
         probe_mode: probes.mode().as_str(),
         reclaim_accounting: probes.accounting().clone(),
         causes: plan.causes().into_iter().map(|c| c.name()).collect(),

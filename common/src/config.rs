@@ -78,6 +78,11 @@ pub struct KernelConfig {
     pub io_submit_opcode_offset: u64,
     pub io_complete_req_offset: u64,
     pub io_complete_res_offset: u64,
+    /// 1 when PT_RECLAIM works on this kernel (the agent's behavioural
+    /// check). 0: a DONTNEED cannot reclaim a PTE table, so the tracepoint
+    /// plan measures no request at all; a drop it saw would be another
+    /// thread's munmap, not reclaim.
+    pub pt_reclaim: u64,
     /// Non-zero only in `ptwatch trace`'s own instance of the object: send a
     /// [`crate::TraceEvent`] per DONTNEED call and per page-table free to the
     /// `TRACE_EVENTS` ring buffer. The agent leaves it 0, and the verifier,

@@ -66,6 +66,7 @@ kernel_config! {
     io_submit_opcode_offset: 0,
     io_complete_req_offset: 0,
     io_complete_res_offset: 0,
+    pt_reclaim: 1,
     emit_events: 0,
     trace_tgid: 0,
     trace_cgroup_id: 0,

@@ -10,10 +10,11 @@ use crate::kernel::{
 };
 
 /// Offsets from BTF (and tracefs, for the io_uring records) plus the page
-/// size and the agent's own tgid. The page-table walk starts disabled
+/// size, the agent's own tgid and whether PT_RECLAIM works
+/// (`support::pt_reclaim_works`). The page-table walk starts disabled
 /// (`direct_map_base` 0) until calibrated, and page-table frees unprobed
 /// until a plan attaches them.
-pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>) -> Result<KernelConfig, BtfError> {
+pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: bool) -> Result<KernelConfig, BtfError> {
     let io_madvise = IoMadvise::resolve(btf)?;
     let io_field = |event: &str, field: &str| {
         tracefs_root.and_then(|root| tracefs::field_offset(root, "io_uring", event, field)).unwrap_or(u64::MAX)
@@ -48,6 +49,7 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>) -> Result<Ker
         io_submit_opcode_offset: io_field("io_uring_submit_req", "opcode"),
         io_complete_req_offset: io_field("io_uring_complete", "req"),
         io_complete_res_offset: io_field("io_uring_complete", "res"),
+        pt_reclaim: u64::from(pt_reclaim),
         // Set only by `ptwatch trace` (see `LoadOptions`).
         emit_events: 0,
         trace_tgid: 0,
@@ -119,7 +121,7 @@ mod tests {
     fn this_kernel_resolves_every_offset_and_io_uring() {
         crate::kernel::support::ensure_tracefs().unwrap();
         let btf = KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap();
-        let config = kernel_config(&btf, Some(Path::new("/sys/kernel/tracing"))).unwrap();
+        let config = kernel_config(&btf, Some(Path::new("/sys/kernel/tracing")), true).unwrap();
         assert_eq!(config.tlb_mm_offset, 0);
         assert!(config.task_start_boottime_offset > 0 && config.task_group_leader_offset > 0);
         // 6.18: struct io_madvise { file; u64 addr; u64 len; u32 advice; }.

@@ -82,6 +82,8 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("testing whether PT_RECLAIM works")]
+    PtReclaimCheck(#[source] std::io::Error),
     #[error("probe mode {mode} is not possible on this kernel: {reasons}")]
     NoPlan { mode: &'static str, reasons: String },
 }
@@ -166,6 +168,8 @@ pub struct Probes {
     accounting: ReclaimAccounting,
     /// `(program, attach point)` for each attached program.
     attached: AttachedPrograms,
+    /// Whether PT_RECLAIM works on this kernel (tested at load).
+    pt_reclaim: bool,
 }
 
 /// What a successful plan attempt yields.
@@ -193,7 +197,10 @@ impl Probes {
         // Tracepoints need tracefs; the other plans do not, so a failure
         // here only rules out the tracepoint plan.
         let tracefs = support::ensure_tracefs().map_err(|err| err.to_string());
-        let base = options.apply(kernel_config(&btf, tracefs.as_ref().ok().copied())?);
+        // Before anything is attached (the agent's own tgid is filtered in
+        // the programs anyway): whether a DONTNEED can reclaim at all.
+        let pt_reclaim = support::pt_reclaim_works().map_err(ProbeError::PtReclaimCheck)?;
+        let base = options.apply(kernel_config(&btf, tracefs.as_ref().ok().copied(), pt_reclaim)?);
         let kallsyms = Kallsyms::load(ptwatch_common::hooks::ALL.iter().map(|hook| hook.function))
             .map_err(|err| tracing::warn!(error = %err, "cannot read /proc/kallsyms: the kprobe plan is unavailable"))
             .ok();
@@ -278,7 +285,14 @@ impl Probes {
             plan: PlanReport { chosen: chosen_attach, plans: results, walk: attempt.walk },
             accounting: attempt.accounting,
             attached: attempt.attached,
+            pt_reclaim,
         })
+    }
+
+    /// Whether PT_RECLAIM works on this kernel: DONTNEED frees empty PTE
+    /// tables (the behavioural check run at load).
+    pub fn pt_reclaim_active(&self) -> bool {
+        self.pt_reclaim
     }
 
     pub fn plan(&self) -> &PlanReport {

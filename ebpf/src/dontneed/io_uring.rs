@@ -21,7 +21,7 @@ use ptwatch_common::{context::measured, IoRequest, MAX_THREAD_CONTEXTS};
 
 use super::{
     finish, is_dontneed,
-    measure::{self, covers_a_span, AtEntry},
+    measure::{self, AtEntry},
 };
 use crate::{
     counters::{count, Diagnostic},
@@ -67,7 +67,7 @@ fn on_submit<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: no preconditions.
     let submitted_ns = unsafe { bpf_ktime_get_ns() };
     let mut request = IoRequest { start, len, submitted_ns, ..IoRequest::default() };
-    if covers_a_span(start, len) {
+    if measure::can_reclaim(config, start, len) {
         let entry = measure::at_entry::<WALK>(config, mm, start, len);
         request.measured = entry.method();
         request.tables_at_entry = entry.tables;

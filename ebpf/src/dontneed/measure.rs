@@ -64,6 +64,14 @@ pub fn covers_a_span(start: u64, len: u64) -> bool {
     first >= start && end.checked_sub(first).is_some_and(|rest| rest >= PMD_SPAN)
 }
 
+/// Whether a request on `[start, start + len)` can reclaim and is therefore
+/// measured: PT_RECLAIM works on this kernel and the range covers a whole
+/// span.
+#[inline(always)]
+pub fn can_reclaim(config: Config, start: u64, len: u64) -> bool {
+    config.pt_reclaim() != 0 && covers_a_span(start, len)
+}
+
 /// Measure at the start of a request that covers a span. `WALK`: whether
 /// this program variant contains the walk (kernels whose verifier rejects
 /// it load the variant without).

@@ -12,7 +12,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 
 use super::{
     finish, is_dontneed,
-    measure::{self, covers_a_span, AtEntry},
+    measure::{self, AtEntry},
 };
 use crate::{
     context,
@@ -65,12 +65,16 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
     let Some(pointer) = context::begin_dontneed(task, mm, start, len) else {
         return;
     };
-    // A range known not to cover a whole span cannot reclaim: nothing more
-    // to measure. Unknown ranges are measured through pgtables_bytes.
+    // A range known not to cover a whole span, or any range on a kernel
+    // without PT_RECLAIM, cannot reclaim: nothing more to measure. Unknown
+    // ranges are measured through pgtables_bytes.
     let measured = match range {
-        Some((start, len)) if covers_a_span(start, len) => Some(measure::at_entry::<WALK>(config, mm, start, len)),
+        Some((start, len)) if measure::can_reclaim(config, start, len) => {
+            Some(measure::at_entry::<WALK>(config, mm, start, len))
+        }
         Some(_) => None,
-        None => Some(measure::at_entry::<false>(config, mm, 0, 0)),
+        None if config.pt_reclaim() != 0 => Some(measure::at_entry::<false>(config, mm, 0, 0)),
+        None => None,
     };
     if let Some(entry) = measured {
         // SAFETY: this thread's live context entry (begin_dontneed).
