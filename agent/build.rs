@@ -93,8 +93,11 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={}", linker.display());
 
     // A separate target dir: cargo holds a lock on the outer one. Named by
-    // architecture so that an object can never be taken for another's.
-    let target_dir = out_dir.join(format!("ebpf-target-{}", arch.cfg_value()));
+    // architecture and by checkout so that an object can never be taken for
+    // another's: two checkouts built into one CARGO_TARGET_DIR share this
+    // OUT_DIR, and the nested build would find the other checkout's object
+    // fresh (its fingerprints name the other checkout's unchanged files).
+    let target_dir = out_dir.join(format!("ebpf-target-{}-{:016x}", arch.cfg_value(), checkout_id(&workspace)));
     let rustflags = [
         // Debug info feeds the object's BTF.
         "-Cdebuginfo=2".to_owned(),
@@ -138,6 +141,16 @@ fn main() -> anyhow::Result<()> {
     let built = target_dir.join(EBPF_TARGET).join("release").join("ptwatch");
     fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
     Ok(())
+}
+
+/// A stable number for the checkout at `workspace` (std's `DefaultHasher`
+/// with its fixed keys: the same path gives the same directory across
+/// builds).
+fn checkout_id(workspace: &Path) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    workspace.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// An empty object (the agent then refuses to load probes), or an error
