@@ -4,6 +4,7 @@
 //! ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE
 //! ptwatch-workload threads THREADS MIB ROUNDS
 //! ptwatch-workload unmap MIB     # touch, then munmap
+//! ptwatch-workload unmap-paced MIB  # touch, print, wait for a line; munmap, print, wait until stdin closes
 //! ptwatch-workload exit MIB      # touch, then exit with the mapping
 //! ptwatch-workload hold MIB      # touch, DONTNEED, print, keep the mapping until stdin closes
 //! ptwatch-workload fleet CHILDREN SPANS CONCURRENCY  # fork CHILDREN short-lived processes, each reclaiming SPANS tables
@@ -39,7 +40,11 @@ fn run() -> Result<()> {
             arg(&args, 4, "ROUNDS")?,
             Advice::parse(args.get(5).context("missing ADVICE")?)?,
         )?,
-        Some("unmap") => unmap(arg(&args, 1, "MIB")?)?,
+        Some("unmap") => unmap(arg(&args, 1, "MIB")?, |_| Ok(()))?,
+        Some("unmap-paced") => {
+            let report = unmap(arg(&args, 1, "MIB")?, sparse::print_and_wait_line)?;
+            return sparse::print_and_wait(&report);
+        }
         Some("exit") => exit_with_tables(arg(&args, 1, "MIB")?)?,
         Some("thp") => huge::thp_dontneed(arg(&args, 1, "MIB")?)?,
         Some("collapse") => huge::collapse_shmem(arg(&args, 1, "MIB")?)?,
