@@ -94,6 +94,33 @@ fn several_processes_at_once_are_kept_apart() {
     }
 }
 
+/// Two agents on one node (a DaemonSet next to a systemd unit, or an
+/// upgrade's old and new pod) load programs and maps of their own; neither
+/// may take anything from the other: each counts every call and table of a
+/// workload that runs while both are attached, the same as the kernel.
+#[test]
+fn two_agents_on_one_node_count_the_same_as_the_kernel() {
+    assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
+    let mut first = Attached::new();
+    let mut second = Attached::new();
+    for args in [
+        ["cuts", "64", "1000", "3000", "2", "dontneed"],
+        ["cuts", "2", "0", "4", "4", "dontneed"],
+        ["cuts", "64", "0", "8192", "1", "process-madvise"],
+    ] {
+        let report = run_workload(&args);
+        let (one, two) = (first.process(report.pid), second.process(report.pid));
+        assert_eq!(one.counts, two.counts, "{args:?}: the two agents disagree");
+        assert_eq!(one.reclaimed() * KIB_PER_TABLE, report.vmpte_drop_kib, "{args:?}");
+        assert_eq!(one.counts.dontneed_calls, report.calls, "{args:?}: calls");
+        assert_eq!(one.counts.dontneed_bytes, report.bytes, "{args:?}: bytes");
+    }
+    let report = run_workload(&["threads", "4", "16", "20"]);
+    let (one, two) = (first.process(report.pid), second.process(report.pid));
+    assert_eq!(one.counts, two.counts, "threads: the two agents disagree");
+    assert_eq!(one.reclaimed(), report.expected_tables, "threads");
+}
+
 #[test]
 fn a_process_that_exits_at_once_keeps_its_counts() {
     assert!(pt_reclaim(), "this test needs a kernel with PT_RECLAIM (6.14+)");
