@@ -11,6 +11,11 @@
 /// Nothing in progress in this slot.
 pub const NONE: u64 = 0;
 
+/// `dontneed_mm` of a request that cannot reclaim (tracepoint plan): its
+/// address space is not read, and this value, never a real `mm_struct`
+/// address, matches no free.
+pub const MM_NOT_READ: u64 = u64::MAX;
+
 /// How the tracepoint plan measures what a DONTNEED request reclaimed.
 pub mod measured {
     /// Not measured: the range covers no whole 2 MiB span, so nothing can
@@ -30,7 +35,8 @@ pub struct ThreadContext {
     /// threads that are gone).
     pub tgid: u32,
     pub _pad: u32,
-    /// Address space of the DONTNEED request in progress ([`NONE`]: none).
+    /// Address space of the DONTNEED request in progress ([`NONE`]: none;
+    /// [`MM_NOT_READ`]: one that cannot reclaim).
     pub dontneed_mm: u64,
     /// Its range.
     pub start: u64,

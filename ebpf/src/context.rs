@@ -7,13 +7,20 @@
 //! missed an exit hook: the stale mark is counted and dropped, never
 //! trusted. An entry is deleted when nothing is pending in it.
 
-use aya_ebpf::{macros::map, maps::HashMap};
-use ptwatch_common::{context::NONE, ThreadContext, MAX_THREAD_CONTEXTS};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
+use ptwatch_common::{
+    context::{MM_NOT_READ, NONE},
+    ThreadContext, MAX_THREAD_CONTEXTS,
+};
 
 use crate::{
     counters::{count, Diagnostic},
     kernel::CurrentTask,
 };
+
+/// `errno` for "the key exists" (asm-generic/errno-base.h, the same on every
+/// architecture): what an insert with `BPF_NOEXIST` returns, negated.
+const EEXIST: i32 = 17;
 
 #[map(name = "THREAD_CONTEXT")]
 static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entries(MAX_THREAD_CONTEXTS, 0);
@@ -75,6 +82,22 @@ pub fn begin_dontneed(task: CurrentTask, mm: u64, start: u64, len: u64) -> Optio
     context.start = start;
     context.len = len;
     Some(pointer)
+}
+
+/// A DONTNEED request that cannot reclaim starts on `task`: only its range
+/// is kept, for the exit. The common case, a thread with no entry, costs one
+/// map insert (where `begin_dontneed` looks up, inserts and looks up again);
+/// a thread that has an entry goes through `begin_dontneed`.
+#[inline(always)]
+pub fn begin_unmeasured_dontneed(task: CurrentTask, start: u64, len: u64) {
+    let fresh = ThreadContext { tgid: task.tgid, dontneed_mm: MM_NOT_READ, start, len, ..ThreadContext::default() };
+    match THREAD_CONTEXT.insert(task.tid, fresh, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(err) if err == -EEXIST => {
+            let _ = begin_dontneed(task, MM_NOT_READ, start, len);
+        }
+        Err(_) => count(Diagnostic::ContextUpdateFailure),
+    }
 }
 
 /// The DONTNEED request of thread `tid` ends: its context, if it had one.

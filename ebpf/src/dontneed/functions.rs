@@ -13,7 +13,8 @@
 //! fexit program sees the arguments again, so the fentry plan stores
 //! nothing at all for smaller requests (an allocator's 4 KiB purges cost
 //! two trampolines and a counter); a kretprobe does not, so the kprobe plan
-//! keeps every DONTNEED request's length in the context.
+//! keeps every DONTNEED request's range in the context (for one that cannot
+//! reclaim, in a single map insert).
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
@@ -27,17 +28,25 @@ use crate::{
 };
 
 /// Start of a request on `mm`; `range` is `None` when the kernel does not
-/// pass it (several iovecs).
+/// pass it (several iovecs). `keep_every_range`: a context even for a
+/// request that cannot reclaim (a kretprobe does not see the arguments
+/// again).
 #[inline(always)]
-fn begin(mm: u64, range: Option<(u64, u64)>, always: bool) {
+fn begin(mm: u64, range: Option<(u64, u64)>, keep_every_range: bool) {
     let (start, len) = range.unwrap_or((0, 0));
     // Decided before anything is read: most requests (an allocator's)
     // cannot reclaim, and cost nothing more here.
-    if !(always || range.is_none() || covers_a_span(start, len)) {
+    let can_reclaim = range.is_none() || covers_a_span(start, len);
+    if !(keep_every_range || can_reclaim) {
         return;
     }
-    if let Some(task) = CurrentTask::observed(config()) {
+    let Some(task) = CurrentTask::observed(config()) else {
+        return;
+    };
+    if can_reclaim {
         let _ = context::begin_dontneed(task, mm, start, len);
+    } else {
+        context::begin_unmeasured_dontneed(task, start, len);
     }
 }
 

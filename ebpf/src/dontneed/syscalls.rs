@@ -5,8 +5,9 @@
 //! process on the node takes the kernel's slow path (SYSCALL_WORK): that
 //! cost is the plan's, measured in docs/benchmarks.md and stated by
 //! `ptwatch check`. What the programs themselves do is kept small: a request
-//! whose range covers no whole 2 MiB span (it cannot reclaim) stores only
-//! its length; the others are measured around the call (`measure`).
+//! that cannot reclaim (its range covers no whole 2 MiB span, or the kernel
+//! has no PT_RECLAIM) stores only its range, in one map insert; the others
+//! are measured around the call (`measure`).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 
@@ -58,31 +59,33 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
     let Some(task) = CurrentTask::observed(config) else {
         return;
     };
+    // A range known not to cover a whole span, or any range on a kernel
+    // without PT_RECLAIM, cannot reclaim: only its range is kept, for the
+    // exit. Unknown ranges are measured through pgtables_bytes.
+    let can_reclaim = match range {
+        Some((start, len)) => measure::can_reclaim(config, start, len),
+        None => config.pt_reclaim() != 0,
+    };
+    let (start, len) = range.unwrap_or((0, 0));
+    if !can_reclaim {
+        context::begin_unmeasured_dontneed(task, start, len);
+        return;
+    }
     let Some(mm) = current_mm(config) else {
         return;
     };
-    let (start, len) = range.unwrap_or((0, 0));
     let Some(pointer) = context::begin_dontneed(task, mm, start, len) else {
         return;
     };
-    // A range known not to cover a whole span, or any range on a kernel
-    // without PT_RECLAIM, cannot reclaim: nothing more to measure. Unknown
-    // ranges are measured through pgtables_bytes.
-    let measured = match range {
-        Some((start, len)) if measure::can_reclaim(config, start, len) => {
-            Some(measure::at_entry::<WALK>(config, mm, start, len))
-        }
-        Some(_) => None,
-        None if config.pt_reclaim() != 0 => Some(measure::at_entry::<false>(config, mm, 0, 0)),
-        None => None,
+    let entry = match range {
+        Some(_) => measure::at_entry::<WALK>(config, mm, start, len),
+        None => measure::at_entry::<false>(config, mm, 0, 0),
     };
-    if let Some(entry) = measured {
-        // SAFETY: this thread's live context entry (begin_dontneed).
-        unsafe {
-            (*pointer).measured = entry.method();
-            (*pointer).tables_at_entry = entry.tables;
-            (*pointer).pgtables_bytes_at_entry = entry.pgtables_bytes;
-        }
+    // SAFETY: this thread's live context entry (begin_dontneed).
+    unsafe {
+        (*pointer).measured = entry.method();
+        (*pointer).tables_at_entry = entry.tables;
+        (*pointer).pgtables_bytes_at_entry = entry.pgtables_bytes;
     }
 }
 
