@@ -157,17 +157,28 @@ fn whole_span_dontneed_leaves_none_with_pt_reclaim_and_every_table_without() {
 /// `sparse 64 EVERY` read with `budget`: the truth (what the workload
 /// emptied, checked against VmPTE) lies within the estimate's bounds, the
 /// error bound is a small share of the tables, the pass keeps its budget.
+///
+/// A sampled estimate's bounds are a 99 % interval (`Z_99`): by design one
+/// round in a hundred misses the truth. Each round draws a fresh sample, so
+/// the test allows one miss in its three rounds and fails on two (a chance
+/// of 3 in 10,000 for a correct estimator; a biased or too narrow one
+/// misses far more often). An exact count must never miss.
 fn sparse(every: &str, budget: Duration, expect: Method) {
     let held = Held::start(&["sparse", "64", every]);
     let truth = held.report.empty_tables;
     // 32,768 PTE tables, 64 or 65 PMD tables, a PUD table or two.
     assert!((32_768 + 64..=32_768 + 67).contains(&held.kept_tables()), "{:?}", held.report);
+    let mut misses = Vec::new();
     for round in 0..3 {
         let (process, snapshot) = pass(held.pid(), budget);
         assert_eq!(process.method, expect, "round {round}");
         let empty = process.empty;
         // The workload's own few tables (stack, heap) may add one.
-        assert!(empty.min <= truth + 1 && truth <= empty.max + 1, "round {round}: truth {truth} outside {empty:?}");
+        if !(empty.min <= truth + 1 && truth <= empty.max + 1) {
+            misses.push(format!("round {round}: truth {truth} outside {empty:?}"));
+        }
+        let allowed = if expect == Method::Exact { 0 } else { 1 };
+        assert!(misses.len() <= allowed, "the bounds missed the truth more than by chance: {misses:?}");
         assert!(
             empty.error() <= process.tables / 20,
             "round {round}: error bound {} of {} tables",
