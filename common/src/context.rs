@@ -11,10 +11,11 @@
 /// Nothing in progress in this slot.
 pub const NONE: u64 = 0;
 
-/// `dontneed_mm` of a request that cannot reclaim (tracepoint plan): its
-/// address space is not read, and this value, never a real `mm_struct`
-/// address, matches no free.
-pub const MM_NOT_READ: u64 = u64::MAX;
+/// `dontneed_mm` of a request that cannot reclaim (its range covers no whole
+/// 2 MiB span, or the kernel has no PT_RECLAIM): never a real `mm_struct`
+/// address, so it matches no free, and the tracepoint plan need not even
+/// read the request's address space.
+pub const CANNOT_RECLAIM: u64 = u64::MAX;
 
 /// How the tracepoint plan measures what a DONTNEED request reclaimed.
 pub mod measured {
@@ -36,7 +37,7 @@ pub struct ThreadContext {
     pub tgid: u32,
     pub _pad: u32,
     /// Address space of the DONTNEED request in progress ([`NONE`]: none;
-    /// [`MM_NOT_READ`]: one that cannot reclaim).
+    /// [`CANNOT_RECLAIM`]: one that cannot reclaim).
     pub dontneed_mm: u64,
     /// Its range.
     pub start: u64,
@@ -60,6 +61,23 @@ pub struct ThreadContext {
     /// progress when its VMA is anonymous ([`NONE`]: none or not anonymous),
     /// for the kretprobe that learns whether a huge PMD was zapped.
     pub huge_zap_mm: u64,
+}
+
+impl ThreadContext {
+    /// A thread of process `tgid` starting a DONTNEED request on address
+    /// space `mm` (or [`CANNOT_RECLAIM`]) over `[start, start + len)`;
+    /// nothing measured yet.
+    #[inline(always)]
+    pub fn dontneed(tgid: u32, mm: u64, start: u64, len: u64) -> Self {
+        Self { tgid, dontneed_mm: mm, start, len, ..Self::default() }
+    }
+
+    /// A thread of process `tgid` starting a `free_pgtables` call through
+    /// the `mmu_gather` at `tlb`.
+    #[inline(always)]
+    pub fn free_pgtables(tgid: u32, tlb: u64) -> Self {
+        Self { tgid, free_pgtables_tlb: tlb, ..Self::default() }
+    }
 }
 
 /// An io_uring DONTNEED request between submission and completion

@@ -8,10 +8,7 @@
 //! trusted. An entry is deleted when nothing is pending in it.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
-use ptwatch_common::{
-    context::{MM_NOT_READ, NONE},
-    ThreadContext, MAX_THREAD_CONTEXTS,
-};
+use ptwatch_common::{context::NONE, ThreadContext, MAX_THREAD_CONTEXTS};
 
 use crate::{
     counters::{count, Diagnostic},
@@ -58,53 +55,49 @@ fn release_if_idle(tid: u32, context: &ThreadContext) {
     }
 }
 
-/// Forget a DONTNEED request or `free_pgtables` call still marked: its exit
-/// was missed (the two never nest, and neither nests in itself).
+/// A call that never nests, in itself or in the other (a DONTNEED request,
+/// a `free_pgtables` call), starts on `task`: its context becomes `fresh`.
+///
+/// A thread usually has no entry, so this tries the insert first: one map
+/// access where a lookup first would take three (lookup, insert, lookup).
+/// A thread that has an entry is either between a level announcement and
+/// its free, or still marked by a call whose exit was missed: the stale
+/// mark is counted and replaced, never trusted.
 #[inline(always)]
-fn drop_stale(context: &mut ThreadContext) {
-    if context.dontneed_mm != NONE || context.free_pgtables_tlb != NONE {
-        count(Diagnostic::ContextExitMiss);
-    }
-    let tgid = context.tgid;
-    *context = ThreadContext { tgid, ..ThreadContext::default() };
-}
-
-/// A DONTNEED request on address space `mm` starts on `task`: the returned
-/// context is marked; the caller fills in what it measures.
-#[inline(always)]
-pub fn begin_dontneed(task: CurrentTask, mm: u64, start: u64, len: u64) -> Option<*mut ThreadContext> {
-    let pointer = get_or_create(task)?;
-    // SAFETY: a pointer into a live map value of this thread's key; only
-    // this thread's programs touch it.
-    let context = unsafe { &mut *pointer };
-    drop_stale(context);
-    context.dontneed_mm = mm;
-    context.start = start;
-    context.len = len;
-    Some(pointer)
-}
-
-/// A DONTNEED request that cannot reclaim starts on `task`: only its range
-/// is kept, for the exit. The common case, a thread with no entry, costs one
-/// map insert (where `begin_dontneed` looks up, inserts and looks up again);
-/// a thread that has an entry goes through `begin_dontneed`.
-#[inline(always)]
-pub fn begin_unmeasured_dontneed(task: CurrentTask, start: u64, len: u64) {
-    let fresh = ThreadContext { tgid: task.tgid, dontneed_mm: MM_NOT_READ, start, len, ..ThreadContext::default() };
+fn begin_call(task: CurrentTask, fresh: ThreadContext) {
     match THREAD_CONTEXT.insert(task.tid, fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
-        Err(err) if err == -EEXIST => {
-            let _ = begin_dontneed(task, MM_NOT_READ, start, len);
-        }
+        Err(err) if err == -EEXIST => match get(task.tid) {
+            Some(pointer) => {
+                // SAFETY: a pointer into a live map value of this thread's
+                // key; only this thread's programs touch it.
+                let context = unsafe { &mut *pointer };
+                if context.dontneed_mm != NONE || context.free_pgtables_tlb != NONE {
+                    count(Diagnostic::ContextExitMiss);
+                }
+                *context = fresh;
+            }
+            // Removed in between (only the agent's reaper removes another
+            // thread's entry, and only a dead thread's).
+            None => count(Diagnostic::ContextUpdateFailure),
+        },
         Err(_) => count(Diagnostic::ContextUpdateFailure),
     }
+}
+
+/// A DONTNEED request starts on `task`: `request` holds its address space
+/// (`CANNOT_RECLAIM` when it cannot reclaim), its range and what the
+/// tracepoint plan measured at entry.
+#[inline(always)]
+pub fn begin_dontneed(task: CurrentTask, request: ThreadContext) {
+    begin_call(task, request);
 }
 
 /// The DONTNEED request of thread `tid` ends: its context, if it had one.
 #[inline(always)]
 pub fn end_dontneed(tid: u32) -> Option<ThreadContext> {
     let pointer = get(tid)?;
-    // SAFETY: as in begin_dontneed.
+    // SAFETY: as in begin_call.
     let context = unsafe { &mut *pointer };
     if context.dontneed_mm == NONE {
         return None;
@@ -119,13 +112,7 @@ pub fn end_dontneed(tid: u32) -> Option<ThreadContext> {
 /// `free_pgtables(tlb, …)` starts on `task`.
 #[inline(always)]
 pub fn begin_free_pgtables(task: CurrentTask, tlb: u64) {
-    let Some(pointer) = get_or_create(task) else {
-        return;
-    };
-    // SAFETY: as in begin_dontneed.
-    let context = unsafe { &mut *pointer };
-    drop_stale(context);
-    context.free_pgtables_tlb = tlb;
+    begin_call(task, ThreadContext::free_pgtables(task.tgid, tlb));
 }
 
 /// `free_pgtables` returns on thread `tid`.
@@ -134,7 +121,7 @@ pub fn end_free_pgtables(tid: u32) {
     let Some(pointer) = get(tid) else {
         return;
     };
-    // SAFETY: as in begin_dontneed.
+    // SAFETY: as in begin_call.
     let context = unsafe { &mut *pointer };
     context.free_pgtables_tlb = NONE;
     release_if_idle(tid, context);
@@ -145,7 +132,7 @@ pub fn end_free_pgtables(tid: u32) {
 #[inline(always)]
 pub fn count_reclaimed_in_call(tid: u32) {
     if let Some(pointer) = get(tid) {
-        // SAFETY: as in begin_dontneed.
+        // SAFETY: as in begin_call.
         unsafe { (*pointer).call_reclaimed += 1 };
     }
 }
@@ -155,7 +142,7 @@ pub fn count_reclaimed_in_call(tid: u32) {
 #[inline(always)]
 pub fn announce_level(task: CurrentTask, level: u32) {
     if let Some(pointer) = get_or_create(task) {
-        // SAFETY: as in begin_dontneed.
+        // SAFETY: as in begin_call.
         unsafe { (*pointer).pending_level = u64::from(level) + 1 };
     }
 }
@@ -164,7 +151,7 @@ pub fn announce_level(task: CurrentTask, level: u32) {
 #[inline(always)]
 pub fn take_level(tid: u32, context: Option<*mut ThreadContext>) -> Option<u32> {
     let pointer = context?;
-    // SAFETY: as in begin_dontneed.
+    // SAFETY: as in begin_call.
     let context = unsafe { &mut *pointer };
     if context.pending_level == NONE {
         return None;
@@ -184,7 +171,7 @@ pub fn begin_huge_zap(task: CurrentTask, mm: Option<u64>) {
         None => get(task.tid),
     };
     if let Some(pointer) = pointer {
-        // SAFETY: as in begin_dontneed.
+        // SAFETY: as in begin_call.
         let context = unsafe { &mut *pointer };
         context.huge_zap_mm = mm.unwrap_or(NONE);
         release_if_idle(task.tid, context);
@@ -195,7 +182,7 @@ pub fn begin_huge_zap(task: CurrentTask, mm: Option<u64>) {
 #[inline(always)]
 pub fn end_huge_zap(tid: u32) -> Option<u64> {
     let pointer = get(tid)?;
-    // SAFETY: as in begin_dontneed.
+    // SAFETY: as in begin_call.
     let context = unsafe { &mut *pointer };
     let mm = context.huge_zap_mm;
     context.huge_zap_mm = NONE;

@@ -9,7 +9,8 @@
 //! since 6.15 and returns the bytes advised.
 //!
 //! The context that classifies frees as `reclaim` is needed only while a
-//! request can reclaim, i.e. when its range covers a whole 2 MiB span. An
+//! request can reclaim: PT_RECLAIM works on this kernel and the range covers
+//! a whole 2 MiB span (`measure::can_reclaim`, the test every plan uses). An
 //! fexit program sees the arguments again, so the fentry plan stores
 //! nothing at all for smaller requests (an allocator's 4 KiB purges cost
 //! two trampolines and a counter); a kretprobe does not, so the kprobe plan
@@ -21,7 +22,9 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 
-use super::{finish, is_dontneed, measure::covers_a_span};
+use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
+
+use super::{finish, is_dontneed, measure};
 use crate::{
     context,
     kernel::{config, CurrentTask},
@@ -33,21 +36,21 @@ use crate::{
 /// again).
 #[inline(always)]
 fn begin(mm: u64, range: Option<(u64, u64)>, keep_every_range: bool) {
-    let (start, len) = range.unwrap_or((0, 0));
+    let config = config();
     // Decided before anything is read: most requests (an allocator's)
     // cannot reclaim, and cost nothing more here.
-    let can_reclaim = range.is_none() || covers_a_span(start, len);
+    let can_reclaim = measure::can_reclaim(config, range);
     if !(keep_every_range || can_reclaim) {
         return;
     }
-    let Some(task) = CurrentTask::observed(config()) else {
+    let Some(task) = CurrentTask::observed(config) else {
         return;
     };
-    if can_reclaim {
-        let _ = context::begin_dontneed(task, mm, start, len);
-    } else {
-        context::begin_unmeasured_dontneed(task, start, len);
-    }
+    let (start, len) = range.unwrap_or((0, 0));
+    // Only a request that can reclaim names its address space: frees in
+    // its zap are `reclaim`.
+    let mm = if can_reclaim { mm } else { CANNOT_RECLAIM };
+    context::begin_dontneed(task, ThreadContext::dontneed(task.tgid, mm, start, len));
 }
 
 /// End of a request: the context, if `begin` stored one, gives what the
@@ -94,7 +97,8 @@ pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
     }
     // `int do_madvise(...)`: the return value follows the four arguments.
     let ret: i64 = i64::from(ctx.arg::<i32>(4));
-    if covers_a_span(start, len) {
+    // The same test as at entry: whether a context was stored.
+    if measure::can_reclaim(config(), Some((start, len))) {
         end(Some((start, len)), madvise_bytes(ret, len));
     } else {
         // Nothing stored at entry: count the request without a map lookup.

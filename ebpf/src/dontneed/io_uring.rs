@@ -67,7 +67,7 @@ fn on_submit<const WALK: bool>(ctx: &TracePointContext) {
     // SAFETY: no preconditions.
     let submitted_ns = unsafe { bpf_ktime_get_ns() };
     let mut request = IoRequest { start, len, submitted_ns, ..IoRequest::default() };
-    if measure::can_reclaim(config, start, len) {
+    if measure::can_reclaim(config, Some((start, len))) {
         let entry = measure::at_entry::<WALK>(config, mm, start, len);
         request.measured = entry.method();
         request.tables_at_entry = entry.tables;

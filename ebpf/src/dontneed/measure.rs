@@ -64,12 +64,16 @@ pub fn covers_a_span(start: u64, len: u64) -> bool {
     first >= start && end.checked_sub(first).is_some_and(|rest| rest >= PMD_SPAN)
 }
 
-/// Whether a request on `[start, start + len)` can reclaim and is therefore
-/// measured: PT_RECLAIM works on this kernel and the range covers a whole
-/// span.
+/// Whether a DONTNEED request on `range` can reclaim: PT_RECLAIM works on
+/// this kernel and the range covers a whole span. `None`: the range is not
+/// known exactly (process_madvise with several iovecs), so it may.
+///
+/// What every plan asks before it keeps more than the range of a request:
+/// the tracepoint plan measures only these requests, the function plans
+/// mark only these as inside a zap that may reclaim.
 #[inline(always)]
-pub fn can_reclaim(config: Config, start: u64, len: u64) -> bool {
-    config.pt_reclaim() != 0 && covers_a_span(start, len)
+pub fn can_reclaim(config: Config, range: Option<(u64, u64)>) -> bool {
+    config.pt_reclaim() != 0 && range.is_none_or(|(start, len)| covers_a_span(start, len))
 }
 
 /// Measure at the start of a request that covers a span. `WALK`: whether

@@ -6,10 +6,11 @@
 //! cost is the plan's, measured in docs/benchmarks.md and stated by
 //! `ptwatch check`. What the programs themselves do is kept small: a request
 //! that cannot reclaim (its range covers no whole 2 MiB span, or the kernel
-//! has no PT_RECLAIM) stores only its range, in one map insert; the others
-//! are measured around the call (`measure`).
+//! has no PT_RECLAIM) stores only its range; the others are measured around
+//! the call (`measure`). Either way the entry program makes one map insert.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
+use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 
 use super::{
     finish, is_dontneed,
@@ -59,34 +60,25 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
     let Some(task) = CurrentTask::observed(config) else {
         return;
     };
-    // A range known not to cover a whole span, or any range on a kernel
-    // without PT_RECLAIM, cannot reclaim: only its range is kept, for the
-    // exit. Unknown ranges are measured through pgtables_bytes.
-    let can_reclaim = match range {
-        Some((start, len)) => measure::can_reclaim(config, start, len),
-        None => config.pt_reclaim() != 0,
-    };
     let (start, len) = range.unwrap_or((0, 0));
-    if !can_reclaim {
-        context::begin_unmeasured_dontneed(task, start, len);
-        return;
+    let mut request = ThreadContext::dontneed(task.tgid, CANNOT_RECLAIM, start, len);
+    // Most requests (an allocator's) cannot reclaim: only their range is
+    // kept, for the exit, and their address space is not even read.
+    if measure::can_reclaim(config, range) {
+        let Some(mm) = current_mm(config) else {
+            return;
+        };
+        let entry = match range {
+            Some(_) => measure::at_entry::<WALK>(config, mm, start, len),
+            // Unknown ranges are measured through pgtables_bytes.
+            None => measure::at_entry::<false>(config, mm, 0, 0),
+        };
+        request.dontneed_mm = mm;
+        request.measured = entry.method();
+        request.tables_at_entry = entry.tables;
+        request.pgtables_bytes_at_entry = entry.pgtables_bytes;
     }
-    let Some(mm) = current_mm(config) else {
-        return;
-    };
-    let Some(pointer) = context::begin_dontneed(task, mm, start, len) else {
-        return;
-    };
-    let entry = match range {
-        Some(_) => measure::at_entry::<WALK>(config, mm, start, len),
-        None => measure::at_entry::<false>(config, mm, 0, 0),
-    };
-    // SAFETY: this thread's live context entry (begin_dontneed).
-    unsafe {
-        (*pointer).measured = entry.method();
-        (*pointer).tables_at_entry = entry.tables;
-        (*pointer).pgtables_bytes_at_entry = entry.pgtables_bytes;
-    }
+    context::begin_dontneed(task, request);
 }
 
 /// End of the request. `bytes_from_ret`: process_madvise returns the bytes
