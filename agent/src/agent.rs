@@ -51,7 +51,6 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!("authentication without TLS sends credentials in clear text; set --tls-cert/--tls-key");
     }
 
-    support::ensure_tracefs()?;
     let options = LoadOptions { max_tracked_processes: config.max_tracked_processes, ..LoadOptions::default() };
     // The BTF is handed over: it is dropped once the programs are loaded.
     let mut probes = Probes::load_with(btf, config.probe_mode, options)?;

@@ -41,7 +41,6 @@ pub struct ViewState {
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     support::require_privileges()?;
     let btf = KernelBtf::load(&args.probes.btf)?;
-    support::ensure_tracefs()?;
     let mut probes = Probes::load(btf, args.probes.probe_mode)?;
     let started = Instant::now();
     let maps = probes.take_maps()?;

@@ -54,7 +54,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         anyhow::ensure!(procfs::process_exists(pid), "no process with pid {pid}");
     }
     let btf = KernelBtf::load(&args.probes.btf)?;
-    support::ensure_tracefs()?;
     let options = LoadOptions {
         events: Some(EventOptions {
             tgid: args.pid.unwrap_or(0),
