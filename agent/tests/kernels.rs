@@ -158,6 +158,12 @@ fn the_requested_plan_is_in_force_and_function_plans_hold_no_tracepoint() {
             assert!(syscall_points.is_empty(), "{syscall_points:?}");
             // The DONTNEED requests come from kernel functions.
             assert!(stats.iter().any(|s| s.attach_point.ends_with(":do_madvise")), "{stats:?}");
+            // The fentry plan marks requests at entry only where one can
+            // reclaim; elsewhere its fexit programs count them alone.
+            if wanted == Attach::Fentry {
+                let entry = stats.iter().any(|s| s.attach_point == "fentry:do_madvise");
+                assert_eq!(entry, expect_pt_reclaim(), "an entry program on do_madvise: {stats:?}");
+            }
         }
         ProbeMode::Tracepoint => {
             assert_eq!(plan.mode(), Attach::Tracepoint);

@@ -210,6 +210,7 @@ impl Probes {
             tracefs: tracefs.as_ref().ok().copied(),
             io_uring_readable: config::io_uring_readable(&base),
             version: crate::kernel::procfs::kernel_version(),
+            pt_reclaim,
         };
         let mut checks: Vec<_> = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]
             .into_iter()

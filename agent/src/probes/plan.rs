@@ -302,6 +302,9 @@ pub struct KernelSymbols<'a> {
     pub io_uring_readable: bool,
     /// The kernel's version (major, minor), from its release string.
     pub version: (u32, u32),
+    /// PT_RECLAIM works on this kernel (the start-up check): without it no
+    /// DONTNEED request can reclaim.
+    pub pt_reclaim: bool,
 }
 
 /// Before 5.11, `madvise(2)` reaches `do_madvise` inlined into the syscall
@@ -399,6 +402,18 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
     for p in &mut points {
         if p.program.is_none() {
             p.need = Need::Unused;
+        }
+    }
+    // Without PT_RECLAIM no request can reclaim, so the entry programs on
+    // the DONTNEED functions would store nothing: the fexit programs see
+    // the arguments again and count every request alone (one program per
+    // request, not two). A kretprobe does not see them, so the kprobe plan
+    // keeps its entry hooks.
+    if fentry && !kernel.pt_reclaim {
+        for p in &mut points {
+            if matches!(p.role, Role::DontneedRequests | Role::ProcessMadvise) && !p.at_return {
+                p.need = Need::Unused;
+            }
         }
     }
     let mut limitations = Vec::new();
@@ -600,8 +615,14 @@ mod tests {
     #[test]
     fn fentry_plan_follows_the_running_kernels_btf() {
         let btf = btf();
-        let kernel =
-            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: None,
+            tracefs: None,
+            io_uring_readable: false,
+            version: (6, 18),
+            pt_reclaim: true,
+        };
         let check = check(Attach::Fentry, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
         let names = names(&check);
@@ -629,8 +650,14 @@ mod tests {
     #[test]
     fn a_missing_required_function_makes_the_plan_unusable_and_says_which() {
         let btf = btf();
-        let kernel =
-            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: None,
+            tracefs: None,
+            io_uring_readable: false,
+            version: (6, 18),
+            pt_reclaim: true,
+        };
         let mut plan = check(Attach::Fentry, &kernel);
         for p in &mut plan.points {
             if p.name == "do_madvise" {
@@ -641,10 +668,40 @@ mod tests {
     }
 
     #[test]
+    fn without_pt_reclaim_the_fentry_plan_counts_requests_at_exit_alone() {
+        let btf = btf();
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: None,
+            tracefs: None,
+            io_uring_readable: false,
+            version: (6, 18),
+            pt_reclaim: false,
+        };
+        let check = check(Attach::Fentry, &kernel);
+        assert!(check.usable.is_ok(), "{:?}", check.usable);
+        let requests: Vec<_> = check
+            .to_attach()
+            .filter(|p| matches!(p.role, Role::DontneedRequests | Role::ProcessMadvise))
+            .map(|p| (p.name.as_str(), p.at_return))
+            .collect();
+        assert_eq!(requests, [("do_madvise", true), ("vector_madvise", true)]);
+        // The frees are hooked as with PT_RECLAIM.
+        assert!(names(&check).contains(&"free_pgtables"));
+        assert!(check.events().contains(&Event::Dontneed));
+    }
+
+    #[test]
     fn kprobe_plan_needs_kallsyms() {
         let btf = btf();
-        let kernel =
-            KernelSymbols { btf: &btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18) };
+        let kernel = KernelSymbols {
+            btf: &btf,
+            kallsyms: None,
+            tracefs: None,
+            io_uring_readable: false,
+            version: (6, 18),
+            pt_reclaim: true,
+        };
         assert!(check(Attach::Kprobe, &kernel).usable.is_err());
     }
 
@@ -659,6 +716,7 @@ mod tests {
             tracefs: Some(tracefs),
             io_uring_readable: true,
             version: (6, 18),
+            pt_reclaim: true,
         };
         let check = check(Attach::Tracepoint, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
