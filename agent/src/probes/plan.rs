@@ -608,6 +608,11 @@ mod tests {
         KernelBtf::load(Path::new(VMLINUX_BTF)).unwrap()
     }
 
+    /// This machine's BTF (a 6.18 kernel), without kallsyms and tracefs.
+    fn without_kallsyms(btf: &KernelBtf, pt_reclaim: bool) -> KernelSymbols<'_> {
+        KernelSymbols { btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18), pt_reclaim }
+    }
+
     fn names(check: &PlanCheck) -> Vec<&str> {
         check.to_attach().map(|p| p.name.as_str()).collect()
     }
@@ -615,14 +620,7 @@ mod tests {
     #[test]
     fn fentry_plan_follows_the_running_kernels_btf() {
         let btf = btf();
-        let kernel = KernelSymbols {
-            btf: &btf,
-            kallsyms: None,
-            tracefs: None,
-            io_uring_readable: false,
-            version: (6, 18),
-            pt_reclaim: true,
-        };
+        let kernel = without_kallsyms(&btf, true);
         let check = check(Attach::Fentry, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
         let names = names(&check);
@@ -650,14 +648,7 @@ mod tests {
     #[test]
     fn a_missing_required_function_makes_the_plan_unusable_and_says_which() {
         let btf = btf();
-        let kernel = KernelSymbols {
-            btf: &btf,
-            kallsyms: None,
-            tracefs: None,
-            io_uring_readable: false,
-            version: (6, 18),
-            pt_reclaim: true,
-        };
+        let kernel = without_kallsyms(&btf, true);
         let mut plan = check(Attach::Fentry, &kernel);
         for p in &mut plan.points {
             if p.name == "do_madvise" {
@@ -670,14 +661,7 @@ mod tests {
     #[test]
     fn without_pt_reclaim_the_fentry_plan_counts_requests_at_exit_alone() {
         let btf = btf();
-        let kernel = KernelSymbols {
-            btf: &btf,
-            kallsyms: None,
-            tracefs: None,
-            io_uring_readable: false,
-            version: (6, 18),
-            pt_reclaim: false,
-        };
+        let kernel = without_kallsyms(&btf, false);
         let check = check(Attach::Fentry, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
         let requests: Vec<_> = check
@@ -694,14 +678,7 @@ mod tests {
     #[test]
     fn kprobe_plan_needs_kallsyms() {
         let btf = btf();
-        let kernel = KernelSymbols {
-            btf: &btf,
-            kallsyms: None,
-            tracefs: None,
-            io_uring_readable: false,
-            version: (6, 18),
-            pt_reclaim: true,
-        };
+        let kernel = without_kallsyms(&btf, true);
         assert!(check(Attach::Kprobe, &kernel).usable.is_err());
     }
 
