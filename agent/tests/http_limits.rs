@@ -307,7 +307,17 @@ fn a_flood_of_slow_connections_stays_bounded() {
                 let mut open = Vec::new();
                 let mut evicted = 0;
                 for i in 0..PER_CLIENT {
-                    open.push(Conn::open(addr, b"GET /metrics HTTP/1.1\r\nX-Slow: ").expect("connect"));
+                    match Conn::open(addr, b"GET /metrics HTTP/1.1\r\nX-Slow: ") {
+                        Ok(conn) => open.push(conn),
+                        // Evicted before this thread sent its first bytes:
+                        // on two cores, a client thread descheduled between
+                        // connect and write can hold the oldest connection
+                        // (seen once in CI as a reset on the write).
+                        Err(err) if matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                            evicted += 1;
+                        }
+                        Err(err) => panic!("connect: {err}"),
+                    }
                     if i % 100 == 99 {
                         let before = open.len();
                         open.retain_mut(|conn| !conn.closed());

@@ -24,6 +24,23 @@ fn scan_json(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("scan prints valid JSON")
 }
 
+/// `VmPTE` (kB) of `pid` once two reads 20 ms apart agree: a held workload
+/// blocks reading stdin right after its report, but first allocates its
+/// stdin buffer.
+fn settled_vmpte_kib(pid: u32) -> u64 {
+    let read = || ptwatch::kernel::procfs::status_kib(pid, "VmPTE").expect("read status").expect("VmPTE");
+    let mut last = read();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("VmPTE of {pid} kept changing for 2 s");
+}
+
 fn num(value: &Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or_else(|| panic!("no number {key:?} in {value}"))
 }
@@ -41,13 +58,23 @@ fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
 fn dontneed_leaves_empty_tables_only_without_pt_reclaim() {
     let held = Held::start(256);
     let pid = held.report.pid.to_string();
+    let vmpte_kib = settled_vmpte_kib(held.report.pid);
     let scan = scan_json(&["scan", &pid]);
-    eprintln!("workload {:?}\nscan {scan:#}", held.report);
+    eprintln!("workload {:?}, VmPTE {vmpte_kib} kB\nscan {scan:#}", held.report);
+    assert_eq!(settled_vmpte_kib(held.report.pid), vmpte_kib, "the workload's page tables changed during the scan");
     assert_eq!(num(&scan, "pid"), u64::from(held.report.pid));
     assert_eq!(held.report.expected_tables, 128);
-    // Nothing else runs in the workload: VmPTE is what it measured.
-    assert_eq!(num(&scan, "vmpte_kib"), held.report.vmpte_end_kib);
-    assert_eq!(num(&scan, "tables"), held.report.vmpte_end_kib / 4);
+    // Nothing else runs in the workload: VmPTE is what it measured, but for
+    // at most one table that its stdin buffer, allocated after its report,
+    // may add when the heap crosses a 2 MiB boundary (seen once in CI: 44
+    // reported, 48 kB at the scan).
+    assert!(
+        (held.report.vmpte_end_kib..=held.report.vmpte_end_kib + 4).contains(&vmpte_kib),
+        "VmPTE {vmpte_kib} kB, the workload measured {} kB",
+        held.report.vmpte_end_kib
+    );
+    assert_eq!(num(&scan, "vmpte_kib"), vmpte_kib);
+    assert_eq!(num(&scan, "tables"), vmpte_kib / 4);
     let (tables, needed, empty) = (num(&scan, "tables"), num(&scan, "needed_tables"), num(&scan, "empty_tables"));
     assert_eq!(empty, tables.saturating_sub(needed));
     assert_eq!(num(&scan, "empty_bytes"), empty * 4096);
