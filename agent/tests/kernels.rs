@@ -619,9 +619,11 @@ fn concurrent_faults_dontneed_and_munmap_are_classified_exactly() {
     let report: ChurnReport = serde_json::from_slice(&output.stdout).expect("churn report");
     let counters = kernel.process(report.pid);
     let skipped = kernel.recursion_misses() - skipped_before;
-    // glibc also DONTNEEDs the unused stack of each exiting thread.
+    // glibc also DONTNEEDs the unused stack of each exiting thread. A run
+    // of an entry or exit program the kernel skipped (recursion protection,
+    // counted by the kernel and exported) loses at most that call.
     assert!(
-        (report.dontneed_calls..=report.dontneed_calls + 4).contains(&counters.dontneed_calls),
+        (report.dontneed_calls.saturating_sub(skipped)..=report.dontneed_calls + 4).contains(&counters.dontneed_calls),
         "{counters:?} vs {report:?}; {skipped} program runs skipped, exit misses {}, node {:?}",
         kernel.node().context_exit_misses - misses_before,
         kernel.node()
