@@ -159,10 +159,17 @@ fn the_requested_plan_is_in_force_and_function_plans_hold_no_tracepoint() {
             // The DONTNEED requests come from kernel functions.
             assert!(stats.iter().any(|s| s.attach_point.ends_with(":do_madvise")), "{stats:?}");
             // The fentry plan marks requests at entry only where one can
-            // reclaim; elsewhere its fexit programs count them alone.
+            // reclaim and its frees cannot be told by elimination (exec not
+            // marked); elsewhere its fexit programs count them alone.
             if wanted == Attach::Fentry {
+                let btf = KernelBtf::load(std::path::Path::new(VMLINUX_BTF)).expect("kernel BTF");
+                let exec_marked = btf.member_bit_offset("task_struct", "in_execve").is_ok();
                 let entry = stats.iter().any(|s| s.attach_point == "fentry:do_madvise");
-                assert_eq!(entry, expect_pt_reclaim(), "an entry program on do_madvise: {stats:?}");
+                assert_eq!(
+                    entry,
+                    expect_pt_reclaim() && !exec_marked,
+                    "an entry program on do_madvise (exec marked: {exec_marked}): {stats:?}"
+                );
             }
         }
         ProbeMode::Tracepoint => {
@@ -343,6 +350,75 @@ fn frees_of_munmap(kernel: &Kernel, mib: u32) -> (Report, FreeCounts, u64) {
         during.pages[cause.index()][level.index()] = after.get(cause, level) - before.get(cause, level);
     }
     (report, during, skipped)
+}
+
+/// exec's stack move (`relocate_vma_down`) frees the old stack's page
+/// tables of the new address space, outside munmap and outside any
+/// DONTNEED: never PT_RECLAIM's, also where reclaim is told by elimination.
+/// A process DONTNEEDs 4 MiB, execs itself and DONTNEEDs 4 MiB again: its
+/// reclaim is the two VmPTE drops, exactly, and the stack move's tables
+/// are `other`.
+#[test]
+fn an_execs_stack_move_is_not_reclaim() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let kernel = Kernel::attach();
+    // The exec'd image gets its own name (a symlink's), so that the test
+    // sees when the exec is done: a go sent before could be read, and lost,
+    // by the image it replaces.
+    let dir = std::env::temp_dir().join(format!("ptwatch-kernels-exec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let after = dir.join("execafter");
+    std::os::unix::fs::symlink(workload_bin(), &after).expect("symlink the workload");
+    let misses_before = kernel.recursion_misses();
+    let mut child = Command::new(workload_bin())
+        .args(["exec-step", "4"])
+        .arg(&after)
+        .args(["exec-step", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the exec-step workload");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut report = || -> Report {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the step's report");
+        serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"))
+    };
+    writeln!(stdin).expect("go: DONTNEED before the exec");
+    let before_exec = report();
+    writeln!(stdin).expect("go: exec");
+    let comm_path = format!("/proc/{}/comm", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&comm_path).expect("the workload's comm").trim() != "execafter" {
+        assert!(std::time::Instant::now() < deadline, "the workload did not exec within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    writeln!(stdin).expect("go: DONTNEED after the exec");
+    let after_exec = report();
+    let counters = kernel.process(child.id());
+    let skipped = kernel.recursion_misses() - misses_before;
+    drop(stdin);
+    assert!(child.wait().expect("wait for the workload").success(), "exec-step workload failed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let what = format!("{counters:?} vs {before_exec:?} then {after_exec:?}");
+    let expected = if expect_pt_reclaim() {
+        for step in [&before_exec, &after_exec] {
+            assert_eq!(step.expected_tables * 4, step.vmpte_drop_kib, "the kernel reclaimed what the step expects");
+        }
+        before_exec.expected_tables + after_exec.expected_tables
+    } else {
+        0
+    };
+    let per_miss = per_call(expected, 2);
+    assert_exact_or_missed_by(counters.frees.reclaimed(), expected, skipped, per_miss, &what);
+    // Positive control: the stack move did free tables (the new stack lies
+    // at a random distance below the old one), counted as `other`.
+    let randomized = std::fs::read_to_string("/proc/sys/kernel/randomize_va_space").is_ok_and(|v| v.trim() != "0");
+    if kernel.frees_seen() && randomized {
+        assert!(frees_of(&counters, Cause::Other) > 0, "the stack move's frees: {what}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! ([`FreeSource`]). The cause comes from what the freeing thread is doing:
 //! tearing down the whole mm (`tlb->fullmm`), inside `free_pgtables` through
 //! this very mmu_gather (munmap and friends), or inside a DONTNEED request on
-//! this mm (PT_RECLAIM). Frees are attributed to the mm's owner, not to the
+//! this mm (PT_RECLAIM: marked, or told by elimination, see [`classify`]). Frees are attributed to the mm's owner, not to the
 //! running task: an exit finished by another task's `mmput` still belongs to
 //! the process.
 
@@ -47,13 +47,27 @@ fn owner(config: Config, mm: u64) -> Option<Owner> {
         let key = ProcessKey { tgid: tgid as u32, _pad: 0, start_time_ns: leader_start_time(config, named) };
         return Some(Owner { key, comm: CommSource::Task(named) });
     }
-    let in_execve = config.task_in_execve_bit() != u64::MAX
-        && read_kernel::<u8>(current, config.task_in_execve_bit() / 8)
-            .is_some_and(|byte| (byte >> (config.task_in_execve_bit() % 8)) & 1 == 1);
-    if in_execve || read_kernel::<u64>(current, config.task_active_mm_offset()) == Some(mm) {
+    if in_execve(config, current) || read_kernel::<u64>(current, config.task_active_mm_offset()) == Some(mm) {
         return Some(current_owner(config, current));
     }
     None
+}
+
+/// Whether a PTE-table free outside teardown, munmap and exec is
+/// PT_RECLAIM's even without a DONTNEED mark: PT_RECLAIM works and exec is
+/// marked. The same rule makes the fentry plan drop its DONTNEED entry
+/// programs (`KernelSymbols::reclaim_by_elimination` in the agent).
+#[inline(always)]
+fn reclaim_by_elimination(config: Config) -> bool {
+    config.pt_reclaim() != 0 && config.task_in_execve_bit() != u64::MAX
+}
+
+/// Whether `task` is inside an `execve` (`task->in_execve`); false where
+/// the kernel has no such bit.
+#[inline(always)]
+fn in_execve(config: Config, task: u64) -> bool {
+    let bit = config.task_in_execve_bit();
+    bit != u64::MAX && read_kernel::<u8>(task, bit / 8).is_some_and(|byte| (byte >> (bit % 8)) & 1 == 1)
 }
 
 #[inline(always)]
@@ -66,7 +80,8 @@ fn current_owner(config: Config, current: u64) -> Owner {
 }
 
 /// Why the page at `level` is freed through `tlb`, given this thread's
-/// context (copied before it may be released).
+/// context (copied before it may be released): KERNEL-NOTES.md,
+/// "Classifying page-table frees by cause".
 #[inline(always)]
 fn classify(config: Config, tlb: u64, mm: u64, level: Level, context: &FreeContext) -> (Cause, Level) {
     let fullmm_byte: u8 = read_kernel(tlb, config.tlb_fullmm_bit() / 8).unwrap_or(0);
@@ -81,8 +96,22 @@ fn classify(config: Config, tlb: u64, mm: u64, level: Level, context: &FreeConte
     }
     // PT_RECLAIM frees PTE tables only: where the architecture does not
     // name the level, a table freed inside a DONTNEED zap of this mm is one.
-    if context.dontneed_mm != NONE && context.dontneed_mm == mm && matches!(level, Level::Pte | Level::Unknown) {
+    if !matches!(level, Level::Pte | Level::Unknown) {
+        return (Cause::Other, level);
+    }
+    if context.dontneed_mm != NONE && context.dontneed_mm == mm {
         return (Cause::Reclaim, Level::Pte);
+    }
+    // Without a mark: the only other path that frees a PTE table of the
+    // running task's own mm through an mmu_gather is exec's stack move
+    // (`relocate_vma_down` → `free_pgd_range` on the new mm, under
+    // `in_execve`), so what is left is PT_RECLAIM's. This is what lets the
+    // fentry plan count a DONTNEED request with one program at exit.
+    if reclaim_by_elimination(config) {
+        let current = current_task();
+        if read_kernel::<u64>(current, config.task_mm_offset()) == Some(mm) && !in_execve(config, current) {
+            return (Cause::Reclaim, Level::Pte);
+        }
     }
     (Cause::Other, level)
 }

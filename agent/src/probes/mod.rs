@@ -37,7 +37,10 @@ use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, support};
 #[serde(rename_all = "snake_case", tag = "method")]
 pub enum ReclaimAccounting {
     /// Each PTE table freed inside a DONTNEED request on its address space
-    /// and outside `free_pgtables` (fentry and kprobe plans): exact.
+    /// and outside `free_pgtables` (fentry and kprobe plans): exact. The
+    /// request is marked at entry, or, where PT_RECLAIM works and exec is
+    /// marked, told by elimination (a PTE-table free of the running task's
+    /// own mm outside teardown, munmap and exec is PT_RECLAIM's).
     FreeClassification,
     /// Tables under the request's range at entry minus at exit (tracepoint
     /// plan): exact, also for multi-threaded processes.
@@ -211,6 +214,8 @@ impl Probes {
             io_uring_readable: config::io_uring_readable(&base),
             version: crate::kernel::procfs::kernel_version(),
             pt_reclaim,
+            exec_marked: base.task_in_execve_bit != u64::MAX,
+            request_events: options.events.is_some(),
         };
         let mut checks: Vec<_> = [Attach::Fentry, Attach::Kprobe, Attach::Tracepoint]
             .into_iter()

@@ -305,6 +305,13 @@ pub struct KernelSymbols<'a> {
     /// PT_RECLAIM works on this kernel (the start-up check): without it no
     /// DONTNEED request can reclaim.
     pub pt_reclaim: bool,
+    /// `task_struct` has `in_execve` (in BTF): exec's stack move, the one
+    /// free of a task's own PTE tables outside teardown, munmap and
+    /// PT_RECLAIM, can be told apart.
+    pub exec_marked: bool,
+    /// The caller wants each DONTNEED request's reclaimed tables in its
+    /// event (`ptwatch trace`).
+    pub request_events: bool,
 }
 
 /// Before 5.11, `madvise(2)` reaches `do_madvise` inlined into the syscall
@@ -316,6 +323,24 @@ const FUNCTION_PLANS_SINCE: (u32, u32) = (5, 11);
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 impl KernelSymbols<'_> {
+    /// Whether a PTE-table free of the running task's own mm, outside
+    /// teardown, munmap and exec, is counted as PT_RECLAIM's without a mark
+    /// of the DONTNEED request it happens in: where PT_RECLAIM works and
+    /// exec is marked. The programs apply the same rule
+    /// (`reclaim_by_elimination` in `ebpf/src/frees.rs`).
+    pub fn reclaim_by_elimination(&self) -> bool {
+        self.pt_reclaim && self.exec_marked
+    }
+
+    /// Whether the fentry plan needs entry programs on the DONTNEED
+    /// functions: they mark the thread as inside a request that may
+    /// reclaim. Without PT_RECLAIM no request can; with it, its frees are
+    /// told by elimination where exec is marked, and only per-request
+    /// events need the mark (it sums the request's reclaimed tables).
+    fn dontneed_marks_needed(&self) -> bool {
+        self.pt_reclaim && (!self.exec_marked || self.request_events)
+    }
+
     fn has(&self, registry: Registry, name: &str) -> bool {
         match registry {
             Registry::Btf => self.btf.has_function(name),
@@ -404,12 +429,12 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
             p.need = Need::Unused;
         }
     }
-    // Without PT_RECLAIM no request can reclaim, so the entry programs on
-    // the DONTNEED functions would store nothing: the fexit programs see
-    // the arguments again and count every request alone (one program per
-    // request, not two). A kretprobe does not see them, so the kprobe plan
-    // keeps its entry hooks.
-    if fentry && !kernel.pt_reclaim {
+    // Where no mark is needed, the fexit programs see the arguments again
+    // and count every request alone: one program per request, not two (a
+    // small DONTNEED's trampoline costs 1.8 % of it instead of 2.8 %,
+    // docs/benchmarks.md). A kretprobe does not see them, so the kprobe
+    // plan keeps its entry hooks.
+    if fentry && !kernel.dontneed_marks_needed() {
         for p in &mut points {
             if matches!(p.role, Role::DontneedRequests | Role::ProcessMadvise) && !p.at_return {
                 p.need = Need::Unused;
@@ -610,7 +635,25 @@ mod tests {
 
     /// This machine's BTF (a 6.18 kernel), without kallsyms and tracefs.
     fn without_kallsyms(btf: &KernelBtf, pt_reclaim: bool) -> KernelSymbols<'_> {
-        KernelSymbols { btf, kallsyms: None, tracefs: None, io_uring_readable: false, version: (6, 18), pt_reclaim }
+        KernelSymbols {
+            btf,
+            kallsyms: None,
+            tracefs: None,
+            io_uring_readable: false,
+            version: (6, 18),
+            pt_reclaim,
+            exec_marked: true,
+            request_events: false,
+        }
+    }
+
+    /// The DONTNEED hooks the fentry plan attaches: (function, at return).
+    fn request_hooks(check: &PlanCheck) -> Vec<(&str, bool)> {
+        check
+            .to_attach()
+            .filter(|p| matches!(p.role, Role::DontneedRequests | Role::ProcessMadvise))
+            .map(|p| (p.name.as_str(), p.at_return))
+            .collect()
     }
 
     fn names(check: &PlanCheck) -> Vec<&str> {
@@ -664,15 +707,28 @@ mod tests {
         let kernel = without_kallsyms(&btf, false);
         let check = check(Attach::Fentry, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);
-        let requests: Vec<_> = check
-            .to_attach()
-            .filter(|p| matches!(p.role, Role::DontneedRequests | Role::ProcessMadvise))
-            .map(|p| (p.name.as_str(), p.at_return))
-            .collect();
-        assert_eq!(requests, [("do_madvise", true), ("vector_madvise", true)]);
+        assert_eq!(request_hooks(&check), [("do_madvise", true), ("vector_madvise", true)]);
         // The frees are hooked as with PT_RECLAIM.
         assert!(names(&check).contains(&"free_pgtables"));
         assert!(check.events().contains(&Event::Dontneed));
+    }
+
+    #[test]
+    fn with_pt_reclaim_the_entry_marks_are_needed_only_where_elimination_cannot_tell_or_for_events() {
+        let btf = btf();
+        let both = [("do_madvise", false), ("do_madvise", true), ("vector_madvise", false), ("vector_madvise", true)];
+        let exit_only = [("do_madvise", true), ("vector_madvise", true)];
+        for (exec_marked, request_events, expected) in
+            [(true, false, &exit_only[..]), (false, false, &both[..]), (true, true, &both[..])]
+        {
+            let kernel = KernelSymbols { exec_marked, request_events, ..without_kallsyms(&btf, true) };
+            assert_eq!(kernel.reclaim_by_elimination(), exec_marked);
+            let fentry = check(Attach::Fentry, &kernel);
+            let mut hooks = request_hooks(&fentry);
+            hooks.sort_unstable();
+            assert_eq!(hooks, expected, "exec marked: {exec_marked}, events: {request_events}");
+            assert!(fentry.events().contains(&Event::PtReclaim));
+        }
     }
 
     #[test]
@@ -694,6 +750,8 @@ mod tests {
             io_uring_readable: true,
             version: (6, 18),
             pt_reclaim: true,
+            exec_marked: true,
+            request_events: false,
         };
         let check = check(Attach::Tracepoint, &kernel);
         assert!(check.usable.is_ok(), "{:?}", check.usable);

@@ -10,11 +10,14 @@
 //!
 //! The context that classifies frees as `reclaim` is needed only while a
 //! request can reclaim: PT_RECLAIM works on this kernel and the range covers
-//! a whole 2 MiB span (`measure::can_reclaim`, the test every plan uses). An
+//! a whole 2 MiB span (`measure::can_reclaim`, the test every plan uses),
+//! and only where the frees cannot be told by elimination
+//! (`frees::classify`) or `ptwatch trace` wants each request's total. An
 //! fexit program sees the arguments again, so the fentry plan stores
-//! nothing at all for smaller requests (an allocator's 4 KiB purges cost
-//! two trampolines and a counter); a kretprobe does not, so the kprobe plan
-//! keeps every DONTNEED request's range in the context (for one that cannot
+//! nothing at all for smaller requests, and usually attaches no entry
+//! program at all: an allocator's 4 KiB purges then cost one trampoline
+//! and a counter. A kretprobe does not see them, so the kprobe plan keeps
+//! every DONTNEED request's range in the context (for one that cannot
 //! reclaim, in a single map insert).
 
 use aya_ebpf::{
