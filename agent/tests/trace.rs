@@ -19,6 +19,39 @@ use std::{
 use serde_json::Value;
 use support::{assert_one_line_error, expect_pt_reclaim, ptwatch_bin, run_workload, workload_bin, AgentProcess};
 
+/// Nanoseconds since the epoch, the clock of the events' `timestamp_ns`.
+fn wall_clock_ns() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(since_epoch.as_nanos()).expect("ns fit in u64")
+}
+
+/// `ptwatch-workload unmap-paced MIB`: its report and the wall-clock window
+/// of its munmap. Its other frees (the loader unmapping a file it read at
+/// start-up can free a table that held nothing else) are not the munmap's:
+/// the events are compared within the window.
+fn unmap_in_window(mib: u32) -> (ptwatch_workload::Report, std::ops::RangeInclusive<u64>) {
+    use std::io::Write as _;
+    let mut child = Command::new(workload_bin())
+        .args(["unmap-paced", &mib.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the unmap-paced workload");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the workload's first report");
+    let start = wall_clock_ns();
+    writeln!(stdin).expect("the munmap's go");
+    line.clear();
+    stdout.read_line(&mut line).expect("the workload's report");
+    let end = wall_clock_ns();
+    drop(stdin);
+    assert!(child.wait().expect("wait for the workload").success(), "unmap-paced workload failed");
+    let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"));
+    (report, start..=end)
+}
+
 /// The comm the kernel keeps for `ptwatch-workload` (15 characters).
 const WORKLOAD_COMM: &str = "ptwatch-workloa";
 
@@ -323,12 +356,13 @@ fn min_pages_and_cause_filters() {
     // sees frees at all).
     let trace = Trace::start(&["--json", "--comm", "ptwatch-workload", "--cause", "unmap"]);
     let dontneed = run_workload(&["cuts", "32", "0", "2048", "1", "dontneed"]);
-    let unmap = run_workload(&["unmap", "32"]);
+    let (unmap, munmap_window) = unmap_in_window(32);
     std::thread::sleep(Duration::from_millis(500));
     let (status, stdout, stderr) = trace.stop();
     assert_eq!(status.code(), Some(0), "{stderr}");
     let run = parse_json(&stdout);
     assert!(run.events.iter().all(|e| e["cause"] == "unmap" && e["event"] == "free"), "--cause unmap");
+    let in_munmap = |e: &&Value| munmap_window.contains(&num(e, "timestamp_ns"));
     let attached = support::Attached::new();
     let plan = attached.probes.plan();
     // Where the architecture does not name levels (arm64, riscv64), frees
@@ -336,7 +370,9 @@ fn min_pages_and_cause_filters() {
     let levels_named = !plan.chosen().check.limitations.iter().any(|l| l.contains("level of unmap"));
     if plan.frees_observed() && levels_named {
         let pte_unmapped = |pid| sum_pages(of_pid(&run.events, pid).into_iter().filter(|e| e["level"] == "pte"));
-        assert_eq!(pte_unmapped(unmap.pid), unmap.expected_tables, "munmap frees its PTE tables");
+        let pte_in_munmap =
+            sum_pages(of_pid(&run.events, unmap.pid).into_iter().filter(in_munmap).filter(|e| e["level"] == "pte"));
+        assert_eq!(pte_in_munmap, unmap.expected_tables, "munmap frees its PTE tables");
         // The DONTNEED workload unmaps its region before exiting: with
         // PT_RECLAIM its PTE tables are gone by then; without (6.1) the
         // empty tables DONTNEED left behind are freed by that munmap.
@@ -345,7 +381,8 @@ fn min_pages_and_cause_filters() {
     } else if plan.frees_observed() {
         let unmapped = |pid| sum_pages(of_pid(&run.events, pid));
         assert!(run.events.iter().all(|e| e["level"] == "unknown"), "levels not named here");
-        assert_eq!(unmapped(unmap.pid) * 4, unmap.vmpte_drop_kib, "munmap frees its tables, every level");
+        let in_munmap = sum_pages(of_pid(&run.events, unmap.pid).into_iter().filter(in_munmap));
+        assert_eq!(in_munmap * 4, unmap.vmpte_drop_kib, "munmap frees its tables, every level");
         // Upper-level tables of the region go too; PTE tables only where
         // DONTNEED left them.
         let left_behind = if expect_pt_reclaim() { 0 } else { dontneed.expected_tables };
