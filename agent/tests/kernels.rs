@@ -324,32 +324,14 @@ fn concurrent_threads_are_counted_exactly() {
 /// where the kernel placed its mappings), its report and the program runs
 /// the kernel skipped meanwhile.
 fn frees_of_munmap(kernel: &Kernel, mib: u32) -> (Report, FreeCounts, u64) {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let mut child = Command::new(workload_bin())
-        .args(["unmap-paced", &mib.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the unmap-paced workload");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the workload's first report");
-    let pid = child.id();
-    let (before, misses_before) = (kernel.process_if_counted(pid).unwrap_or_default().frees, kernel.recursion_misses());
-    writeln!(stdin).expect("the munmap's go");
-    line.clear();
-    stdout.read_line(&mut line).expect("the workload's report");
-    let report: Report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"));
-    let (after, skipped) =
-        (kernel.process_if_counted(pid).unwrap_or_default().frees, kernel.recursion_misses() - misses_before);
-    drop(stdin);
-    assert!(child.wait().expect("wait for the workload").success(), "unmap-paced workload failed");
+    let frees_and_misses = |pid| (kernel.process_if_counted(pid).unwrap_or_default().frees, kernel.recursion_misses());
+    let (report, (before, misses_before), (after, misses_after)) =
+        support::unmap_paced(mib, frees_and_misses, frees_and_misses);
     let mut during = FreeCounts::default();
     for (cause, level) in Cause::ALL.into_iter().flat_map(|c| Level::ALL.into_iter().map(move |l| (c, l))) {
         during.pages[cause.index()][level.index()] = after.get(cause, level) - before.get(cause, level);
     }
-    (report, during, skipped)
+    (report, during, misses_after - misses_before)
 }
 
 /// exec's stack move (`relocate_vma_down`) frees the old stack's page

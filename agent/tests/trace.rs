@@ -25,33 +25,6 @@ fn wall_clock_ns() -> u64 {
     u64::try_from(since_epoch.as_nanos()).expect("ns fit in u64")
 }
 
-/// `ptwatch-workload unmap-paced MIB`: its report and the wall-clock window
-/// of its munmap. Its other frees (the loader unmapping a file it read at
-/// start-up can free a table that held nothing else) are not the munmap's:
-/// the events are compared within the window.
-fn unmap_in_window(mib: u32) -> (ptwatch_workload::Report, std::ops::RangeInclusive<u64>) {
-    use std::io::Write as _;
-    let mut child = Command::new(workload_bin())
-        .args(["unmap-paced", &mib.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the unmap-paced workload");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the workload's first report");
-    let start = wall_clock_ns();
-    writeln!(stdin).expect("the munmap's go");
-    line.clear();
-    stdout.read_line(&mut line).expect("the workload's report");
-    let end = wall_clock_ns();
-    drop(stdin);
-    assert!(child.wait().expect("wait for the workload").success(), "unmap-paced workload failed");
-    let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"));
-    (report, start..=end)
-}
-
 /// The comm the kernel keeps for `ptwatch-workload` (15 characters).
 const WORKLOAD_COMM: &str = "ptwatch-workloa";
 
@@ -356,7 +329,10 @@ fn min_pages_and_cause_filters() {
     // sees frees at all).
     let trace = Trace::start(&["--json", "--comm", "ptwatch-workload", "--cause", "unmap"]);
     let dontneed = run_workload(&["cuts", "32", "0", "2048", "1", "dontneed"]);
-    let (unmap, munmap_window) = unmap_in_window(32);
+    // Compared within the munmap's wall-clock window: a table the
+    // workload's loader frees at start-up is not the munmap's.
+    let (unmap, start, end) = support::unmap_paced(32, |_| wall_clock_ns(), |_| wall_clock_ns());
+    let munmap_window = start..=end;
     std::thread::sleep(Duration::from_millis(500));
     let (status, stdout, stderr) = trace.stop();
     assert_eq!(status.code(), Some(0), "{stderr}");

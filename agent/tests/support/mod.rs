@@ -56,6 +56,35 @@ pub fn run_workload(args: &[&str]) -> Report {
     serde_json::from_slice(&output.stdout).expect("workload prints a JSON report")
 }
 
+/// Run `ptwatch-workload unmap-paced MIB`: `before` runs once its region is
+/// touched, right before the go of its munmap, `after` once the munmap's
+/// report is read, both given the workload's pid. Returns the munmap's
+/// report and what both returned: what a test observes around the munmap
+/// alone (the process's other frees, its loader's at start-up say, depend
+/// on where the kernel placed things).
+pub fn unmap_paced<B, A>(mib: u32, before: impl FnOnce(u32) -> B, after: impl FnOnce(u32) -> A) -> (Report, B, A) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut child = Command::new(workload_bin())
+        .args(["unmap-paced", &mib.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the unmap-paced workload");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the workload's first report");
+    let before = before(child.id());
+    writeln!(stdin).expect("the munmap's go");
+    line.clear();
+    stdout.read_line(&mut line).expect("the workload's report");
+    let after = after(child.id());
+    drop(stdin);
+    assert!(child.wait().expect("wait for the workload").success(), "unmap-paced workload failed");
+    let report = serde_json::from_str(&line).unwrap_or_else(|err| panic!("workload report {line:?}: {err}"));
+    (report, before, after)
+}
+
 /// One process as a test sees it after a harvest: owned, its counts
 /// summed over every name it had.
 #[derive(Clone, Debug)]
