@@ -6,9 +6,9 @@
 //! ([`FreeSource`]). The cause comes from what the freeing thread is doing:
 //! tearing down the whole mm (`tlb->fullmm`), inside `free_pgtables` through
 //! this very mmu_gather (munmap and friends), or inside a DONTNEED request on
-//! this mm (PT_RECLAIM: marked, or told by elimination, see [`classify`]). Frees are attributed to the mm's owner, not to the
-//! running task: an exit finished by another task's `mmput` still belongs to
-//! the process.
+//! this mm (PT_RECLAIM: marked, or told by elimination, see [`classify`]).
+//! Frees are attributed to the mm's owner, not to the running task: an exit
+//! finished by another task's `mmput` still belongs to the process.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
