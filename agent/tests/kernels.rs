@@ -15,13 +15,16 @@ mod support;
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use ptwatch::{
+    aggregate::slots::DontneedSlots,
     kernel::btf::{KernelBtf, VMLINUX_BTF},
     probes::{
         plan::{Attach, Event, Outcome, ProbeMode},
         LoadOptions, ProbeMaps, Probes, ReclaimAccounting,
     },
 };
-use ptwatch_common::{Cause, FreeCounts, Level, NodeCounters, ProcessCounters, ProcessKey};
+use ptwatch_common::{
+    Cause, DontneedSlot, FreeCounts, Level, NodeCounters, ProcessCounters, ProcessKey, DONTNEED_SLOT_CLAIM_CALLS,
+};
 use ptwatch_workload::{churn::ChurnReport, fleet::FleetReport, Report};
 use support::{expect_pt_reclaim, probe_mode, run_workload, workload_bin, Held};
 
@@ -44,9 +47,13 @@ impl Kernel {
         Self { probes, maps }
     }
 
-    /// Every process entry, by key.
+    /// Every process entry, by key, with its DONTNEED slot (as the agent
+    /// reads them).
     fn processes(&self) -> BTreeMap<ProcessKey, ProcessCounters> {
-        self.maps.processes.iter().map(|entry| entry.expect("read PROCESS_COUNTERS")).collect()
+        let mut entries: Vec<_> =
+            self.maps.processes.iter().map(|entry| entry.expect("read PROCESS_COUNTERS")).collect();
+        DontneedSlots::default().fold(&self.maps, &mut entries).expect("read the DONTNEED slots");
+        entries.into_iter().collect()
     }
 
     /// The entries of process `pid` (one per process lifetime), summed;
@@ -250,6 +257,43 @@ fn dontneed_reclaim_calls_and_bytes_equal_the_kernels_accounting() {
         let (report, skipped) = run_counted(&kernel, args);
         check_request_counts(&kernel, args, &report, skipped);
     }
+}
+
+/// An allocator-style process (2,048 requests of 4 KiB) counts its first
+/// requests in its hash entry, then claims its DONTNEED slot and counts the
+/// rest there, without a hash lookup; entry and slot add up to the exact
+/// counts.
+#[test]
+fn a_busy_process_counts_its_requests_in_its_dontneed_slot() {
+    let kernel = Kernel::attach();
+    let args = ["cuts", "8", "0", "4", "1", "dontneed"];
+    // Another process of the machine whose pid shares the slot index may
+    // hold the slot: then the workload is run again (a new pid).
+    for _ in 0..5 {
+        let (report, skipped) = run_counted(&kernel, &args);
+        check_request_counts(&kernel, &args, &report, skipped);
+        let key = *kernel.processes().keys().find(|key| key.tgid == report.pid).expect("the workload's entry");
+        let index = DontneedSlot::index(&key);
+        let owner = kernel.maps.dontneed_slot_owners.get(&index, 0).expect("the slot of the workload's pid is claimed");
+        if owner != key {
+            eprintln!("slot {index} is held by {owner:?}, not the workload {key:?}: once more");
+            continue;
+        }
+        let slot = kernel.maps.dontneed_slots.get(&index, 0).expect("read DONTNEED_SLOTS");
+        let entry = kernel.maps.processes.get(&key, 0).expect("read the workload's hash entry");
+        assert_eq!(slot.key, key);
+        let what = format!("{report:?}: hash entry {entry:?}, slot {slot:?}");
+        assert_exact_or_missed(entry.dontneed_calls + slot.dontneed_calls, report.calls, skipped, &what);
+        if skipped == 0 {
+            assert_eq!(
+                entry.dontneed_calls, DONTNEED_SLOT_CLAIM_CALLS,
+                "the slot is claimed at the {DONTNEED_SLOT_CLAIM_CALLS}th request: {what}"
+            );
+            assert_eq!(entry.dontneed_bytes + slot.dontneed_bytes, report.bytes, "{what}");
+        }
+        return;
+    }
+    panic!("five workloads in a row found their DONTNEED slot held by another process");
 }
 
 /// io_uring `IORING_OP_MADVISE` requests: counted like madvise(2) in every

@@ -5,7 +5,10 @@
 //!   recycled pid is a new key), in `PROCESS_COUNTERS`, a plain (not LRU)
 //!   hash map sized by the agent (`--max-tracked-processes`): an entry is
 //!   never evicted behind the agent's back, it is removed only by the agent
-//!   once it has seen the process exit and kept its final counts;
+//!   once it has seen the process exit and kept its final counts. A busy
+//!   process' DONTNEED requests go to its slot of `DONTNEED_SLOTS` instead
+//!   (found without hashing, see [`DONTNEED_SLOT_COUNT`]), which the agent
+//!   reads and takes as part of the entry;
 //! - per cgroup, in `OVERFLOW_COUNTERS`, keyed by cgroup v2 id: what a
 //!   process could not count in its own entry because `PROCESS_COUNTERS` was
 //!   full. Key [`UNATTRIBUTED_CGROUP`] (0) is created by the agent before
@@ -204,6 +207,52 @@ impl ProcessCounters {
         self.dontneed_calls = self.dontneed_calls.wrapping_add(other.dontneed_calls);
         self.dontneed_bytes = self.dontneed_bytes.wrapping_add(other.dontneed_bytes);
         self.frees.add(&other.frees);
+    }
+}
+
+/// Entries of `DONTNEED_SLOTS`: a direct-mapped cache of the DONTNEED
+/// counts of processes that make many requests (an allocator purging 4 KiB
+/// at a time), indexed by `tgid % DONTNEED_SLOT_COUNT`. A slot is found
+/// without hashing, so such a request costs one array index and two atomic
+/// adds instead of a hash lookup; a process whose slot is taken by another
+/// uses its `PROCESS_COUNTERS` entry, as every process does for frees.
+///
+/// The protocol (kernel 5.10 has no compare-and-swap, so a slot is claimed
+/// through a hash map insert, which is atomic):
+/// - a process claims the free slot (key tgid 0) of its index once its
+///   `PROCESS_COUNTERS` entry has counted [`DONTNEED_SLOT_CLAIM_CALLS`]
+///   requests, by inserting its key at that index of `DONTNEED_SLOT_OWNERS`
+///   with `BPF_NOEXIST` (one claimant wins), then writing its key into the
+///   slot. Only the running process' own requests use the slot;
+/// - requests whose key equals the slot's add there; the others (and a
+///   key half written) do not match and use the hash entry;
+/// - the agent counts a process' slot (while `DONTNEED_SLOT_OWNERS` names it)
+///   with its hash entry. Once the process is gone (no thread left to
+///   match), the agent takes its counts, zeroes the slot and only then
+///   removes the owner, so a slot's counts always belong to the owner
+///   named at that index.
+pub const DONTNEED_SLOT_COUNT: u32 = 4096;
+
+/// Requests a process makes in its hash entry before it claims a slot: a
+/// process that purges once or twice does not take one.
+pub const DONTNEED_SLOT_CLAIM_CALLS: u64 = 8;
+
+/// Value of `DONTNEED_SLOTS` (see [`DONTNEED_SLOT_COUNT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DontneedSlot {
+    /// The owner; tgid 0 while the slot is free.
+    pub key: ProcessKey,
+    /// Counted like `ProcessCounters::dontneed_calls` and `dontneed_bytes`,
+    /// since the owner claimed the slot.
+    pub dontneed_calls: u64,
+    pub dontneed_bytes: u64,
+}
+
+impl DontneedSlot {
+    /// The slot index of a process.
+    pub const fn index(key: &ProcessKey) -> u32 {
+        key.tgid % DONTNEED_SLOT_COUNT
     }
 }
 

@@ -24,8 +24,8 @@ pub mod trace;
 pub use config::{FreeSource, KernelConfig};
 pub use context::{IoRequest, ThreadContext};
 pub use counters::{
-    overflow_capacity, Cause, FreeCounts, Level, NodeCounters, ProcessCounters, ProcessKey,
-    DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
+    overflow_capacity, Cause, DontneedSlot, FreeCounts, Level, NodeCounters, ProcessCounters, ProcessKey,
+    DEFAULT_MAX_TRACKED_PROCESSES, DONTNEED_SLOT_CLAIM_CALLS, DONTNEED_SLOT_COUNT, UNATTRIBUTED_CGROUP,
 };
 pub use request::{AgentRequest, MAX_WALK_REGIONS};
 pub use trace::{EventKind, TraceEvent};
@@ -50,6 +50,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelConfig {}
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::ProcessCounters {}
+    unsafe impl aya::Pod for super::DontneedSlot {}
     unsafe impl aya::Pod for super::NodeCounters {}
     unsafe impl aya::Pod for super::ThreadContext {}
     unsafe impl aya::Pod for super::IoRequest {}

@@ -5,6 +5,11 @@
 pub const PROCESS_COUNTERS: &str = "PROCESS_COUNTERS";
 /// Per-cgroup overflow of `PROCESS_COUNTERS`: cgroup id → `ProcessCounters`.
 pub const OVERFLOW_COUNTERS: &str = "OVERFLOW_COUNTERS";
+/// Direct-mapped DONTNEED counts of busy processes: slot index →
+/// `DontneedSlot` (see `ptwatch_common::DONTNEED_SLOT_COUNT`).
+pub const DONTNEED_SLOTS: &str = "DONTNEED_SLOTS";
+/// Who owns each claimed slot of `DONTNEED_SLOTS`: slot index → `ProcessKey`.
+pub const DONTNEED_SLOT_OWNERS: &str = "DONTNEED_SLOT_OWNERS";
 /// Node totals (per-CPU array of one `NodeCounters`).
 pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
 /// Per-thread context while a thread is inside a hooked call: tid →

@@ -1,19 +1,21 @@
 //! The aggregation maps and the only code that updates them.
 //!
 //! Every event is added to the node totals and to exactly one of: the
-//! process' own entry, its cgroup's overflow slot (process map full), or the
-//! unattributed slot (no owner, or overflow map full too). See
+//! process' own entry (or, for a busy process' DONTNEED requests, its slot
+//! in `DONTNEED_SLOTS`, which the agent reads as part of that entry), its
+//! cgroup's overflow slot (process map full), or the unattributed slot (no
+//! owner, or overflow map full too). See
 //! `ptwatch_common::counters` for why that keeps every total exact.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use ptwatch_common::{
-    overflow_capacity, Cause, Level, NodeCounters, ProcessCounters, ProcessKey, COMM_LEN,
-    DEFAULT_MAX_TRACKED_PROCESSES, UNATTRIBUTED_CGROUP,
+    overflow_capacity, Cause, DontneedSlot, Level, NodeCounters, ProcessCounters, ProcessKey, COMM_LEN,
+    DEFAULT_MAX_TRACKED_PROCESSES, DONTNEED_SLOT_CLAIM_CALLS, DONTNEED_SLOT_COUNT, UNATTRIBUTED_CGROUP,
 };
 
 use crate::{
@@ -30,6 +32,15 @@ static PROCESS_COUNTERS: HashMap<ProcessKey, ProcessCounters> =
 #[map(name = "OVERFLOW_COUNTERS")]
 static OVERFLOW_COUNTERS: HashMap<u64, ProcessCounters> =
     HashMap::with_max_entries(overflow_capacity(DEFAULT_MAX_TRACKED_PROCESSES), 0);
+
+/// DONTNEED counts of busy processes, found without hashing; the protocol
+/// is at `ptwatch_common::DONTNEED_SLOT_COUNT`.
+#[map(name = "DONTNEED_SLOTS")]
+static DONTNEED_SLOTS: Array<DontneedSlot> = Array::with_max_entries(DONTNEED_SLOT_COUNT, 0);
+
+/// Who claimed each slot: the insert is the atomic claim.
+#[map(name = "DONTNEED_SLOT_OWNERS")]
+static DONTNEED_SLOT_OWNERS: HashMap<u32, ProcessKey> = HashMap::with_max_entries(DONTNEED_SLOT_COUNT, 0);
 
 #[map(name = "NODE_COUNTERS")]
 static NODE_COUNTERS: PerCpuArray<NodeCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -171,40 +182,112 @@ fn unattributed_entry() -> Option<*mut ProcessCounters> {
     slot
 }
 
-/// The entry an event of `owner` is counted in (see the module docs).
-#[inline(always)]
-fn entry_of(owner: Option<&Owner>) -> Option<*mut ProcessCounters> {
-    match owner {
-        Some(owner) => match process_entry(owner) {
-            Some(entry) => Some(entry),
-            None => {
-                count(Diagnostic::ProcessMapOverflow);
-                overflow_entry()
-            }
-        },
-        None => {
-            count(Diagnostic::UnownedFree);
-            unattributed_entry()
+/// Where an event is counted: the process' own entry, or an entry it
+/// shares (its cgroup's overflow slot, the unattributed slot).
+#[derive(Clone, Copy)]
+enum Entry {
+    Own(*mut ProcessCounters),
+    Shared(*mut ProcessCounters),
+}
+
+impl Entry {
+    #[inline(always)]
+    fn counters(self) -> *mut ProcessCounters {
+        match self {
+            Self::Own(counters) | Self::Shared(counters) => counters,
         }
     }
 }
 
-/// One successful DONTNEED request of `owner` that advised `bytes`.
+/// The entry an event of `owner` is counted in (see the module docs).
+#[inline(always)]
+fn entry_of(owner: Option<&Owner>) -> Option<Entry> {
+    match owner {
+        Some(owner) => match process_entry(owner) {
+            Some(entry) => Some(Entry::Own(entry)),
+            None => {
+                count(Diagnostic::ProcessMapOverflow);
+                overflow_entry().map(Entry::Shared)
+            }
+        },
+        None => {
+            count(Diagnostic::UnownedFree);
+            unattributed_entry().map(Entry::Shared)
+        }
+    }
+}
+
+/// One successful DONTNEED request of `owner` (the running task's process)
+/// that advised `bytes`: in the owner's slot when it holds one, else in its
+/// hash entry, which may then claim the slot.
 #[inline(always)]
 pub fn record_dontneed_call(owner: &Owner, bytes: u64) {
     if let Some(node) = node() {
         // SAFETY: pointers into this CPU's live map value.
-        unsafe {
-            atomic::add(&raw mut (*node).dontneed_calls, 1);
-            atomic::add(&raw mut (*node).dontneed_bytes, bytes);
+        unsafe { add_dontneed(&raw mut (*node).dontneed_calls, &raw mut (*node).dontneed_bytes, bytes) };
+    }
+    let index = DontneedSlot::index(&owner.key);
+    let slot = DONTNEED_SLOTS.get_ptr_mut(index);
+    if let Some(slot) = slot {
+        // SAFETY: a pointer into a live map value. The key is read field by
+        // field while a claimant may be writing it: a half-written key
+        // matches no process, and the request goes to the hash entry.
+        let (tgid, start_time_ns) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*slot).key.tgid),
+                core::ptr::read_volatile(&raw const (*slot).key.start_time_ns),
+            )
+        };
+        if tgid == owner.key.tgid && start_time_ns == owner.key.start_time_ns {
+            // SAFETY: pointers into a live map value.
+            unsafe { add_dontneed(&raw mut (*slot).dontneed_calls, &raw mut (*slot).dontneed_bytes, bytes) };
+            return;
         }
     }
-    if let Some(entry) = entry_of(Some(owner)) {
-        // SAFETY: pointers into a live map value.
-        unsafe {
-            atomic::add(&raw mut (*entry).dontneed_calls, 1);
-            atomic::add(&raw mut (*entry).dontneed_bytes, bytes);
-        }
+    let Some(entry) = entry_of(Some(owner)) else {
+        return;
+    };
+    let counters = entry.counters();
+    // SAFETY: pointers into a live map value.
+    unsafe { add_dontneed(&raw mut (*counters).dontneed_calls, &raw mut (*counters).dontneed_bytes, bytes) };
+    if let (Entry::Own(own), Some(slot)) = (entry, slot) {
+        claim_if_busy(index, slot, own, &owner.key);
+    }
+}
+
+/// One request of `bytes` into a pair of counters of a live map value.
+#[inline(always)]
+fn add_dontneed(calls: *mut u64, advised: *mut u64, bytes: u64) {
+    atomic::add(calls, 1);
+    atomic::add(advised, bytes);
+}
+
+/// Claim slot `index` for `key` if it is free and the process' hash entry
+/// has counted enough requests to be worth a slot.
+#[inline(always)]
+fn claim_if_busy(index: u32, slot: *mut DontneedSlot, entry: *const ProcessCounters, key: &ProcessKey) {
+    // SAFETY: pointers into live map values; a racing update shows either
+    // value, and either decision is safe.
+    let (free, calls) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*slot).key.tgid) == 0,
+            core::ptr::read_volatile(&raw const (*entry).dontneed_calls),
+        )
+    };
+    if !free || calls < DONTNEED_SLOT_CLAIM_CALLS {
+        return;
+    }
+    // The atomic claim: fails while another process (or one the agent has
+    // not released yet) owns the index.
+    if DONTNEED_SLOT_OWNERS.insert(index, key, u64::from(BPF_NOEXIST)).is_err() {
+        return;
+    }
+    // SAFETY: a pointer into a live map value that only this claimant
+    // writes now (the agent zeroed it before it released the index). The
+    // tgid last: until it is written the key matches nobody.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*slot).key.start_time_ns, key.start_time_ns);
+        core::ptr::write_volatile(&raw mut (*slot).key.tgid, key.tgid);
     }
 }
 
@@ -222,6 +305,6 @@ pub fn record_frees(owner: Option<&Owner>, cause: Cause, level: Level, pages: u6
     }
     if let Some(entry) = entry_of(owner) {
         // SAFETY: a pointer into a live map value; indices checked.
-        unsafe { atomic::add(&raw mut (*entry).frees.pages[c][l], pages) };
+        unsafe { atomic::add(&raw mut (*entry.counters()).frees.pages[c][l], pages) };
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! The kernel counts each event once per level of detail
 //! (`ptwatch_common::counters`): in the process' own entry of
-//! `PROCESS_COUNTERS` (keyed by pid and start time, never evicted) or, when
-//! that map is full, in the cgroup's slot of `OVERFLOW_COUNTERS`; and always
-//! in the node totals. A harvest brings the agent's picture up to date in
+//! `PROCESS_COUNTERS` (keyed by pid and start time, never evicted; a busy
+//! process' DONTNEED requests in its slot of `DONTNEED_SLOTS`, which
+//! [`slots`] reads as part of the entry) or, when that map is full, in the
+//! cgroup's slot of `OVERFLOW_COUNTERS`; and always in the node totals. A harvest brings the agent's picture up to date in
 //! steps, one job each:
 //!
 //! 1. [`read`](Aggregator::read) the maps (every entry, a few system calls);
@@ -47,6 +48,7 @@ pub mod host;
 pub mod identity;
 pub mod record;
 pub mod selection;
+pub mod slots;
 pub mod source;
 pub mod totals;
 

@@ -4,18 +4,22 @@
 
 use ptwatch_common::{names, NodeCounters, ProcessCounters, ProcessKey, ThreadContext};
 
-use super::batch::{self, Scratch, TakeMethod};
+use super::{
+    batch::{self, Scratch, TakeMethod},
+    slots::DontneedSlots,
+};
 use crate::probes::{ProbeError, ProbeMaps};
 
 pub trait CounterSource {
     /// Node totals, summed over CPUs.
     fn node(&self) -> Result<NodeCounters, ProbeError>;
-    /// Replace `into` with every `PROCESS_COUNTERS` entry.
+    /// Replace `into` with every `PROCESS_COUNTERS` entry (with its
+    /// process' DONTNEED slot, if it holds one).
     fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError>;
     /// Replace `into` with every `OVERFLOW_COUNTERS` slot (cgroup id, counts).
     fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError>;
-    /// Remove the entry of an exited process and return the value it had
-    /// when removed (None: no entry).
+    /// Remove the entry of an exited process (and its DONTNEED slot) and
+    /// return the value it had when removed (None: no entry).
     fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError>;
     /// Replace `into` with every `THREAD_CONTEXT` entry.
     fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError>;
@@ -42,6 +46,7 @@ pub struct KernelMaps {
     maps: ProbeMaps,
     take: TakeMethod,
     processes: Scratch<ProcessKey, ProcessCounters>,
+    slots: DontneedSlots,
     overflow: Scratch<u64, ProcessCounters>,
     threads: Scratch<u32, ThreadContext>,
 }
@@ -52,6 +57,7 @@ impl KernelMaps {
             maps,
             take: TakeMethod::default(),
             processes: Scratch::default(),
+            slots: DontneedSlots::default(),
             overflow: Scratch::default(),
             threads: Scratch::default(),
         }
@@ -72,7 +78,8 @@ impl CounterSource for KernelMaps {
     }
 
     fn processes(&mut self, into: &mut Vec<(ProcessKey, ProcessCounters)>) -> Result<(), ProbeError> {
-        batch::entries(&self.maps.processes, &mut self.processes, into).map_err(map_error(names::PROCESS_COUNTERS))
+        batch::entries(&self.maps.processes, &mut self.processes, into).map_err(map_error(names::PROCESS_COUNTERS))?;
+        self.slots.fold(&self.maps, into)
     }
 
     fn overflow(&mut self, into: &mut Vec<(u64, ProcessCounters)>) -> Result<(), ProbeError> {
@@ -80,7 +87,16 @@ impl CounterSource for KernelMaps {
     }
 
     fn take(&mut self, key: &ProcessKey) -> Result<Option<ProcessCounters>, ProbeError> {
-        batch::take(&mut self.maps.processes, key, &mut self.take).map_err(map_error(names::PROCESS_COUNTERS))
+        let entry =
+            batch::take(&mut self.maps.processes, key, &mut self.take).map_err(map_error(names::PROCESS_COUNTERS))?;
+        let Some(slot) = DontneedSlots::release(&mut self.maps, key)? else {
+            return Ok(entry);
+        };
+        // A slot is claimed only by a process that has an entry; a default
+        // one holds the slot's counts should that ever not hold.
+        let mut entry = entry.unwrap_or_default();
+        slot.add_to(&mut entry);
+        Ok(Some(entry))
     }
 
     fn threads(&mut self, into: &mut Vec<(u32, ThreadContext)>) -> Result<(), ProbeError> {

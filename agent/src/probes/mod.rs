@@ -17,11 +17,11 @@ mod reap;
 mod stats;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use ptwatch_common::{
-    names, IoRequest, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext,
+    names, DontneedSlot, IoRequest, KernelConfig, NodeCounters, ProcessCounters, ProcessKey, ThreadContext,
     DEFAULT_MAX_TRACKED_PROCESSES,
 };
 
@@ -101,6 +101,11 @@ pub struct ProbeMaps {
     /// Per process: never evicted; the agent removes an entry once it has
     /// seen the process exit and kept its counts.
     pub processes: HashMap<MapData, ProcessKey, ProcessCounters>,
+    /// DONTNEED counts of busy processes, direct-mapped by tgid, and who
+    /// owns each claimed slot: part of their owner's counts
+    /// (`aggregate::slots`).
+    pub dontneed_slots: Array<MapData, DontneedSlot>,
+    pub dontneed_slot_owners: HashMap<MapData, u32, ProcessKey>,
     /// Per cgroup id: what processes could not count in `processes` (full),
     /// and under `UNATTRIBUTED_CGROUP` frees of address spaces with no
     /// owner left. Entries are never removed.
@@ -327,6 +332,8 @@ impl Probes {
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
             processes: self.take(names::PROCESS_COUNTERS)?,
+            dontneed_slots: self.take(names::DONTNEED_SLOTS)?,
+            dontneed_slot_owners: self.take(names::DONTNEED_SLOT_OWNERS)?,
             overflow: self.take(names::OVERFLOW_COUNTERS)?,
             node: self.take(names::NODE_COUNTERS)?,
             threads: self.take(names::THREAD_CONTEXT)?,
