@@ -43,7 +43,8 @@ const DIST_PACKAGES: &[&str] = &["lintian", "buildah"];
 /// `prometheus-node-exporter` (the dashboard's RAM-share panels);
 /// `systemd-container` (systemd-nspawn boots systemd for the unit and the
 /// .deb); `podman` and `runc` (run the image); `python3-venv` (for
-/// [`TEST_PYTHON_TOOLS`]).
+/// [`TEST_PYTHON_TOOLS`]); `cpio` (xtask's own test reads the guests'
+/// initramfs back with cpio(1); a fresh Debian machine lacks it).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "python3-prometheus-client",
@@ -53,6 +54,7 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "python3-venv",
+    "cpio",
 ];
 
 /// PyPI packages installed into [`python::PYTHON_VENV`], pinned:
