@@ -285,16 +285,21 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
 
 /// Map and touch `mib` MiB, then unmap it: its PTE tables are freed by
 /// `free_pgtables` (cause `unmap`). `before_unmap` gets the report so far
-/// (peak and expected tables) right before the munmap: the paced variant
-/// hands over to its caller there, which can then read the process'
-/// counters around the munmap alone.
+/// (expected tables) right before the munmap: the paced variant hands over
+/// to its caller there, which can then read the process' counters around
+/// the munmap alone.
+///
+/// The peak is read after `before_unmap`, right before the munmap: what it
+/// does (print, wait for a line) may fault in a page of a fresh allocation
+/// and so a PTE table (musl's allocator maps new groups), which would take
+/// one table off the munmap's drop.
 pub fn unmap(mib: usize, before_unmap: impl FnOnce(&Report) -> Result<()>) -> Result<Report> {
     let region = Region::new(mib * MIB, 0)?;
     region.touch();
     let mut report = Report { pid: std::process::id(), ..Report::default() };
-    report.vmpte_peak_kib = vmpte_kib()?;
     report.expected_tables = region.covered_spans(0, region.len);
     before_unmap(&report)?;
+    report.vmpte_peak_kib = vmpte_kib()?;
     drop(region);
     report.vmpte_end_kib = vmpte_kib()?;
     report.vmpte_drop_kib = report.vmpte_peak_kib.saturating_sub(report.vmpte_end_kib);
