@@ -104,6 +104,10 @@ pub struct Built {
     pub workload: PathBuf,
 }
 
+/// The profile of the test executables (`Cargo.toml`): release without
+/// LTO. The binaries they test are the release ones.
+pub const TEST_PROFILE: &str = "release-tests";
+
 /// The release binaries built by this project.
 const PACKAGES: [&str; 4] = ["-p", "ptwatch", "-p", "ptwatch-workload"];
 

@@ -122,7 +122,8 @@ pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode>
     let mut test = ws.cargo();
     test.args([
         "test",
-        "--release",
+        "--profile",
+        crate::cargo::TEST_PROFILE,
         "--workspace",
         "--exclude",
         "ptwatch-ebpf",

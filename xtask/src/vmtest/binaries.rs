@@ -66,11 +66,18 @@ fn cross(target: Target) -> Result<GuestBinaries> {
     Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
 }
 
-/// `cargo test --release -p ptwatch --no-run --test <each guest test>`
-/// (built when needed: after the host stage of `cargo xtask test` the host's
-/// are up to date) → test name → executable.
+/// `cargo test --profile release-tests -p ptwatch --no-run --test <each
+/// guest test>` (built when needed: after the host stage of `cargo xtask
+/// test` the host's are up to date) → test name → executable.
 fn guest_tests(cargo: &mut std::process::Command) -> Result<BTreeMap<String, PathBuf>> {
-    cargo.args(["--release", "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
+    cargo.args([
+        "--profile",
+        cargo::TEST_PROFILE,
+        "-p",
+        "ptwatch",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
     for test in guest_test_binaries() {
         cargo.args(["--test", test]);
     }
