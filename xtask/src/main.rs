@@ -149,7 +149,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::VmTest(args) => {
             setup::run_for(setup::Purpose::Test)?;
             let built = cargo::build()?;
-            Ok(if vmtest::run(&built, &args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if vmtest::run(&built, &args, vmtest::Binaries::new())? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Vm(command) => vm::run(command).map(|()| ExitCode::SUCCESS),
         Command::BenchChild(child) => bench::run_child(&child).map(|()| ExitCode::SUCCESS),

@@ -138,6 +138,9 @@ pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode>
     .env("PTWATCH_BIN", &built.ptwatch)
     .env("PTWATCH_WORKLOAD_BIN", &built.workload)
     .env("PTWATCH_DIST_DIR", &dist.dir);
+    // The other architectures' guest executables build meanwhile, at the
+    // lowest priority: the host tests mostly wait.
+    let prebuild = crate::vmtest::prebuild(&vm_args);
     let (tests_stage, tally) = tests(test)?;
     stages.push(tests_stage);
 
@@ -145,7 +148,8 @@ pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode>
     eprintln!("[test] vm-test: fentry and kprobe plans in Debian kernels of x86_64, arm64 and riscv64 under qemu");
     let start = Instant::now();
     let _ = prefetch.join();
-    let vm = crate::vmtest::run(built, &vm_args);
+    let prebuilt = prebuild.join().unwrap_or_default();
+    let vm = crate::vmtest::run(built, &vm_args, prebuilt);
     stages.push(Stage {
         name: "vm-test",
         ok: matches!(vm, Ok(true)),

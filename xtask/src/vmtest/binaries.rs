@@ -40,44 +40,51 @@ impl GuestBinaries {
     }
 }
 
+/// The release target whose static build `arch`'s guests run; `None`: the
+/// x86_64 guests, which share the host's root file system and run its own
+/// build.
+pub fn cross_target(arch: Arch) -> Option<Target> {
+    match arch {
+        Arch::X86_64 => None,
+        Arch::Arm64 => Some(Target::Aarch64),
+        Arch::Riscv64 => Some(Target::Riscv64),
+    }
+}
+
 /// The binaries for `arch`'s guests.
 pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
-    match arch {
-        Arch::X86_64 => host(built),
-        Arch::Arm64 => cross(Target::Aarch64),
-        Arch::Riscv64 => cross(Target::Riscv64),
+    match cross_target(arch) {
+        None => host(built),
+        Some(target) => cross(target),
     }
 }
 
 /// The host's release build and the guest tests' executables (`cargo test
-/// --no-run`, which builds them when needed: after the host stage of
-/// `cargo xtask test` they are up to date).
+/// --no-run` in the host tests' profile, which builds them when needed:
+/// after the host stage of `cargo xtask test` they are up to date).
 fn host(built: &Built) -> Result<GuestBinaries> {
-    let tests = guest_tests(built.workspace.cargo().arg("test"))?;
+    let tests = guest_tests(built.workspace.cargo().arg("test"), cargo::TEST_PROFILE)?;
     Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
 }
 
 /// Static builds for `target`: its tools, `ptwatch` and the workload, then
-/// the guest tests' executables.
-fn cross(target: Target) -> Result<GuestBinaries> {
+/// the guest tests' executables. These are built in the release profile:
+/// its directories are the release build's, never the host tests'
+/// (`release-tests`), so this can run while the host tests hold theirs
+/// (`super::prebuild`). It costs the same as `release-tests` would (the
+/// tests' dev-dependencies rebuild tokio and what uses it either way:
+/// 300 s per target on 2 cores).
+pub fn cross(target: Target) -> Result<GuestBinaries> {
     setup::cross(target)?;
     let built = cargo::build_for(target)?;
-    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"))?;
+    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"), "release")?;
     Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
 }
 
-/// `cargo test --profile release-tests -p ptwatch --no-run --test <each
-/// guest test>` (built when needed: after the host stage of `cargo xtask
-/// test` the host's are up to date) → test name → executable.
-fn guest_tests(cargo: &mut std::process::Command) -> Result<BTreeMap<String, PathBuf>> {
-    cargo.args([
-        "--profile",
-        cargo::TEST_PROFILE,
-        "-p",
-        "ptwatch",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]);
+/// `cargo test --profile <profile> -p ptwatch --no-run --test <each guest
+/// test>` → test name → executable.
+fn guest_tests(cargo: &mut std::process::Command, profile: &str) -> Result<BTreeMap<String, PathBuf>> {
+    cargo.args(["--profile", profile, "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
     for test in guest_test_binaries() {
         cargo.args(["--test", test]);
     }

@@ -67,16 +67,68 @@ struct Outcome {
     took: Duration,
 }
 
-/// Run the VM tests; `Ok(true)` when every kernel passed.
-pub fn run(built: &Built, args: &VmTestArgs) -> Result<bool> {
-    let started = Instant::now();
-    let jobs = matrix::jobs(&args.kernels, args.both_arm64_geometries);
-    let mut arches: Vec<Arch> = jobs.iter().map(|j| j.line.arch).collect();
+/// Each architecture's guest executables, or why they could not be built.
+pub type Binaries = BTreeMap<Arch, Result<GuestBinaries, String>>;
+
+/// The architectures of `args`' jobs.
+fn arches_of(args: &VmTestArgs) -> Vec<Arch> {
+    let mut arches: Vec<Arch> =
+        matrix::jobs(&args.kernels, args.both_arm64_geometries).iter().map(|j| j.line.arch).collect();
     arches.sort();
     arches.dedup();
+    arches
+}
+
+/// Build the guest executables of the architectures this host does not
+/// run natively in the background, at the lowest CPU priority: `cargo xtask
+/// test` overlaps them with its host tests, which mostly wait (on agents'
+/// intervals, on systemd and podman, on the kernel). They build in the
+/// release profile's directories, so they never wait for the host tests'
+/// build lock (`release-tests`). [`run`] builds whatever is missing.
+pub fn prebuild(args: &VmTestArgs) -> std::thread::JoinHandle<Binaries> {
+    let foreign: Vec<_> =
+        arches_of(args).into_iter().filter_map(|arch| binaries::cross_target(arch).map(|t| (arch, t))).collect();
+    std::thread::spawn(move || {
+        lowest_cpu_priority();
+        let started = Instant::now();
+        let built: Binaries = foreign
+            .iter()
+            .map(|&(arch, target)| (arch, binaries::cross(target).map_err(|e| format!("{e:#}"))))
+            .collect();
+        eprintln!(
+            "[vm-test] foreign guests' executables built in the background in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        built
+    })
+}
+
+/// Nice 19 for the calling thread and the processes it starts (Linux keeps
+/// a nice value per thread; children inherit their creator's).
+fn lowest_cpu_priority() {
+    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a
+    // thread id changes that thread only.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if set != 0 {
+        eprintln!("[vm-test] could not lower the background build's priority: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Run the VM tests; `Ok(true)` when every kernel passed. `prebuilt`:
+/// guest executables [`prebuild`] made (empty: build them all here).
+pub fn run(built: &Built, args: &VmTestArgs, mut prebuilt: Binaries) -> Result<bool> {
+    let started = Instant::now();
+    let jobs = matrix::jobs(&args.kernels, args.both_arm64_geometries);
+    let arches = arches_of(args);
     vm::ensure_vm_tools(&arches).context("installing the VM tools")?;
-    let binaries: BTreeMap<Arch, Result<GuestBinaries, String>> =
-        arches.iter().map(|&arch| (arch, binaries::for_arch(arch, built).map_err(|e| format!("{e:#}")))).collect();
+    let binaries: Binaries = arches
+        .iter()
+        .map(|&arch| {
+            let bins =
+                prebuilt.remove(&arch).unwrap_or_else(|| binaries::for_arch(arch, built).map_err(|e| format!("{e:#}")));
+            (arch, bins)
+        })
+        .collect();
     eprintln!("[vm-test] binaries ready after {:.0}s", started.elapsed().as_secs_f64());
 
     let host_cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
