@@ -120,24 +120,20 @@ pub fn run(built: &Built, dist: &Dist, test_args: &[String]) -> Result<ExitCode>
     stages.push(stage("clippy", clippy));
 
     let mut test = ws.cargo();
-    test.args([
-        "test",
-        "--profile",
-        crate::cargo::TEST_PROFILE,
-        "--workspace",
-        "--exclude",
-        "ptwatch-ebpf",
-        // Report every failing test binary, not just the first.
-        "--no-fail-fast",
-        "--",
-        // Integration tests load eBPF and measure system-wide state: two
-        // at once would see each other's page-table activity.
-        "--test-threads=1",
-    ])
-    .args(test_args)
-    .env("PTWATCH_BIN", &built.ptwatch)
-    .env("PTWATCH_WORKLOAD_BIN", &built.workload)
-    .env("PTWATCH_DIST_DIR", &dist.dir);
+    test.args(["test", "--profile", crate::cargo::TEST_PROFILE])
+        .args(crate::cargo::TEST_PACKAGES)
+        .args([
+            // Report every failing test binary, not just the first.
+            "--no-fail-fast",
+            "--",
+            // Integration tests load eBPF and measure system-wide state: two
+            // at once would see each other's page-table activity.
+            "--test-threads=1",
+        ])
+        .args(test_args)
+        .env("PTWATCH_BIN", &built.ptwatch)
+        .env("PTWATCH_WORKLOAD_BIN", &built.workload)
+        .env("PTWATCH_DIST_DIR", &dist.dir);
     // The other architectures' guest executables build meanwhile, at the
     // lowest priority: the host tests mostly wait.
     let prebuild = crate::vmtest::prebuild(&vm_args);

@@ -291,8 +291,9 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
 ///
 /// The peak is read after `before_unmap`, right before the munmap: what it
 /// does (print, wait for a line) may fault in a page of a fresh allocation
-/// and so a PTE table (musl's allocator maps new groups), which would take
-/// one table off the munmap's drop.
+/// and so a PTE table (the static builds' allocators, musl's and glibc's,
+/// map or grow into new 2 MiB spans), which would take one table off the
+/// munmap's drop.
 pub fn unmap(mib: usize, before_unmap: impl FnOnce(&Report) -> Result<()>) -> Result<Report> {
     let region = Region::new(mib * MIB, 0)?;
     region.touch();

@@ -63,7 +63,7 @@ pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
 /// --no-run` in the host tests' profile, which builds them when needed:
 /// after the host stage of `cargo xtask test` they are up to date).
 fn host(built: &Built) -> Result<GuestBinaries> {
-    let tests = guest_tests(built.workspace.cargo().arg("test"), cargo::TEST_PROFILE)?;
+    let tests = guest_tests(built.workspace.cargo().arg("test"), cargo::TEST_PROFILE, &cargo::TEST_PACKAGES)?;
     Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
 }
 
@@ -77,14 +77,19 @@ fn host(built: &Built) -> Result<GuestBinaries> {
 pub fn cross(target: Target) -> Result<GuestBinaries> {
     setup::cross(target)?;
     let built = cargo::build_for(target)?;
-    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"), "release")?;
+    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"), "release", &["-p", "ptwatch"])?;
     Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
 }
 
-/// `cargo test --profile <profile> -p ptwatch --no-run --test <each guest
+/// `cargo test --profile <profile> <packages> --no-run --test <each guest
 /// test>` → test name → executable.
-fn guest_tests(cargo: &mut std::process::Command, profile: &str) -> Result<BTreeMap<String, PathBuf>> {
-    cargo.args(["--profile", profile, "-p", "ptwatch", "--no-run", "--message-format=json-render-diagnostics"]);
+fn guest_tests(
+    cargo: &mut std::process::Command,
+    profile: &str,
+    packages: &[&str],
+) -> Result<BTreeMap<String, PathBuf>> {
+    cargo.args(["--profile", profile]).args(packages);
+    cargo.args(["--no-run", "--message-format=json-render-diagnostics"]);
     for test in guest_test_binaries() {
         cargo.args(["--test", test]);
     }
