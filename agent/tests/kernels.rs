@@ -12,7 +12,13 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+use std::{
+    collections::BTreeMap,
+    ops::Deref,
+    path::PathBuf,
+    process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use ptwatch::{
     aggregate::slots::DontneedSlots,
@@ -34,9 +40,80 @@ struct Kernel {
     maps: ProbeMaps,
 }
 
+/// One attachment serves the tests of this binary in turn. Loading the BTF,
+/// verifying and attaching every program, then detaching them, takes
+/// seconds in a guest under qemu's emulation: once per test, that was a
+/// fifth of this suite's time in every plan of every guest (arm64 7.3:
+/// 123–144 s per plan before, 104–113 s after). Each test holds the lock
+/// for its whole run, so tests never overlap.
+static SHARED: Mutex<Option<Kernel>> = Mutex::new(None);
+
+/// The shared attachment, held by one test.
+struct Shared(MutexGuard<'static, Option<Kernel>>);
+
+impl Deref for Shared {
+    type Target = Kernel;
+
+    fn deref(&self) -> &Kernel {
+        self.0.as_ref().expect("attached when taken")
+    }
+}
+
+/// The lock on the shared attachment; a test that failed holding it leaves
+/// the kernel's maps as valid as ever.
+fn lock_shared() -> MutexGuard<'static, Option<Kernel>> {
+    SHARED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Kernel {
-    fn attach() -> Self {
-        Self::attach_with(LoadOptions::default())
+    /// The shared attachment, as a fresh one would be for what a test reads:
+    /// no process entries, no claimed DONTNEED slots, no contexts of threads
+    /// that are gone (a test reads its own processes' entries and deltas of
+    /// the node and overflow counters, never their absolute values).
+    fn attach() -> Shared {
+        let mut shared = lock_shared();
+        match shared.as_mut() {
+            Some(kernel) => kernel.forget_earlier_tests(),
+            None => *shared = Some(Self::attach_with(LoadOptions::default())),
+        }
+        Shared(shared)
+    }
+
+    /// Probes of their own, for a test that needs other options: the shared
+    /// attachment is detached until the returned guard is dropped, so that
+    /// only one set of programs is attached at a time.
+    fn attach_alone(options: LoadOptions) -> (MutexGuard<'static, Option<Kernel>>, Self) {
+        let mut shared = lock_shared();
+        drop(shared.take());
+        (shared, Self::attach_with(options))
+    }
+
+    /// Remove what earlier tests left in the maps. The processes, slots and
+    /// threads of earlier tests are gone; the maps keep them until an agent
+    /// harvests (which tests do not run), and a stale slot owner could take
+    /// the slot a later process hashes to.
+    fn forget_earlier_tests(&mut self) {
+        let maps = &mut self.maps;
+        let owners: Vec<ProcessKey> =
+            maps.dontneed_slot_owners.iter().map(|entry| entry.expect("read DONTNEED_SLOT_OWNERS").1).collect();
+        for owner in owners {
+            DontneedSlots::release(maps, &owner).expect("release a DONTNEED slot");
+        }
+        let processes: Vec<ProcessKey> = maps.processes.keys().map(|key| key.expect("read PROCESS_COUNTERS")).collect();
+        for key in processes {
+            // Absent already if the process' entry was removed meanwhile.
+            let _ = maps.processes.remove(&key);
+        }
+        // A live thread's context may be in use by a hooked call right now.
+        let gone: Vec<u32> = maps
+            .threads
+            .keys()
+            .map(|tid| tid.expect("read THREAD_CONTEXT"))
+            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
+            .collect();
+        for tid in gone {
+            let _ = maps.threads.remove(&tid);
+        }
     }
 
     fn attach_with(options: LoadOptions) -> Self {
@@ -647,7 +724,7 @@ impl Drop for TestCgroup {
 /// counts everything; nothing is counted twice.
 #[test]
 fn a_full_process_map_overflows_into_the_cgroup_slot_exactly() {
-    let kernel = Kernel::attach_with(LoadOptions { max_tracked_processes: 8, ..LoadOptions::default() });
+    let (_alone, kernel) = Kernel::attach_alone(LoadOptions { max_tracked_processes: 8, ..LoadOptions::default() });
     let cgroup = TestCgroup::new("overflow");
     let before = kernel.node();
     let misses_before = kernel.recursion_misses();
