@@ -21,7 +21,10 @@ use std::{
 };
 
 use ptwatch::{
-    aggregate::slots::DontneedSlots,
+    aggregate::{
+        identity::{Liveness as _, ProcLiveness},
+        slots::DontneedSlots,
+    },
     kernel::btf::{KernelBtf, VMLINUX_BTF},
     probes::{
         plan::{Attach, Event, Outcome, ProbeMode},
@@ -104,12 +107,14 @@ impl Kernel {
             // Absent already if the process' entry was removed meanwhile.
             let _ = maps.processes.remove(&key);
         }
-        // A live thread's context may be in use by a hooked call right now.
+        // A live thread's context may be in use by a hooked call right now:
+        // the agent's own rule for which contexts it may remove.
+        let liveness = ProcLiveness::default();
         let gone: Vec<u32> = maps
             .threads
             .keys()
             .map(|tid| tid.expect("read THREAD_CONTEXT"))
-            .filter(|tid| !std::path::Path::new(&format!("/proc/{tid}")).exists())
+            .filter(|tid| !liveness.thread_exists(*tid))
             .collect();
         for tid in gone {
             let _ = maps.threads.remove(&tid);
