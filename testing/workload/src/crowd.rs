@@ -8,7 +8,7 @@
 //! child has reported, keeps them all alive until its stdin closes, then
 //! releases and reaps them.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -133,9 +133,7 @@ pub fn crowd(children: usize, spans: usize) -> Result<()> {
     report.calls = children as u64;
     report.bytes = (children * spans * PTE_TABLE_SPAN) as u64;
     report.expected_tables = (children * spans) as u64;
-    let mut stdout = io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
-    stdout.flush()?;
+    crate::print_report(&report)?;
     let mut sink = Vec::new();
     io::stdin().read_to_end(&mut sink).context("waiting for stdin to close")?;
     // SAFETY: closing our own descriptors releases the children.

@@ -11,7 +11,7 @@
 
 use std::{
     ffi::CString,
-    io::{BufRead as _, Read as _, Write as _},
+    io::{BufRead as _, Read as _},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -36,9 +36,7 @@ pub fn exec_step(mib: usize, next: &[String]) -> Result<()> {
         bytes,
         expected_tables: region.covered_spans(0, region.len),
     };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
-    stdout.flush()?;
+    crate::print_report(&report)?;
     let Some(program) = next.first() else {
         let mut sink = Vec::new();
         stdin.read_to_end(&mut sink).context("waiting for stdin to close")?;

@@ -113,6 +113,30 @@ pub fn vmpte_kib() -> Result<u64> {
         .context("no VmPTE in /proc/self/status")
 }
 
+/// Print `report` as one JSON line, written at once (callers inspect this
+/// process while it lives). It never touches the heap: serialized into a
+/// stack buffer and written to a duplicate of fd 1, not through std's
+/// stdout, whose buffer is allocated on first use and freed at exit. A freed
+/// heap page is one the allocator may unmap (musl's does), and that munmap
+/// could free a page table the report does not count.
+pub fn print_report(report: &impl Serialize) -> Result<()> {
+    use std::io::Write as _;
+    let mut line = [0u8; REPORT_MAX];
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    serde_json::to_writer(&mut cursor, report)
+        .and_then(|()| cursor.write_all(b"\n").map_err(serde_json::Error::io))
+        .with_context(|| format!("the report does not fit in {REPORT_MAX} bytes"))?;
+    let len = usize::try_from(cursor.position()).context("report length")?;
+    // SAFETY: fd 1 stays open for the whole life of the process; the
+    // duplicate is closed when `out` drops.
+    let stdout = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::STDOUT_FILENO) };
+    let mut out = fs::File::from(stdout.try_clone_to_owned().context("duplicating stdout")?);
+    out.write_all(&line[..len]).context("writing the report to stdout")
+}
+
+/// The longest report line [`print_report`] writes.
+const REPORT_MAX: usize = 16 * 1024;
+
 /// An anonymous mapping whose usable part starts `offset` bytes after a
 /// 2 MiB boundary, with transparent huge pages disabled so that every touched
 /// 2 MiB span gets a PTE table.

@@ -69,12 +69,12 @@ fn run() -> Result<()> {
         Some("phases") => return phases::phases(arg(&args, 1, "MIB")?),
         Some("fleet") => {
             let report = fleet::fleet(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?, arg(&args, 3, "CONCURRENCY")?)?;
-            println!("{}", serde_json::to_string(&report)?);
+            ptwatch_workload::print_report(&report)?;
             return Ok(());
         }
         Some("churn") => {
             let report = churn::churn(arg(&args, 1, "THREADS")?, arg(&args, 2, "MIB")?, arg(&args, 3, "ROUNDS")?)?;
-            println!("{}", serde_json::to_string(&report)?);
+            ptwatch_workload::print_report(&report)?;
             return Ok(());
         }
         Some("crowd") => return ptwatch_workload::crowd::crowd(arg(&args, 1, "CHILDREN")?, arg(&args, 2, "SPANS")?),
@@ -84,7 +84,7 @@ fn run() -> Result<()> {
             "usage: ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE | threads THREADS MIB ROUNDS | unmap MIB | exit MIB | hold MIB | thp MIB | collapse MIB | io-uring MIB CUT_KIB ROUNDS | churn THREADS MIB ROUNDS | fleet CHILDREN SPANS CONCURRENCY | phases MIB | crowd CHILDREN SPANS | exec-step MIB [PROGRAM ARGS...] | halves MIB | whole MIB | sparse GIB EVERY"
         ),
     };
-    println!("{}", serde_json::to_string(&report)?);
+    ptwatch_workload::print_report(&report)?;
     Ok(())
 }
 

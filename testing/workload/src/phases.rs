@@ -3,7 +3,7 @@
 //! the call), and each phase's [`Report`] is printed as one JSON line. EOF
 //! ends it. Tests start and stop agents between phases.
 
-use std::io::{BufRead as _, Write as _};
+use std::io::BufRead as _;
 
 use anyhow::{Context as _, Result};
 
@@ -11,7 +11,6 @@ use crate::{advise, vmpte_kib, Advice, Region, Report, MIB};
 
 pub fn phases(mib: usize) -> Result<()> {
     let region = Region::new(mib * MIB, 0)?;
-    let mut stdout = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         line.context("reading the next phase's go")?;
         region.touch();
@@ -27,8 +26,7 @@ pub fn phases(mib: usize) -> Result<()> {
             bytes,
             expected_tables: region.covered_spans(0, region.len),
         };
-        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
-        stdout.flush()?;
+        crate::print_report(&report)?;
     }
     Ok(())
 }

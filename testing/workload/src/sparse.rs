@@ -41,20 +41,10 @@ pub struct EmptyReport {
     pub range_end: String,
 }
 
-/// Print `report` as one JSON line at once: the caller inspects this
-/// process while it lives.
-fn print_now(report: &impl Serialize) -> Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(report)?)?;
-    stdout.flush()?;
-    Ok(())
-}
-
 /// Print `report`, then wait for one line on stdin (the caller's go).
 pub fn print_and_wait_line(report: &impl Serialize) -> Result<()> {
     use std::io::BufRead as _;
-    print_now(report)?;
+    crate::print_report(report)?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("waiting for a line on stdin")?;
     Ok(())
@@ -63,7 +53,7 @@ pub fn print_and_wait_line(report: &impl Serialize) -> Result<()> {
 /// Print `report`, then wait until stdin is closed.
 pub fn print_and_wait(report: &impl Serialize) -> Result<()> {
     use std::io::Read as _;
-    print_now(report)?;
+    crate::print_report(report)?;
     let mut sink = Vec::new();
     std::io::stdin().read_to_end(&mut sink).context("waiting for stdin to close")?;
     Ok(())
