@@ -126,6 +126,16 @@ pub fn build() -> Result<Built> {
     finish(cargo, workspace, None)
 }
 
+/// What the tests run: the static build of this machine's target, which
+/// the tarballs, packages and image carry; the host's release build where
+/// no release target runs natively.
+pub fn build_shipped() -> Result<Built> {
+    match Target::host() {
+        Some(target) => build_for(target),
+        None => build(),
+    }
+}
+
 /// A static release build for `target` (`target/<triple>/release`),
 /// checked to be a static executable of the target's machine.
 pub fn build_for(target: Target) -> Result<Built> {
