@@ -113,29 +113,52 @@ pub fn vmpte_kib() -> Result<u64> {
         .context("no VmPTE in /proc/self/status")
 }
 
-/// Print `report` as one JSON line, written at once (callers inspect this
-/// process while it lives). It never touches the heap: serialized into a
-/// stack buffer and written to a duplicate of fd 1, not through std's
-/// stdout, whose buffer is allocated on first use and freed at exit. A freed
-/// heap page is one the allocator may unmap (musl's does), and that munmap
-/// could free a page table the report does not count.
+/// Print `report` as one JSON line and flush it (callers inspect this
+/// process while it lives). It never touches the heap: serialized through
+/// a stack buffer to a duplicate of fd 1, not through std's stdout, whose
+/// buffer is allocated on first use and freed at exit. A freed heap page is
+/// one the allocator may unmap (musl's does), and that munmap could free a
+/// page table the report does not count.
 pub fn print_report(report: &impl Serialize) -> Result<()> {
     use std::io::Write as _;
-    let mut line = [0u8; REPORT_MAX];
-    let mut cursor = std::io::Cursor::new(&mut line[..]);
-    serde_json::to_writer(&mut cursor, report)
-        .and_then(|()| cursor.write_all(b"\n").map_err(serde_json::Error::io))
-        .with_context(|| format!("the report does not fit in {REPORT_MAX} bytes"))?;
-    let len = usize::try_from(cursor.position()).context("report length")?;
     // SAFETY: fd 1 stays open for the whole life of the process; the
-    // duplicate is closed when `out` drops.
+    // duplicate is closed when the writer drops.
     let stdout = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::STDOUT_FILENO) };
-    let mut out = fs::File::from(stdout.try_clone_to_owned().context("duplicating stdout")?);
-    out.write_all(&line[..len]).context("writing the report to stdout")
+    let mut out = StackWriter::new(fs::File::from(stdout.try_clone_to_owned().context("duplicating stdout")?));
+    serde_json::to_writer(&mut out, report).context("writing the report to stdout")?;
+    out.write_all(b"\n").and_then(|()| out.flush()).context("writing the report to stdout")
 }
 
-/// The longest report line [`print_report`] writes.
-const REPORT_MAX: usize = 16 * 1024;
+/// A buffered writer whose buffer is on the stack (see [`print_report`]).
+struct StackWriter {
+    out: fs::File,
+    buffer: [u8; 4096],
+    filled: usize,
+}
+
+impl StackWriter {
+    fn new(out: fs::File) -> Self {
+        Self { out, buffer: [0; 4096], filled: 0 }
+    }
+}
+
+impl std::io::Write for StackWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.filled == self.buffer.len() {
+            self.flush()?;
+        }
+        let taken = data.len().min(self.buffer.len() - self.filled);
+        self.buffer[self.filled..self.filled + taken].copy_from_slice(&data[..taken]);
+        self.filled += taken;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.write_all(&self.buffer[..self.filled])?;
+        self.filled = 0;
+        Ok(())
+    }
+}
 
 /// An anonymous mapping whose usable part starts `offset` bytes after a
 /// 2 MiB boundary, with transparent huge pages disabled so that every touched
