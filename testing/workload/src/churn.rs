@@ -50,7 +50,7 @@ pub fn churn(threads: usize, mib: usize, rounds: u32) -> Result<ChurnReport> {
     let mut report = ChurnReport { pid: std::process::id(), vmpte_start_kib: vmpte_kib()?, ..ChurnReport::default() };
     let start = Arc::new(Barrier::new(threads));
     let done = Arc::new(Barrier::new(threads + 1));
-    let slots: Arc<Mutex<Vec<WorkerCounts>>> = Arc::new(Mutex::new(Vec::with_capacity(threads)));
+    let slots: Arc<Mutex<Vec<Result<Counts>>>> = Arc::new(Mutex::new(Vec::with_capacity(threads)));
     for _ in 0..threads {
         let (start, done, slots) = (Arc::clone(&start), Arc::clone(&done), Arc::clone(&slots));
         thread::spawn(move || {
@@ -79,9 +79,7 @@ pub fn churn(threads: usize, mib: usize, rounds: u32) -> Result<ChurnReport> {
     Ok(report)
 }
 
-/// One worker's counts, or why it stopped.
-type WorkerCounts = Result<Counts>;
-
+/// One worker's counts.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     calls: u64,
