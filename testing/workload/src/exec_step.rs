@@ -23,7 +23,7 @@ pub fn exec_step(mib: usize, next: &[String]) -> Result<()> {
     let mut line = String::new();
     stdin.read_line(&mut line).context("waiting for the go")?;
     let region = Region::new(mib * MIB, 0)?;
-    region.touch();
+    region.touch_tables();
     let peak = vmpte_kib()?;
     let bytes = advise(region.start, region.len, Advice::Dontneed)?;
     let end = vmpte_kib()?;

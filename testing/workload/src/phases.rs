@@ -13,7 +13,7 @@ pub fn phases(mib: usize) -> Result<()> {
     let region = Region::new(mib * MIB, 0)?;
     for line in std::io::stdin().lock().lines() {
         line.context("reading the next phase's go")?;
-        region.touch();
+        region.touch_tables();
         let peak = vmpte_kib()?;
         let bytes = advise(region.start, region.len, Advice::Dontneed)?;
         let end = vmpte_kib()?;

@@ -19,7 +19,7 @@ pub fn io_uring_dontneed(mib: usize, cut_kib: usize, rounds: u32) -> Result<Repo
     let region = Region::new(len, 0)?;
     let mut report = Report { pid: std::process::id(), ..Report::default() };
     for _ in 0..rounds {
-        region.touch();
+        region.touch_tables();
         report.vmpte_peak_kib = report.vmpte_peak_kib.max(vmpte_kib()?);
         let mut from = 0;
         while from < len {
