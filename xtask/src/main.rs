@@ -115,8 +115,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             setup::run()?;
             for &target in &targets.0 {
                 setup::cross(target)?;
-                cargo::build_for(target)?;
             }
+            cargo::build_targets(&targets.0)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dist => {

@@ -13,9 +13,9 @@
 //!   any registry;
 //! - `SHA256SUMS` of all of them.
 //!
-//! Each target is built once (`cargo::build_for`) and its stripped binary is
-//! what the tarball and the image carry; cargo-deb strips its own copy with
-//! the same binutils.
+//! Every target is built once, all in one cargo run
+//! (`cargo::build_targets`), and its stripped binary is what the tarball and
+//! the image carry; cargo-deb strips its own copy with the same binutils.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -79,8 +79,7 @@ pub fn run() -> Result<Dist> {
     deb::check_changelog(&release)?;
 
     let mut staged = Vec::new();
-    for target in Target::ALL {
-        let built = cargo::build_for(target)?;
+    for (target, built) in Target::ALL.into_iter().zip(cargo::build_targets(&Target::ALL)?) {
         staged.push(stage(&release, target, &built.ptwatch)?);
     }
     let docs = docs::generate(&release, &staged)?;
