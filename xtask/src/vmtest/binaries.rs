@@ -1,13 +1,12 @@
 //! The executables a guest runs, per architecture: `ptwatch`,
-//! `ptwatch-workload` and the integration-test binaries of
+//! `ptwatch-workload` and the integration tests of
 //! [`super::matrix::guest_test_binaries`].
 //!
-//! x86_64 guests share the host's root file system, so they run the host's
-//! own release build. arm64 and riscv64 guests need static builds for
-//! their target, made by the project's one cross-build (`cross:` commits,
-//! `cargo::Workspace::cargo_for`); until that is merged here, a directory
-//! of such binaries is taken from `PTWATCH_VM_BINARIES_<ARCH>` and a
-//! missing one fails that architecture's kernels with a message.
+//! x86_64 guests share the host's root file system, so they run the
+//! host's own static build and the test executables the host tests ran.
+//! arm64 and riscv64 guests run static builds for their target
+//! (`cargo::build_for`, `cargo::Workspace::cargo_for`) and one test
+//! executable holding every guest test as a module ([`COMBINED_TEST`]).
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -26,16 +25,48 @@ use crate::{
 pub struct GuestBinaries {
     pub ptwatch: PathBuf,
     pub workload: PathBuf,
-    /// Test target name → executable.
-    pub tests: BTreeMap<String, PathBuf>,
+    /// Guest test name → where its tests are.
+    pub tests: BTreeMap<String, TestExe>,
 }
+
+/// The executable a guest test runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestExe {
+    pub path: PathBuf,
+    /// `Some(name)`: the test's file is module `name` of the combined
+    /// [`COMBINED_TEST`] executable, whose test names carry `name::`.
+    pub module: Option<String>,
+}
+
+impl TestExe {
+    /// libtest name filters that select `filters` of this test alone (none:
+    /// all of its tests).
+    pub fn filters(&self, filters: &[&str]) -> Vec<String> {
+        match &self.module {
+            None => filters.iter().map(|f| (*f).to_owned()).collect(),
+            Some(module) if filters.is_empty() => vec![format!("{module}::")],
+            Some(module) => filters.iter().map(|f| format!("{module}::{f}")).collect(),
+        }
+    }
+}
+
+/// The cargo test target that holds every guest test's file as a module
+/// (`agent/tests/guest/main.rs`): what the cross builds make, one link
+/// with thin LTO instead of one per test (54 s instead of 129 s of a
+/// 2-core machine per architecture).
+pub const COMBINED_TEST: &str = "guest";
 
 impl GuestBinaries {
     /// Every file, as (name in an initramfs guest, host path).
     pub fn files(&self) -> Vec<(String, PathBuf)> {
         let mut files =
             vec![("ptwatch".to_owned(), self.ptwatch.clone()), ("ptwatch-workload".to_owned(), self.workload.clone())];
-        files.extend(self.tests.iter().map(|(name, path)| (name.clone(), path.clone())));
+        for exe in self.tests.values() {
+            let name = exe.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !files.iter().any(|(n, _)| *n == name) {
+                files.push((name, exe.path.clone()));
+            }
+        }
         files
     }
 }
@@ -61,39 +92,47 @@ pub fn for_arch(arch: Arch, built: &Built) -> Result<GuestBinaries> {
 
 /// The host's release build and the guest tests' executables (`cargo test
 /// --no-run` in the host tests' profile, which builds them when needed:
-/// after the host stage of `cargo xtask test` they are up to date).
+/// after the host stage of `cargo xtask test` they are up to date): each
+/// test its own executable, as the host tests ran them.
 fn host(built: &Built) -> Result<GuestBinaries> {
-    let tests = guest_tests(built.workspace.cargo().arg("test"), cargo::TEST_PROFILE, &cargo::TEST_PACKAGES)?;
+    let mut cargo = built.workspace.cargo();
+    cargo.arg("test").args(["--profile", cargo::TEST_PROFILE]).args(cargo::TEST_PACKAGES);
+    for test in guest_test_binaries() {
+        cargo.args(["--test", test]);
+    }
+    let mut executables = test_executables(&no_run(&mut cargo)?)?;
+    let mut tests = BTreeMap::new();
+    for test in guest_test_binaries() {
+        let path = executables.remove(test).with_context(|| format!("cargo built no test binary `{test}`"))?;
+        tests.insert(test.to_owned(), TestExe { path, module: None });
+    }
     Ok(GuestBinaries { ptwatch: built.ptwatch.clone(), workload: built.workload.clone(), tests })
 }
 
 /// Static builds for `target`: its tools, `ptwatch` and the workload, then
-/// the guest tests' executables. These are built in the release profile:
-/// its directories are the release build's, never the host tests'
-/// (`release-tests`), so this can run while the host tests hold theirs
-/// (`super::prebuild`). It costs the same as `release-tests` would (the
-/// tests' dev-dependencies rebuild tokio and what uses it either way:
-/// 300 s per target on 2 cores).
+/// the guest tests' combined executable ([`COMBINED_TEST`]). These are
+/// built in the release profile: its directories are the release build's,
+/// never the host tests' (`release-tests`), so this can run while the host
+/// tests hold theirs (`super::prebuild`).
 pub fn cross(target: Target) -> Result<GuestBinaries> {
     setup::cross(target)?;
     let built = cargo::build_for(target)?;
-    let tests = guest_tests(&mut built.workspace.cargo_for(target, "test"), "release", &["-p", "ptwatch"])?;
+    let mut cargo = built.workspace.cargo_for(target, "test");
+    cargo.args(["--profile", "release", "-p", "ptwatch", "--test", COMBINED_TEST]);
+    let path = test_executables(&no_run(&mut cargo)?)?
+        .remove(COMBINED_TEST)
+        .with_context(|| format!("cargo built no test binary `{COMBINED_TEST}`"))?;
+    let tests = guest_test_binaries()
+        .into_iter()
+        .map(|test| (test.to_owned(), TestExe { path: path.clone(), module: Some(test.to_owned()) }))
+        .collect();
     Ok(GuestBinaries { ptwatch: built.ptwatch, workload: built.workload, tests })
 }
 
-/// `cargo test --profile <profile> <packages> --no-run --test <each guest
-/// test>` → test name → executable.
-fn guest_tests(
-    cargo: &mut std::process::Command,
-    profile: &str,
-    packages: &[&str],
-) -> Result<BTreeMap<String, PathBuf>> {
-    cargo.args(["--profile", profile]).args(packages);
+/// Run `cargo test … --no-run`, returning cargo's JSON messages.
+fn no_run(cargo: &mut std::process::Command) -> Result<String> {
     cargo.args(["--no-run", "--message-format=json-render-diagnostics"]);
-    for test in guest_test_binaries() {
-        cargo.args(["--test", test]);
-    }
-    test_executables(&cmd::stdout(cargo)?)
+    cmd::stdout(cargo)
 }
 
 /// Test target name → executable, from cargo's JSON messages.
@@ -108,10 +147,35 @@ pub fn test_executables(cargo_json: &str) -> Result<BTreeMap<String, PathBuf>> {
             found.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
-    let mut wanted = BTreeMap::new();
-    for test in guest_test_binaries() {
-        let exe = found.remove(test).with_context(|| format!("cargo built no test binary `{test}`"))?;
-        wanted.insert(test.to_owned(), exe);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_tests_are_selected_by_module() {
+        let own = TestExe { path: PathBuf::from("/t/kernels-1"), module: None };
+        assert_eq!(own.filters(&[]), Vec::<String>::new());
+        assert_eq!(own.filters(&["reclaim_is_traced"]), ["reclaim_is_traced"]);
+        let combined = TestExe { path: PathBuf::from("/t/guest-1"), module: Some("trace".to_owned()) };
+        assert_eq!(combined.filters(&[]), ["trace::"]);
+        assert_eq!(
+            combined.filters(&["reclaim_is_traced", "min_pages"]),
+            ["trace::reclaim_is_traced", "trace::min_pages"]
+        );
     }
-    Ok(wanted)
+
+    #[test]
+    fn one_file_for_the_combined_executable() {
+        let path = PathBuf::from("/t/guest-1");
+        let tests = ["kernels", "trace"]
+            .into_iter()
+            .map(|t| (t.to_owned(), TestExe { path: path.clone(), module: Some(t.to_owned()) }))
+            .collect();
+        let bins = GuestBinaries { ptwatch: "/p".into(), workload: "/w".into(), tests };
+        let names: Vec<String> = bins.files().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["ptwatch", "ptwatch-workload", "guest-1"]);
+    }
 }

@@ -29,7 +29,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use self::{binaries::GuestBinaries, matrix::Job, report::KernelResult, steps::GuestPaths};
+use self::{
+    binaries::GuestBinaries,
+    matrix::Job,
+    report::KernelResult,
+    steps::{GuestPaths, GuestTestExe},
+};
 use crate::{
     cargo::Built,
     vm::{self, Arch, BootMethod, KernelLine, VmOptions, GUEST_FILES_DIR},
@@ -231,7 +236,7 @@ fn test_job(built: &Built, job: &Job, bins: &GuestBinaries, guest_cpus: u32) -> 
             GuestPaths {
                 ptwatch: s(&bins.ptwatch),
                 workload: s(&bins.workload),
-                tests: bins.tests.iter().map(|(n, p)| (n.clone(), s(p))).collect(),
+                tests: bins.tests.iter().map(|(n, exe)| (n.clone(), GuestTestExe::new(s(&exe.path), exe))).collect(),
             }
         }
         BootMethod::Initramfs => {
@@ -240,7 +245,14 @@ fn test_job(built: &Built, job: &Job, bins: &GuestBinaries, guest_cpus: u32) -> 
             GuestPaths {
                 ptwatch: g("ptwatch"),
                 workload: g("ptwatch-workload"),
-                tests: bins.tests.keys().map(|n| (n.clone(), g(n))).collect(),
+                tests: bins
+                    .tests
+                    .iter()
+                    .map(|(n, exe)| {
+                        let file = exe.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                        (n.clone(), GuestTestExe::new(g(&file), exe))
+                    })
+                    .collect(),
             }
         }
     };

@@ -2,7 +2,10 @@
 //! per plan and per kernel, `ptwatch check --json`, and a cost run per plan
 //! that scrapes the agent's own per-program run statistics.
 
-use super::matrix::{Boot, Job, Plan};
+use super::{
+    binaries::TestExe,
+    matrix::{Boot, Job, Plan},
+};
 use crate::vm::Step;
 
 /// Where the executables are inside the guest.
@@ -10,8 +13,22 @@ use crate::vm::Step;
 pub struct GuestPaths {
     pub ptwatch: String,
     pub workload: String,
-    /// Test target name → path.
-    pub tests: std::collections::BTreeMap<String, String>,
+    /// Guest test name → its executable in the guest.
+    pub tests: std::collections::BTreeMap<String, GuestTestExe>,
+}
+
+/// A guest test's executable inside the guest, and how its tests are
+/// selected there.
+#[derive(Debug, Clone)]
+pub struct GuestTestExe {
+    pub path: String,
+    exe: TestExe,
+}
+
+impl GuestTestExe {
+    pub fn new(path: String, exe: &TestExe) -> Self {
+        Self { path, exe: exe.clone() }
+    }
 }
 
 /// Step names, shared by the steps and the report that reads them.
@@ -42,11 +59,11 @@ pub fn steps(job: &Job, paths: &GuestPaths, pt_reclaim: bool) -> Vec<Step> {
     let test = |name: &str, filters: &[&str], ignored: bool, plan: Option<Plan>| {
         let exe = &paths.tests[name];
         let ignored = if ignored { " --ignored" } else { "" };
-        let mut step =
-            Step::new(test_step(name, plan), format!("{exe} --test-threads=1{ignored} {}", filters.join(" ")))
-                .env("PTWATCH_BIN", paths.ptwatch.clone())
-                .env("PTWATCH_WORKLOAD_BIN", paths.workload.clone())
-                .env("PTWATCH_EXPECT_PT_RECLAIM", if pt_reclaim { "1" } else { "0" });
+        let filters = exe.exe.filters(filters).join(" ");
+        let mut step = Step::new(test_step(name, plan), format!("{} --test-threads=1{ignored} {filters}", exe.path))
+            .env("PTWATCH_BIN", paths.ptwatch.clone())
+            .env("PTWATCH_WORKLOAD_BIN", paths.workload.clone())
+            .env("PTWATCH_EXPECT_PT_RECLAIM", if pt_reclaim { "1" } else { "0" });
         if let Some(plan) = plan {
             step = step.env("PTWATCH_TEST_PROBE_MODE", plan.as_str());
         }
