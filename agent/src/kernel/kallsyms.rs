@@ -22,11 +22,16 @@ impl Kallsyms {
         Self::scan(BufReader::new(File::open("/proc/kallsyms")?), wanted)
     }
 
-    fn scan<'a>(reader: impl io::BufRead, wanted: impl IntoIterator<Item = &'a str>) -> io::Result<Self> {
+    fn scan<'a>(mut reader: impl io::BufRead, wanted: impl IntoIterator<Item = &'a str>) -> io::Result<Self> {
         let wanted: HashSet<&str> = wanted.into_iter().collect();
         let mut functions = HashSet::new();
-        for line in reader.lines() {
-            let line = line?;
+        // One line buffer for the ~190,000 lines, not an allocation each.
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
             let mut fields = line.split_whitespace();
             let (Some(_address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
                 continue;
