@@ -39,14 +39,20 @@ pub struct TestExe {
 }
 
 impl TestExe {
-    /// libtest name filters that select `filters` of this test alone (none:
-    /// all of its tests).
-    pub fn filters(&self, filters: &[&str]) -> Vec<String> {
-        match &self.module {
-            None => filters.iter().map(|f| (*f).to_owned()).collect(),
-            Some(module) if filters.is_empty() => vec![format!("{module}::")],
-            Some(module) => filters.iter().map(|f| format!("{module}::{f}")).collect(),
-        }
+    /// Its file name: its name in an initramfs guest.
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// libtest name filters that select `filters` of one guest test (none: all
+/// of its tests) in an executable where the test is `module` (`None`: the
+/// test's own executable).
+pub fn name_filters(module: Option<&str>, filters: &[&str]) -> Vec<String> {
+    match module {
+        None => filters.iter().map(|f| (*f).to_owned()).collect(),
+        Some(module) if filters.is_empty() => vec![format!("{module}::")],
+        Some(module) => filters.iter().map(|f| format!("{module}::{f}")).collect(),
     }
 }
 
@@ -62,7 +68,7 @@ impl GuestBinaries {
         let mut files =
             vec![("ptwatch".to_owned(), self.ptwatch.clone()), ("ptwatch-workload".to_owned(), self.workload.clone())];
         for exe in self.tests.values() {
-            let name = exe.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = exe.file_name();
             if !files.iter().any(|(n, _)| *n == name) {
                 files.push((name, exe.path.clone()));
             }
@@ -156,13 +162,11 @@ mod tests {
 
     #[test]
     fn combined_tests_are_selected_by_module() {
-        let own = TestExe { path: PathBuf::from("/t/kernels-1"), module: None };
-        assert_eq!(own.filters(&[]), Vec::<String>::new());
-        assert_eq!(own.filters(&["reclaim_is_traced"]), ["reclaim_is_traced"]);
-        let combined = TestExe { path: PathBuf::from("/t/guest-1"), module: Some("trace".to_owned()) };
-        assert_eq!(combined.filters(&[]), ["trace::"]);
+        assert_eq!(name_filters(None, &[]), Vec::<String>::new());
+        assert_eq!(name_filters(None, &["reclaim_is_traced"]), ["reclaim_is_traced"]);
+        assert_eq!(name_filters(Some("trace"), &[]), ["trace::"]);
         assert_eq!(
-            combined.filters(&["reclaim_is_traced", "min_pages"]),
+            name_filters(Some("trace"), &["reclaim_is_traced", "min_pages"]),
             ["trace::reclaim_is_traced", "trace::min_pages"]
         );
     }

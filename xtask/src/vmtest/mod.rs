@@ -236,7 +236,11 @@ fn test_job(built: &Built, job: &Job, bins: &GuestBinaries, guest_cpus: u32) -> 
             GuestPaths {
                 ptwatch: s(&bins.ptwatch),
                 workload: s(&bins.workload),
-                tests: bins.tests.iter().map(|(n, exe)| (n.clone(), GuestTestExe::new(s(&exe.path), exe))).collect(),
+                tests: bins
+                    .tests
+                    .iter()
+                    .map(|(n, exe)| (n.clone(), GuestTestExe { path: s(&exe.path), module: exe.module.clone() }))
+                    .collect(),
             }
         }
         BootMethod::Initramfs => {
@@ -248,10 +252,7 @@ fn test_job(built: &Built, job: &Job, bins: &GuestBinaries, guest_cpus: u32) -> 
                 tests: bins
                     .tests
                     .iter()
-                    .map(|(n, exe)| {
-                        let file = exe.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                        (n.clone(), GuestTestExe::new(g(&file), exe))
-                    })
+                    .map(|(n, exe)| (n.clone(), GuestTestExe { path: g(&exe.file_name()), module: exe.module.clone() }))
                     .collect(),
             }
         }

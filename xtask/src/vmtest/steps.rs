@@ -3,7 +3,7 @@
 //! that scrapes the agent's own per-program run statistics.
 
 use super::{
-    binaries::TestExe,
+    binaries,
     matrix::{Boot, Job, Plan},
 };
 use crate::vm::Step;
@@ -17,18 +17,13 @@ pub struct GuestPaths {
     pub tests: std::collections::BTreeMap<String, GuestTestExe>,
 }
 
-/// A guest test's executable inside the guest, and how its tests are
-/// selected there.
+/// A guest test's executable inside the guest ([`binaries::TestExe`]
+/// there).
 #[derive(Debug, Clone)]
 pub struct GuestTestExe {
     pub path: String,
-    exe: TestExe,
-}
-
-impl GuestTestExe {
-    pub fn new(path: String, exe: &TestExe) -> Self {
-        Self { path, exe: exe.clone() }
-    }
+    /// The test's module in a combined executable.
+    pub module: Option<String>,
 }
 
 /// Step names, shared by the steps and the report that reads them.
@@ -59,7 +54,7 @@ pub fn steps(job: &Job, paths: &GuestPaths, pt_reclaim: bool) -> Vec<Step> {
     let test = |name: &str, filters: &[&str], ignored: bool, plan: Option<Plan>| {
         let exe = &paths.tests[name];
         let ignored = if ignored { " --ignored" } else { "" };
-        let filters = exe.exe.filters(filters).join(" ");
+        let filters = binaries::name_filters(exe.module.as_deref(), filters).join(" ");
         let mut step = Step::new(test_step(name, plan), format!("{} --test-threads=1{ignored} {filters}", exe.path))
             .env("PTWATCH_BIN", paths.ptwatch.clone())
             .env("PTWATCH_WORKLOAD_BIN", paths.workload.clone())
