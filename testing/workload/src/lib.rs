@@ -187,8 +187,9 @@ impl Region {
     }
 
     /// Write one byte in every page, so every page and every PTE table of the
-    /// range exists. For the concurrent modes, whose point is faults racing
-    /// other threads' zaps.
+    /// range exists. The concurrent modes need it: their point is faults
+    /// racing other threads' zaps. (`halves` and `whole` use it too; they
+    /// would do with [`Self::touch_tables`].)
     pub fn touch(&self) {
         let mut offset = 0;
         while offset < self.len {
