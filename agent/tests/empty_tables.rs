@@ -101,10 +101,16 @@ fn pass(pid: u32, budget: Duration) -> (ProcessEmpty, Snapshot) {
     (process, snapshot)
 }
 
-/// A pass may overrun its budget by the minimum sample of the process it
-/// stops in and the final `status` reads: a few milliseconds.
+/// A pass may overrun its budget by the read it stops in (a read once
+/// started cannot be interrupted) and the final `status` reads. That read
+/// was predicted to fit, but a thread's CPU clock in a VM also counts the
+/// time the host took from it while it ran: on a busy host the read can
+/// cost twice its prediction (a 40 ms pass measured 54 ms in a CI run,
+/// beside a background build). Half the budget, at least 5 ms, separates
+/// that from a pass that ignores its budget; the tests' method checks
+/// (sampled, not exact) catch the rest.
 fn assert_within_budget(snapshot: &Snapshot) {
-    let allowed = snapshot.pass.budget + Duration::from_millis(5);
+    let allowed = snapshot.pass.budget + (snapshot.pass.budget / 2).max(Duration::from_millis(5));
     assert!(
         snapshot.pass.cpu <= allowed,
         "pass used {:?} of CPU, budget {:?}",
