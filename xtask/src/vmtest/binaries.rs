@@ -171,6 +171,21 @@ mod tests {
         );
     }
 
+    /// A guest test missing from the combined executable would select no
+    /// test in the arm64 and riscv64 guests: a step that passes empty.
+    #[test]
+    fn the_combined_executable_holds_every_guest_test() {
+        let main = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/guest/main.rs");
+        let source = std::fs::read_to_string(&main).unwrap_or_else(|err| panic!("{}: {err}", main.display()));
+        for test in guest_test_binaries() {
+            assert!(
+                source.contains(&format!("#[path = \"../{test}.rs\"]\nmod {test};")),
+                "{} lacks the module `{test}`",
+                main.display()
+            );
+        }
+    }
+
     #[test]
     fn one_file_for_the_combined_executable() {
         let path = PathBuf::from("/t/guest-1");
