@@ -308,6 +308,37 @@ fn whole_span_dontneed_leaves_no_table_with_pt_reclaim_and_every_one_without() {
     }
 }
 
+/// `scan`'s sampled intervals (the function the CLI calls, 100 seeds, a
+/// 1 ms budget) hold `truth` (±1 for a table the process may add) about 99
+/// times in 100. A single interval misses once in 100 by design, which
+/// made a one-sample assertion fail about one CI run in ten (it ran in 12
+/// kernels); 7 misses or more in 100 has a chance of 1e-4 if the interval
+/// is right, while a biased or too narrow one (a miss in 5) fails surely.
+fn assert_intervals_hold(pid: u32, truth: u64) {
+    use ptwatch::scan::{
+        budget::{Budget, CostModel},
+        process::{scan, Options},
+    };
+    const RUNS: u64 = 100;
+    let geometry = ptwatch::scan::geometry();
+    let mut misses = Vec::new();
+    for seed in 0..RUNS {
+        let budget = Budget::cpu(std::time::Duration::from_millis(1));
+        let options = Options { top: 0, budget, seed };
+        let scan = scan(pid, geometry, options, &mut CostModel::default()).expect("scan the held workload");
+        assert_eq!(scan.method, ptwatch::scan::Method::Sampled, "{scan:?}");
+        if !(scan.empty_tables_min <= truth + 1 && truth <= scan.empty_tables_max + 1) {
+            misses.push((scan.empty_tables_min, scan.empty_tables, scan.empty_tables_max, scan.effort.samples));
+        }
+    }
+    eprintln!("{} of {RUNS} sampled intervals missed {truth}: {misses:?}", misses.len());
+    assert!(
+        misses.len() <= 6,
+        "{} of {RUNS} intervals (min, estimate, max, samples) missed {truth}: {misses:?}",
+        misses.len()
+    );
+}
+
 #[test]
 fn scan_says_how_it_estimated() {
     // 4 GiB with one page per span, half DONTNEEDed again: 1,024 empty
@@ -321,15 +352,17 @@ fn scan_says_how_it_estimated() {
     assert_eq!(num(&exact["effort"], "spans_estimated"), 0);
 
     // A budget too small for smaps and for reading 2,048 spans: sampled,
-    // with an interval that holds the truth.
+    // with an interval around the estimate. Whether the interval holds the
+    // truth is a 99 % matter: asserted over many samples below, not here.
     let sampled = scan_json(&["scan", &held.pid(), "--budget", "1ms"]);
     assert_eq!(sampled["method"], "sampled", "{sampled:#}");
     assert_eq!(sampled["effort"]["smaps_read"], false);
     let (min, max) = (num(&sampled, "empty_tables_min"), num(&sampled, "empty_tables_max"));
     assert!(min <= num(&sampled, "empty_tables") && num(&sampled, "empty_tables") <= max);
-    assert!(min <= truth + 1 && truth <= max + 1, "{truth} outside {min}..{max}");
+    assert!(min < max, "a sample leaves a range: {sampled:#}");
     assert!(num(&sampled["effort"], "samples") >= 32);
     assert!(sampled["regions"][0]["estimated"] == true, "{sampled:#}");
+    assert_intervals_hold(held.report.report.pid, truth);
 
     let text = ptwatch(&["scan", &held.pid(), "--budget", "1ms"]);
     assert!(text.status.success());

@@ -278,7 +278,7 @@ mod tests {
         let set = SpanSet::from_ranges([(0, 1_000_000)]);
         let truth = (0..1_000_000u64).filter(|s| s.wrapping_mul(0x9E37_79B9) % 10 < 3).count() as u64;
         let mut misses = 0;
-        for seed in 0..20 {
+        for seed in 0..100 {
             let mut reader = fake(|s: u64| s.wrapping_mul(0x9E37_79B9) % 10 < 3);
             let budget = Budget::cpu(Duration::from_millis(3));
             let reading = read_spans(&set, &mut reader, &budget, &mut CostModel::default(), seed).expect("read");
@@ -292,8 +292,9 @@ mod tests {
                 misses += 1;
             }
         }
-        // 99 % intervals: a miss in 20 runs is possible, two are not likely.
-        assert!(misses <= 1, "{misses} of 20 intervals missed {truth}");
+        // 99 % intervals: about one miss in 100 runs; 7 or more has a
+        // chance of 1e-4 (a one-run assertion would fail one time in 100).
+        assert!(misses <= 6, "{misses} of 100 intervals missed {truth}");
     }
 
     #[test]
