@@ -110,7 +110,7 @@ pub fn thp_dontneed(mib: usize) -> Result<Report> {
 /// Map `mib` MiB of a memfd (shmem) with small pages, touch every page (one
 /// PTE table per 2 MiB), then `MADV_COLLAPSE` it into PMD-mapped THPs: the
 /// kernel retires the now unused PTE tables (`pte_free_defer` on 6.5+).
-/// `expected_tables` is the number of 2 MiB spans mapped by a PMD afterwards.
+/// `expected_tables` is the number of 2 MiB spans the call mapped by a PMD.
 pub fn collapse_shmem(mib: usize) -> Result<Report> {
     let len = mib * MIB;
     // SAFETY: plain syscalls; the descriptor is closed below.
@@ -127,11 +127,19 @@ pub fn collapse_shmem(mib: usize) -> Result<Report> {
         window.map(libc::MAP_SHARED, fd)?;
         window.touch();
         let mut report = Report { pid: std::process::id(), ..Report::default() };
+        // Spans a PMD maps already (a fault that found a huge folio): they
+        // have no PTE table to retire. Read before VmPTE, as reading it
+        // allocates, and an allocation may map memory needing a new table.
+        let pmd_mapped_before = rollup_kib("ShmemPmdMapped")?;
         report.vmpte_peak_kib = vmpte_kib()?;
         window.madvise(MADV_COLLAPSE, "MADV_COLLAPSE")?;
         report.vmpte_end_kib = vmpte_kib()?;
         report.vmpte_drop_kib = report.vmpte_peak_kib.saturating_sub(report.vmpte_end_kib);
-        report.expected_tables = rollup_kib("ShmemPmdMapped")? / (PTE_TABLE_SPAN as u64 / 1024);
+        let collapsed_kib = rollup_kib("ShmemPmdMapped")?.saturating_sub(pmd_mapped_before);
+        if pmd_mapped_before > 0 {
+            eprintln!("collapse: {pmd_mapped_before} kB PMD-mapped before MADV_COLLAPSE");
+        }
+        report.expected_tables = collapsed_kib / (PTE_TABLE_SPAN as u64 / 1024);
         Ok(report)
     })();
     // SAFETY: our own descriptor.
