@@ -188,8 +188,7 @@ impl Region {
 
     /// Write one byte in every page, so every page and every PTE table of the
     /// range exists. The concurrent modes need it: their point is faults
-    /// racing other threads' zaps. (`halves` and `whole` use it too; they
-    /// would do with [`Self::touch_tables`].)
+    /// racing other threads' zaps.
     pub fn touch(&self) {
         let mut offset = 0;
         while offset < self.len {

@@ -2,7 +2,7 @@
 //! kernel, PT_RECLAIM or not, for the empty-table estimate (`ptwatch scan`
 //! and the agent's `ptwatch_*_empty_pagetable_bytes`):
 //!
-//! - `halves`: what allocators do: touch a range, then `MADV_DONTNEED` each
+//! - `halves`: what allocators do: use a range, then `MADV_DONTNEED` each
 //!   2 MiB span in two 1 MiB halves. No call covers a whole span, so
 //!   PT_RECLAIM frees nothing and every span keeps an empty table.
 //! - `whole`: the same with one call per 2 MiB span: PT_RECLAIM frees every
@@ -59,16 +59,18 @@ pub fn print_and_wait(report: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// `halves MIB` (`pieces` 2) and `whole MIB` (`pieces` 1): touch `mib` MiB
-/// (2 MiB aligned, no THP), then DONTNEED each 2 MiB span in `pieces`
-/// calls. Returns the still-mapped region.
+/// `halves MIB` (`pieces` 2) and `whole MIB` (`pieces` 1): map `mib` MiB
+/// (2 MiB aligned, no THP) with a page in each 2 MiB span, so that each has
+/// its PTE table, then DONTNEED each span in `pieces` calls. Whether a call
+/// can reclaim depends on what it covers, not on how many pages the table
+/// held. Returns the still-mapped region.
 pub fn split_spans(mib: usize, pieces: usize) -> Result<(EmptyReport, Region)> {
     if mib == 0 || !mib.is_multiple_of(2) {
         bail!("MIB must be a positive multiple of 2, not {mib}");
     }
     let vmpte_before_kib = vmpte_kib()?;
     let region = Region::new(mib * MIB, 0)?;
-    region.touch();
+    region.touch_tables();
     let mut report = Report { pid: std::process::id(), ..Report::default() };
     report.vmpte_peak_kib = vmpte_kib()?;
     let piece = PTE_TABLE_SPAN / pieces;
