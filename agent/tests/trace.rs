@@ -137,6 +137,10 @@ fn parse_json(stdout: &[String]) -> JsonRun {
     run
 }
 
+fn flag(value: &Value, key: &str) -> bool {
+    value[key].as_bool().unwrap_or_else(|| panic!("no boolean {key:?} in {value}"))
+}
+
 fn num(value: &Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or_else(|| panic!("no number {key:?} in {value}"))
 }
@@ -175,6 +179,21 @@ fn assert_summary_matches(run: &JsonRun) {
     }
     // The lost count of the summary is the last one announced (or none).
     assert_eq!(num(summary, "lost"), run.lost_notices.last().copied().unwrap_or(0), "{summary}");
+    // What the summary says the plan can see bounds what it showed.
+    let seen = &summary["visibility"];
+    if probe_mode_name() != "auto" {
+        assert_eq!(seen["plan"], probe_mode_name(), "{seen}");
+    }
+    let causes = seen["causes"].as_array().expect("causes");
+    let limitations = seen["limitations"].as_array().expect("limitations");
+    for free in run.events.iter().filter(|e| e["event"] == "free") {
+        assert!(flag(seen, "frees_observed"), "a free event from a plan that sees none: {free} ({seen})");
+        assert!(causes.contains(&free["cause"]), "cause outside the plan's: {free} ({seen})");
+        assert!(flag(seen, "free_levels_named") || free["level"] == "unknown", "{free} ({seen})");
+    }
+    assert_eq!(flag(seen, "frees_observed"), seen["plan"] != "tracepoint", "{seen}");
+    assert_eq!(causes.is_empty(), !flag(seen, "frees_observed"), "{seen}");
+    assert!(flag(seen, "frees_observed") || !limitations.is_empty(), "unseen frees are said: {seen}");
 }
 
 /// The DONTNEED events of a `cuts MIB 0 CUT_KIB 1 dontneed` run match its
@@ -339,12 +358,12 @@ fn min_pages_and_cause_filters() {
     let run = parse_json(&stdout);
     assert!(run.events.iter().all(|e| e["cause"] == "unmap" && e["event"] == "free"), "--cause unmap");
     let in_munmap = |e: &&Value| munmap_window.contains(&num(e, "timestamp_ns"));
-    let attached = support::Attached::new();
-    let plan = attached.probes.plan();
-    // Where the architecture does not name levels (arm64, riscv64), frees
-    // are `unknown`: every level together, exact against VmPTE.
-    let levels_named = !plan.chosen().check.limitations.iter().any(|l| l.contains("level of unmap"));
-    if plan.frees_observed() && levels_named {
+    // What the run could see is in its summary. Where the architecture
+    // does not name levels (arm64, riscv64), frees are `unknown`: every
+    // level together, exact against VmPTE.
+    let seen = &run.summary["visibility"];
+    let (frees_observed, levels_named) = (flag(seen, "frees_observed"), flag(seen, "free_levels_named"));
+    if frees_observed && levels_named {
         let pte_unmapped = |pid| sum_pages(of_pid(&run.events, pid).into_iter().filter(|e| e["level"] == "pte"));
         let pte_in_munmap =
             sum_pages(of_pid(&run.events, unmap.pid).into_iter().filter(in_munmap).filter(|e| e["level"] == "pte"));
@@ -354,7 +373,7 @@ fn min_pages_and_cause_filters() {
         // empty tables DONTNEED left behind are freed by that munmap.
         let left_behind = if expect_pt_reclaim() { 0 } else { dontneed.expected_tables };
         assert_eq!(pte_unmapped(dontneed.pid), left_behind, "tables left by DONTNEED, freed by munmap");
-    } else if plan.frees_observed() {
+    } else if frees_observed {
         let unmapped = |pid| sum_pages(of_pid(&run.events, pid));
         assert!(run.events.iter().all(|e| e["level"] == "unknown"), "levels not named here");
         let in_munmap = sum_pages(of_pid(&run.events, unmap.pid).into_iter().filter(in_munmap));

@@ -246,6 +246,13 @@ impl PlanCheck {
     /// The causes this plan can tell apart, in [`Cause`] order: the
     /// mmu_gather ones always (fentry/kprobe), `collapse` and `thp` with
     /// their hooks; none in the tracepoint plan (it sees no frees).
+    /// Whether the frees this plan sees carry their table's level (PTE,
+    /// PMD, …): not where every level goes through `tlb_remove_table` with
+    /// nothing to tell them apart, nor where no free is seen.
+    pub fn names_free_levels(&self) -> bool {
+        matches!(self.free_source, FreeSource::LevelFunctions | FreeSource::TlbRemoveTable)
+    }
+
     pub fn causes(&self) -> Vec<Cause> {
         if self.attach == Attach::Tracepoint {
             return Vec::new();

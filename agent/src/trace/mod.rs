@@ -32,7 +32,7 @@ use crate::{
     probes::{EventOptions, LoadOptions, Probes},
 };
 use record::{Filter, Record};
-use summary::Tally;
+use summary::{Tally, Visibility};
 
 /// How often the lost-event count is looked at.
 const LOST_CHECK: Duration = Duration::from_millis(500);
@@ -82,6 +82,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         lost_shown: 0,
         stdout: std::io::stdout(),
     };
+    let visibility = Visibility::of(probes.plan());
     let started = Instant::now();
     let outcome = tracer.stream(maps.events, args.duration).await;
     // Whatever happened, the programs go first: nothing stays attached.
@@ -98,7 +99,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         Err(err) if is_broken_pipe(&err) => return Ok(()),
         result => result?,
     }
-    let summary = tracer.tally.summary(started.elapsed().as_secs_f64(), tracer.lost_shown);
+    let summary = tracer.tally.summary(visibility, started.elapsed().as_secs_f64(), tracer.lost_shown);
     let text = if tracer.json {
         let mut value = serde_json::to_value(&summary)?;
         value["type"] = "summary".into();

@@ -30,9 +30,40 @@ pub struct ProcessTotals {
     pub freed_pages: u64,
 }
 
+/// What the probes of this run could see: without it a consumer cannot
+/// tell "no free happened" from "frees are not observable here".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Visibility {
+    /// The probe plan attached (`fentry`, `kprobe`, `tracepoint`).
+    pub plan: &'static str,
+    /// Whether page-table `free` events can appear at all.
+    pub frees_observed: bool,
+    /// Whether frees carry their table's level (else `unknown`).
+    pub free_levels_named: bool,
+    /// The causes frees are told apart by.
+    pub causes: Vec<&'static str>,
+    /// What the plan cannot see on this kernel although it works.
+    pub limitations: Vec<String>,
+}
+
+impl Visibility {
+    pub fn of(plan: &crate::probes::plan::PlanReport) -> Self {
+        let chosen = &plan.chosen().check;
+        Self {
+            plan: plan.mode().as_str(),
+            frees_observed: plan.frees_observed(),
+            free_levels_named: chosen.names_free_levels(),
+            causes: plan.causes().into_iter().map(|c| c.name()).collect(),
+            limitations: chosen.limitations.clone(),
+        }
+    }
+}
+
 /// The summary, as printed (`"type":"summary"` in JSON).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
+    /// What could be seen: events missing from the totals may be unseeable.
+    pub visibility: Visibility,
     pub duration_seconds: f64,
     /// Events shown (after the filters).
     pub events: u64,
@@ -74,7 +105,7 @@ impl Tally {
         }
     }
 
-    pub fn summary(&self, duration_seconds: f64, lost: u64) -> Summary {
+    pub fn summary(&self, visibility: Visibility, duration_seconds: f64, lost: u64) -> Summary {
         let mut totals: Vec<Totals> = self
             .by_kind
             .iter()
@@ -83,7 +114,7 @@ impl Tally {
         totals.sort_by(|a, b| b.pages.cmp(&a.pages).then(b.events.cmp(&a.events)));
         let mut processes: Vec<ProcessTotals> = self.by_process.values().cloned().collect();
         processes.sort_by_key(|p| std::cmp::Reverse((p.reclaimed_pages + p.freed_pages, p.dontneed_bytes)));
-        Summary { duration_seconds, events: self.events, lost, totals, processes }
+        Summary { visibility, duration_seconds, events: self.events, lost, totals, processes }
     }
 }
 
@@ -95,6 +126,11 @@ impl Summary {
         let mut out = format!("\n{} events in {:.1} s, {} lost\n", self.events, self.duration_seconds, self.lost);
         if self.lost > 0 {
             out.push_str("(lost events are not in the totals: the ring buffer was full; use a larger --buffer-kib or narrower filters)\n");
+        }
+        // What is not in the totals because this plan cannot see it (the
+        // tracepoint plan's: every page-table free).
+        for limitation in &self.visibility.limitations {
+            out.push_str(&format!("(not seen by the {} plan: {limitation})\n", self.visibility.plan));
         }
         if self.totals.is_empty() {
             return out;
@@ -154,7 +190,7 @@ mod tests {
         tally.add(&record(1, "dontneed", "reclaim", 0, Some(4096)));
         tally.add(&record(2, "free", "unmap", 1, None));
         tally.add(&record(2, "free", "unmap", 1, None));
-        let summary = tally.summary(1.0, 3);
+        let summary = tally.summary(Visibility::default(), 1.0, 3);
         assert_eq!(summary.events, 4);
         assert_eq!(summary.lost, 3);
         assert_eq!(
@@ -177,5 +213,23 @@ mod tests {
         let text = summary.text();
         assert!(text.contains("4 events in 1.0 s, 3 lost"), "{text}");
         assert!(text.contains("ring buffer was full"), "{text}");
+        assert!(!text.contains("not seen by"), "no limitation, no line: {text}");
+
+        let visibility = Visibility {
+            plan: "tracepoint",
+            limitations: vec!["page-table frees are not seen: no tracepoint reports them".into()],
+            ..Visibility::default()
+        };
+        let text = tally.summary(visibility, 1.0, 0).text();
+        assert!(
+            text.contains(
+                "(not seen by the tracepoint plan: page-table frees are not seen: no tracepoint reports them)"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(tally.summary(Visibility::default(), 1.0, 0)).expect("serializes");
+        for key in ["plan", "frees_observed", "free_levels_named", "causes", "limitations"] {
+            assert!(json["visibility"].get(key).is_some(), "{key} in {json}");
+        }
     }
 }
