@@ -246,9 +246,11 @@ impl PlanCheck {
     /// The causes this plan can tell apart, in [`Cause`] order: the
     /// mmu_gather ones always (fentry/kprobe), `collapse` and `thp` with
     /// their hooks; none in the tracepoint plan (it sees no frees).
-    /// Whether the frees this plan sees carry their table's level (PTE,
-    /// PMD, …): not where every level goes through `tlb_remove_table` with
-    /// nothing to tell them apart, nor where no free is seen.
+    /// Whether the unmap, exit and other frees this plan sees carry their
+    /// table's level (PTE, PMD, …): not where every level goes through
+    /// `tlb_remove_table` with nothing to tell them apart, nor where no
+    /// free is seen. (Reclaim, collapse and THP frees are PTE tables by
+    /// their path.)
     pub fn names_free_levels(&self) -> bool {
         matches!(self.free_source, FreeSource::LevelFunctions | FreeSource::TlbRemoveTable)
     }

@@ -38,7 +38,8 @@ pub struct Visibility {
     pub plan: &'static str,
     /// Whether page-table `free` events can appear at all.
     pub frees_observed: bool,
-    /// Whether frees carry their table's level (else `unknown`).
+    /// Whether unmap, exit and other frees carry their table's level (else
+    /// `unknown`; reclaim, collapse and THP frees are PTE tables anyway).
     pub free_levels_named: bool,
     /// The causes frees are told apart by.
     pub causes: Vec<&'static str>,
