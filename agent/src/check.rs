@@ -40,7 +40,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         pt_reclaim_active: probes.pt_reclaim_active(),
         probe_mode: probes.mode().as_str(),
         reclaim_accounting: probes.accounting().clone(),
-        causes: plan.causes().into_iter().map(|c| c.name()).collect(),
+        causes: plan.cause_names(),
         metrics: exported_families(plan.frees_observed()),
         plan,
     };

@@ -243,9 +243,6 @@ impl PlanCheck {
         self.to_attach().any(|p| p.role == role)
     }
 
-    /// The causes this plan can tell apart, in [`Cause`] order: the
-    /// mmu_gather ones always (fentry/kprobe), `collapse` and `thp` with
-    /// their hooks; none in the tracepoint plan (it sees no frees).
     /// Whether the unmap, exit and other frees this plan sees carry their
     /// table's level (PTE, PMD, …): not where every level goes through
     /// `tlb_remove_table` with nothing to tell them apart, nor where no
@@ -255,6 +252,9 @@ impl PlanCheck {
         matches!(self.free_source, FreeSource::LevelFunctions | FreeSource::TlbRemoveTable)
     }
 
+    /// The causes this plan can tell apart, in [`Cause`] order: the
+    /// mmu_gather ones always (fentry/kprobe), `collapse` and `thp` with
+    /// their hooks; none in the tracepoint plan (it sees no frees).
     pub fn causes(&self) -> Vec<Cause> {
         if self.attach == Attach::Tracepoint {
             return Vec::new();
@@ -611,6 +611,11 @@ impl PlanReport {
     /// The causes the chosen plan can tell apart.
     pub fn causes(&self) -> Vec<Cause> {
         self.chosen().check.causes()
+    }
+
+    /// [`Self::causes`] as their label values, as `check` and `trace` print them.
+    pub fn cause_names(&self) -> Vec<&'static str> {
+        self.causes().into_iter().map(Cause::name).collect()
     }
 }
 

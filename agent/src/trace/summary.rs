@@ -54,7 +54,7 @@ impl Visibility {
             plan: plan.mode().as_str(),
             frees_observed: plan.frees_observed(),
             free_levels_named: chosen.names_free_levels(),
-            causes: plan.causes().into_iter().map(|c| c.name()).collect(),
+            causes: plan.cause_names(),
             limitations: chosen.limitations.clone(),
         }
     }
@@ -129,9 +129,10 @@ impl Summary {
             out.push_str("(lost events are not in the totals: the ring buffer was full; use a larger --buffer-kib or narrower filters)\n");
         }
         // What is not in the totals because this plan cannot see it (the
-        // tracepoint plan's: every page-table free).
+        // tracepoint plan's: every page-table free), worded as `check`'s
+        // "misses" lines.
         for limitation in &self.visibility.limitations {
-            out.push_str(&format!("(not seen by the {} plan: {limitation})\n", self.visibility.plan));
+            out.push_str(&format!("(the {} plan misses: {limitation})\n", self.visibility.plan));
         }
         if self.totals.is_empty() {
             return out;
@@ -214,7 +215,7 @@ mod tests {
         let text = summary.text();
         assert!(text.contains("4 events in 1.0 s, 3 lost"), "{text}");
         assert!(text.contains("ring buffer was full"), "{text}");
-        assert!(!text.contains("not seen by"), "no limitation, no line: {text}");
+        assert!(!text.contains("plan misses"), "no limitation, no line: {text}");
 
         let visibility = Visibility {
             plan: "tracepoint",
@@ -223,9 +224,7 @@ mod tests {
         };
         let text = tally.summary(visibility, 1.0, 0).text();
         assert!(
-            text.contains(
-                "(not seen by the tracepoint plan: page-table frees are not seen: no tracepoint reports them)"
-            ),
+            text.contains("(the tracepoint plan misses: page-table frees are not seen: no tracepoint reports them)"),
             "{text}"
         );
         let json = serde_json::to_value(tally.summary(Visibility::default(), 1.0, 0)).expect("serializes");

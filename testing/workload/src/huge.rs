@@ -127,9 +127,10 @@ pub fn collapse_shmem(mib: usize) -> Result<Report> {
         window.map(libc::MAP_SHARED, fd)?;
         window.touch();
         let mut report = Report { pid: std::process::id(), ..Report::default() };
-        // Spans a PMD maps already (a fault that found a huge folio): they
-        // have no PTE table to retire. Read before VmPTE, as reading it
-        // allocates, and an allocation may map memory needing a new table.
+        // Spans a PMD maps already (a fault that found a huge folio) have no
+        // PTE table to retire. Read before the first VmPTE reading: reading
+        // smaps_rollup allocates, and an allocation between the two VmPTE
+        // readings could map memory that needs a table of its own.
         let pmd_mapped_before = rollup_kib("ShmemPmdMapped")?;
         report.vmpte_peak_kib = vmpte_kib()?;
         window.madvise(MADV_COLLAPSE, "MADV_COLLAPSE")?;
