@@ -12,7 +12,8 @@
 //! 1. [`read`](Aggregator::read) the maps (every entry, a few system calls);
 //! 2. [`merge`](Aggregator::merge) what each entry grew by into its
 //!    [`ProcessRecord`] (new keys are new processes: a recycled pid is a new
-//!    key) and each overflow slot;
+//!    key) and each overflow slot; an entry that holds what the last merge
+//!    applied is skipped ([`unchanged`]);
 //! 3. [`reap`](Aggregator::reap): ask `/proc` which processes exited
 //!    (their entries are taken out with their final counts) or took another
 //!    name (`execve`: a new series counts from there), new ones at every
@@ -51,6 +52,7 @@ pub mod selection;
 pub mod slots;
 pub mod source;
 pub mod totals;
+mod unchanged;
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +62,7 @@ use std::{
 
 use ptwatch_common::{names, NodeCounters, ProcessCounters, ProcessKey, ThreadContext, UNATTRIBUTED_CGROUP};
 
+use self::unchanged::LastRead;
 pub use self::{
     cgroup::CgroupLabels,
     counts::Counts,
@@ -141,6 +144,9 @@ impl<'a> View<'a> {
 #[derive(Default)]
 struct Buffers {
     processes: Vec<(ProcessKey, ProcessCounters)>,
+    /// The entries the last merge applied: the next merges only what
+    /// changed since.
+    last_read: LastRead,
     overflow: Vec<(u64, ProcessCounters)>,
     threads: Vec<(u32, ThreadContext)>,
     /// Keys of exited processes whose entry a late event re-created.
@@ -298,10 +304,15 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
     }
 
     /// 2. Count what each entry grew by; a key seen for the first time is a
-    ///    new process.
+    ///    new process. Entries unchanged since the last merge grew by
+    ///    nothing and are skipped without looking their record up.
     fn merge(&mut self) {
         self.buffers.late.clear();
+        let mut last_read = self.buffers.last_read.cursor();
         for (key, counters) in &self.buffers.processes {
+            if last_read.unchanged(key, counters) {
+                continue;
+            }
             match self.records.get_mut(key) {
                 Some(record) => {
                     let delta = record.observe(counters);
@@ -337,6 +348,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                 self.cgroups.grow(cgroup, &delta);
             }
         }
+        self.buffers.last_read.replace(&mut self.buffers.processes);
     }
 
     /// 3. Check processes against `/proc`: new ones at every harvest (one
@@ -348,6 +360,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
     ///    that are gone.
     fn reap(&mut self, now: Instant, reads: HostReads) -> Result<(), ProbeError> {
         for key in &self.buffers.late {
+            self.buffers.last_read.touch(*key);
             if let Some(last) = self.source.take(key)? {
                 if let Some(record) = self.records.get_mut(key) {
                     let delta = record.observe_final(&last);
@@ -364,6 +377,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
             }
             match self.liveness.presence(record.key) {
                 Presence::Gone => {
+                    self.buffers.last_read.touch(record.key);
                     if let Some(last) = self.source.take(&record.key)? {
                         let delta = record.observe_final(&last);
                         count_growth(&mut self.in_other, &mut self.cgroups, record, &delta);
@@ -481,6 +495,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
         }
         if self.next_expiry.is_some_and(|due| due <= now) {
             let (retired, in_other, cgroups) = (&mut self.retired, &mut self.in_other, &mut self.cgroups);
+            let last_read = &mut self.buffers.last_read;
             self.records.retain(|_, record| {
                 let expired =
                     matches!(record.lifetime, Lifetime::Exited { at } if now.saturating_duration_since(at) >= ttl);
@@ -491,6 +506,7 @@ impl<S: CounterSource, L: Liveness, H: Host> Aggregator<S, L, H> {
                     if let Some(cgroup) = &record.cgroup {
                         cgroups.leave(cgroup);
                     }
+                    last_read.touch(record.key);
                     return false;
                 }
                 // The current series may end (frozen → ended): all of it

@@ -160,6 +160,37 @@ fn a_late_event_of_an_exited_process_is_added_and_taken_out_again() {
     assert_eq!(world.kernel.0.borrow().taken, vec![key, key]);
 }
 
+/// A merge skips entries that hold what the last merge applied; an entry
+/// taken out and re-created with that same value is new all the same.
+#[test]
+fn an_entry_re_created_with_the_value_it_was_taken_out_with_is_counted_again() {
+    let world = World::new(64);
+    let key = world.start(42, 1, "same");
+    world.reclaim(key, "same", 0, 3);
+    let mut agg = world.aggregator(Duration::from_secs(300), every_process());
+    let t0 = Instant::now();
+    agg.harvest(t0).unwrap();
+    world.proc.exit(42);
+    agg.harvest(t0 + Duration::from_secs(1)).unwrap();
+    // Two late events, each re-creating the entry with the value it had
+    // when it was last taken out (and read).
+    for (at, total) in [(2, 6), (3, 9)] {
+        world.reclaim(key, "same", 0, 3);
+        agg.harvest_counters(t0 + Duration::from_secs(at)).unwrap();
+        assert_eq!(only(&agg, 42).series.exported().map(Counts::reclaimed), Some(total));
+        assert_eq!(exported_sum(&agg), Counts::of_node(&agg.snapshot().node));
+    }
+    assert_eq!(world.kernel.0.borrow().taken, vec![key, key, key]);
+    // Unchanged entries of live processes are skipped and still exact.
+    let live = world.start(43, 1, "live");
+    world.reclaim(live, "live", 0, 4);
+    for at in 4..7 {
+        agg.harvest_counters(t0 + Duration::from_secs(at)).unwrap();
+        assert_eq!(only(&agg, 43).series.exported().map(Counts::reclaimed), Some(4));
+    }
+    assert_eq!(exported_sum(&agg), Counts::of_node(&agg.snapshot().node));
+}
+
 #[test]
 fn a_kernel_entry_that_goes_down_is_counted_as_new_and_the_series_never_falls() {
     let world = World::new(64);

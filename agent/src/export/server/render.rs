@@ -1,5 +1,5 @@
 //! How concurrent scrapes share work. Rendering `/metrics` reads every
-//! kernel map and encodes every series (~1 ms and ~1.2 MB at 10,000
+//! kernel map and encodes every series (1–5 ms and ~1.2 MB at 10,000
 //! series), so fifty scrapers arriving together must not cost fifty
 //! renders, nor fifty bodies in memory.
 //!
