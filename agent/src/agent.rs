@@ -67,7 +67,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     // the maps still needs (docs/install.md#privileges).
     crate::privileges::drop_after_attach().context("dropping capabilities after attaching the probes")?;
     // Parsing the kernel's BTF and loading the object left tens of MiB of
-    // freed heap behind (docs/benchmarks.md#3-the-agents-own-footprint).
+    // freed heap behind (docs/benchmarks.md#4-the-agents-own-footprint).
     release_free_heap();
 
     let info = AgentInfo::new(&probes, pt_reclaim_supported);

@@ -3,7 +3,7 @@
 //! - Reading a whole hash map in a few system calls: aya iterates with two
 //!   calls per entry (next key, then lookup): 5,000 calls for 2,500
 //!   processes, a third of a scrape's time
-//!   (docs/benchmarks.md#3-the-agents-own-footprint). `BPF_MAP_LOOKUP_BATCH`
+//!   (docs/benchmarks.md#4-the-agents-own-footprint). `BPF_MAP_LOOKUP_BATCH`
 //!   (Linux 5.6+) copies up to [`CHUNK`] entries per call; where the kernel
 //!   lacks it, [`entries`] falls back to aya's iteration.
 //! - Taking an entry out: `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps since
