@@ -72,6 +72,11 @@ fn main() -> anyhow::Result<()> {
     let require = env::var_os("PTWATCH_REQUIRE_EBPF").is_some_and(|v| v == "1");
     let force_stub = env::var_os("PTWATCH_EBPF_STUB").is_some_and(|v| v == "1");
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
+    if target_arch == "x86_64" && env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|libc| libc == "musl") {
+        // musl's memcpy is slow on short copies: the binary's calls go to
+        // `__wrap_memcpy` in src/main.rs (src/memcpy.rs says why).
+        println!("cargo:rustc-link-arg-bins=-Wl,--wrap=memcpy");
+    }
     let plan = if force_stub {
         Err(StubReason::Requested)
     } else {

@@ -14,6 +14,7 @@ pub mod empty_tables;
 pub mod error_chain;
 pub mod export;
 pub mod kernel;
+pub mod memcpy;
 pub mod privileges;
 pub mod probes;
 pub mod scan;

@@ -12,6 +12,19 @@ use ptwatch::{
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// Every `memcpy` of the static x86_64 binary, in place of musl's
+/// (`agent/build.rs` links with `--wrap=memcpy`; why: `ptwatch::memcpy`).
+///
+/// # Safety
+/// C's `memcpy` contract, which every caller (compiled code, libc) keeps.
+#[cfg(all(target_arch = "x86_64", target_env = "musl"))]
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_memcpy(dst: *mut u8, src: *const u8, len: usize) -> *mut u8 {
+    // SAFETY: the caller's.
+    unsafe { ptwatch::memcpy::copy(dst, src, len) };
+    dst
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if generate::requested(&args) {
