@@ -8,7 +8,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use serde::Deserialize;
 
 use crate::{
@@ -161,6 +161,15 @@ pub fn build_targets(targets: &[Target]) -> Result<Vec<Built>> {
         for bin in [&built.ptwatch, &built.workload] {
             let exe = elf::require_static(bin, target.elf_machine())?;
             eprintln!("[build] {}: {} executable, {}", bin.display(), exe.machine, exe.linking);
+        }
+        if let Some(symbol) = target.required_symbol() {
+            let bytes =
+                std::fs::read(&built.ptwatch).with_context(|| format!("reading {}", built.ptwatch.display()))?;
+            ensure!(
+                elf::defines_symbol(&bytes, symbol)?,
+                "{} does not define `{symbol}`: the static build's memcpy is musl's again (agent/build.rs, agent/src/memcpy.rs)",
+                built.ptwatch.display()
+            );
         }
         if Target::host() == Some(target) {
             // Static linking can fail at run time only (a static glibc

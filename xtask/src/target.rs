@@ -114,6 +114,17 @@ impl Target {
         }
     }
 
+    /// A symbol the `ptwatch` binary must define: on x86_64 musl, the
+    /// `memcpy` every call is routed to (`--wrap=memcpy`, agent/build.rs).
+    /// The release build's link-time optimisation drops it when nothing
+    /// calls it, so its presence says the routing is in place.
+    pub fn required_symbol(self) -> Option<&'static str> {
+        match self {
+            Self::X86_64 => Some("__wrap_memcpy"),
+            Self::Aarch64 | Self::Riscv64 => None,
+        }
+    }
+
     /// Debian packages that provide [`Self::c_compiler`], the archiver and
     /// the C library headers/archives.
     pub fn debian_packages(self) -> &'static [&'static str] {

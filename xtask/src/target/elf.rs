@@ -121,9 +121,54 @@ pub fn require_static(path: &Path, machine: Machine) -> Result<Executable> {
     Ok(exe)
 }
 
+const SHT_SYMTAB: u32 = 2;
+const SHN_UNDEF: u16 = 0;
+
+/// Whether the executable's symbol table (`.symtab`, which release builds
+/// keep) defines `name`. `Ok(false)` also when it has no symbol table.
+pub fn defines_symbol(bytes: &[u8], name: &str) -> Result<bool> {
+    inspect_bytes(bytes)?;
+    let truncated = || anyhow::anyhow!("truncated section header table");
+    let shoff = usize::try_from(u64_at(bytes, 40).ok_or_else(truncated)?)?;
+    let shentsize = usize::from(u16_at(bytes, 58).ok_or_else(truncated)?);
+    let shnum = usize::from(u16_at(bytes, 60).ok_or_else(truncated)?);
+    // Section header fields: sh_type at 4, sh_offset at 24, sh_size at 32,
+    // sh_link (the string table's section) at 40, sh_entsize at 56.
+    let section = |index: usize| -> Result<(u32, usize, usize, usize, usize)> {
+        let at = shoff + index * shentsize;
+        let field = |offset| u64_at(bytes, at + offset).ok_or_else(truncated).map(usize::try_from);
+        Ok((
+            u32_at(bytes, at + 4).ok_or_else(truncated)?,
+            field(24)??,
+            field(32)??,
+            usize::try_from(u32_at(bytes, at + 40).ok_or_else(truncated)?)?,
+            field(56)??,
+        ))
+    };
+    for index in 0..shnum {
+        let (kind, offset, size, link, entsize) = section(index)?;
+        if kind != SHT_SYMTAB || entsize == 0 {
+            continue;
+        }
+        let (_, strings, strings_size, _, _) = section(link)?;
+        let strings = bytes.get(strings..strings + strings_size).context("truncated string table")?;
+        let symbols = bytes.get(offset..offset + size).context("truncated symbol table")?;
+        // Elf64_Sym: st_name (u32) at 0, st_shndx (u16) at 6.
+        for symbol in symbols.chunks_exact(entsize) {
+            let name_at = usize::try_from(u32_at(symbol, 0).ok_or_else(truncated)?)?;
+            let defined = u16_at(symbol, 6).ok_or_else(truncated)? != SHN_UNDEF;
+            let symbol_name = strings.get(name_at..).and_then(|rest| rest.split(|&byte| byte == 0).next());
+            if defined && symbol_name == Some(name.as_bytes()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{inspect_bytes, Linking, Machine};
+    use super::{defines_symbol, inspect_bytes, Linking, Machine};
 
     #[test]
     fn this_test_binary_is_a_dynamic_host_executable() {
@@ -133,6 +178,14 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             assert_eq!(found.machine, Machine::X86_64);
         }
+    }
+
+    #[test]
+    fn finds_the_symbols_this_test_binary_defines_and_no_others() {
+        let bytes = std::fs::read(std::env::current_exe().expect("this test's path")).expect("read this test binary");
+        assert!(defines_symbol(&bytes, "main").expect("an ELF executable"));
+        assert!(!defines_symbol(&bytes, "__wrap_memcpy").expect("an ELF executable"));
+        assert!(!defines_symbol(&bytes, "mai").expect("an ELF executable"));
     }
 
     #[test]
