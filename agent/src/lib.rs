@@ -5,6 +5,7 @@
 //! maps into per-process records, `empty_tables` estimates the empty page
 //! tables every process keeps (with `scan`'s estimator), `export` serves
 //! them to Prometheus, and `cli`/`agent` are the user-facing edges.
+//! `memcpy` is the static x86_64 binary's copy routine (in place of musl's).
 pub mod agent;
 pub mod aggregate;
 pub mod check;
