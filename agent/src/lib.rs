@@ -15,6 +15,7 @@ pub mod empty_tables;
 pub mod error_chain;
 pub mod export;
 pub mod kernel;
+#[cfg(target_arch = "x86_64")]
 pub mod memcpy;
 pub mod privileges;
 pub mod probes;

@@ -90,7 +90,6 @@ unsafe fn sixteens<const N: usize>(dst: *mut u8, src: *const u8, offset: usize) 
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: copies `len` bytes forward from `src` to `dst` (the direction
@@ -104,15 +103,6 @@ unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
             options(nostack, preserves_flags),
         );
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
-    // Only the x86_64 binary routes `memcpy` here; elsewhere (tests) the
-    // library's own is right.
-    // SAFETY: the caller's guarantee.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) }
 }
 
 #[cfg(test)]

@@ -124,43 +124,54 @@ pub fn require_static(path: &Path, machine: Machine) -> Result<Executable> {
 const SHT_SYMTAB: u32 = 2;
 const SHN_UNDEF: u16 = 0;
 
+/// The fields of an ELF64 section header that finding a symbol needs.
+struct Section {
+    kind: u32,
+    offset: usize,
+    size: usize,
+    /// For a symbol table: the section of its string table.
+    link: usize,
+    entry_size: usize,
+}
+
+fn section(bytes: &[u8], index: usize) -> Result<Section> {
+    let truncated = || anyhow::anyhow!("truncated section header table");
+    let table = usize::try_from(u64_at(bytes, 40).ok_or_else(truncated)?)?;
+    let header_size = usize::from(u16_at(bytes, 58).ok_or_else(truncated)?);
+    let at = table + index * header_size;
+    let word = |offset| -> Result<usize> { Ok(usize::try_from(u64_at(bytes, at + offset).ok_or_else(truncated)?)?) };
+    Ok(Section {
+        kind: u32_at(bytes, at + 4).ok_or_else(truncated)?,
+        offset: word(24)?,
+        size: word(32)?,
+        link: usize::try_from(u32_at(bytes, at + 40).ok_or_else(truncated)?)?,
+        entry_size: word(56)?,
+    })
+}
+
 /// Whether the executable's symbol table (`.symtab`, which release builds
-/// keep) defines `name`. `Ok(false)` also when it has no symbol table.
+/// keep) defines `name`; an error if it has none (stripped), so that a
+/// missing table is not taken for a missing symbol.
 pub fn defines_symbol(bytes: &[u8], name: &str) -> Result<bool> {
     inspect_bytes(bytes)?;
-    let truncated = || anyhow::anyhow!("truncated section header table");
-    let shoff = usize::try_from(u64_at(bytes, 40).ok_or_else(truncated)?)?;
-    let shentsize = usize::from(u16_at(bytes, 58).ok_or_else(truncated)?);
-    let shnum = usize::from(u16_at(bytes, 60).ok_or_else(truncated)?);
-    // Section header fields: sh_type at 4, sh_offset at 24, sh_size at 32,
-    // sh_link (the string table's section) at 40, sh_entsize at 56.
-    let section = |index: usize| -> Result<(u32, usize, usize, usize, usize)> {
-        let at = shoff + index * shentsize;
-        let field = |offset| u64_at(bytes, at + offset).ok_or_else(truncated).map(usize::try_from);
-        Ok((
-            u32_at(bytes, at + 4).ok_or_else(truncated)?,
-            field(24)??,
-            field(32)??,
-            usize::try_from(u32_at(bytes, at + 40).ok_or_else(truncated)?)?,
-            field(56)??,
-        ))
-    };
-    for index in 0..shnum {
-        let (kind, offset, size, link, entsize) = section(index)?;
-        if kind != SHT_SYMTAB || entsize == 0 {
-            continue;
-        }
-        let (_, strings, strings_size, _, _) = section(link)?;
-        let strings = bytes.get(strings..strings + strings_size).context("truncated string table")?;
-        let symbols = bytes.get(offset..offset + size).context("truncated symbol table")?;
-        // Elf64_Sym: st_name (u32) at 0, st_shndx (u16) at 6.
-        for symbol in symbols.chunks_exact(entsize) {
-            let name_at = usize::try_from(u32_at(symbol, 0).ok_or_else(truncated)?)?;
-            let defined = u16_at(symbol, 6).ok_or_else(truncated)? != SHN_UNDEF;
-            let symbol_name = strings.get(name_at..).and_then(|rest| rest.split(|&byte| byte == 0).next());
-            if defined && symbol_name == Some(name.as_bytes()) {
-                return Ok(true);
-            }
+    let count = usize::from(u16_at(bytes, 60).context("truncated ELF header")?);
+    let symbol_table = (0..count)
+        .map(|index| section(bytes, index))
+        .find(|found| found.as_ref().map_or(true, |section| section.kind == SHT_SYMTAB && section.entry_size > 0))
+        .context("no symbol table (a stripped binary?)")??;
+    let strings = section(bytes, symbol_table.link)?;
+    let strings = bytes.get(strings.offset..strings.offset + strings.size).context("truncated string table")?;
+    let symbols =
+        bytes.get(symbol_table.offset..symbol_table.offset + symbol_table.size).context("truncated symbol table")?;
+    // Elf64_Sym: st_name (u32) at 0, st_shndx (u16) at 6.
+    for symbol in symbols.chunks_exact(symbol_table.entry_size) {
+        let (Some(name_at), Some(section_index)) = (u32_at(symbol, 0), u16_at(symbol, 6)) else {
+            bail!("truncated symbol");
+        };
+        let symbol_name =
+            strings.get(usize::try_from(name_at)?..).and_then(|rest| rest.split(|&byte| byte == 0).next());
+        if section_index != SHN_UNDEF && symbol_name == Some(name.as_bytes()) {
+            return Ok(true);
         }
     }
     Ok(false)
@@ -186,6 +197,11 @@ mod tests {
         assert!(defines_symbol(&bytes, "main").expect("an ELF executable"));
         assert!(!defines_symbol(&bytes, "__wrap_memcpy").expect("an ELF executable"));
         assert!(!defines_symbol(&bytes, "mai").expect("an ELF executable"));
+        // No section headers, as if stripped of its symbol table: an error,
+        // not "not defined".
+        let mut without_sections = bytes;
+        without_sections[60..62].copy_from_slice(&0u16.to_le_bytes());
+        assert!(defines_symbol(&without_sections, "main").is_err());
     }
 
     #[test]
