@@ -398,6 +398,20 @@ fn io_uring_dontneed_is_counted_like_madvise() {
     }
 }
 
+/// Requests the kernel refuses (`EINVAL`), small and large, count nothing,
+/// whichever way the plan learns a request's result (the tracepoint plan
+/// reads a small one's range back from the registers at exit, and keeps a
+/// large one's in the thread's context); the accepted ones between them
+/// count exactly.
+#[test]
+fn refused_dontneeds_are_not_counted() {
+    let kernel = Kernel::attach();
+    let args = ["refused", "8"];
+    let (report, skipped) = run_counted(&kernel, &args);
+    assert_eq!((report.calls, report.bytes), (4, 4 * 4096));
+    check_request_counts(&kernel, &args, &report, skipped);
+}
+
 /// Allocator-style purges (4 KiB DONTNEEDs) cannot reclaim a table: they
 /// are counted, measure nothing, and are never reported as approximate.
 #[test]

@@ -54,6 +54,19 @@ pub struct KernelConfig {
     /// calls (the verifier drops the branch that would call the missing
     /// helper: this field is a load-time constant).
     pub current_task_btf: u64,
+    /// Byte offsets in `struct pt_regs` of a syscall's first three
+    /// arguments as the saved user registers hold them when the syscall
+    /// returns (x86_64 `di`, `si`, `dx`; arm64 `orig_x0`, `regs[1]`,
+    /// `regs[2]`; riscv64 `orig_a0`, `a1`, `a2`: the first argument's
+    /// register carries the return value by then), read through
+    /// `bpf_task_pt_regs` (5.15+). With them the tracepoint plan's exit
+    /// program knows a madvise call's range and advice without a context
+    /// stored at entry, which is what makes an allocator's small DONTNEED
+    /// cheap. `u64::MAX` (all three) where the kernel lacks the helpers or
+    /// the members.
+    pub syscall_arg0_offset: u64,
+    pub syscall_arg1_offset: u64,
+    pub syscall_arg2_offset: u64,
     /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
     /// address space is torn down (exit, execve).
     pub tlb_fullmm_bit: u64,

@@ -1,7 +1,8 @@
 //! Access to kernel state through offsets resolved by the agent from BTF.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use ptwatch_common::{KernelConfig, ProcessKey};
 
@@ -56,6 +57,9 @@ kernel_config! {
     task_group_leader_offset: 0,
     task_start_boottime_offset: 0,
     current_task_btf: 0,
+    syscall_arg0_offset: u64::MAX,
+    syscall_arg1_offset: u64::MAX,
+    syscall_arg2_offset: u64::MAX,
     tlb_fullmm_bit: 0,
     vma_vm_ops_offset: 0,
     io_madvise_addr_offset: u64::MAX,
@@ -114,6 +118,41 @@ impl CurrentTask {
             leader_start_time(config, current_task())
         };
         ProcessKey { tgid: self.tgid, _pad: 0, start_time_ns }
+    }
+}
+
+/// Whether [`syscall_args_at_exit`] can read them on this kernel (a
+/// load-time constant).
+#[inline(always)]
+pub fn syscall_args_readable_at_exit(config: Config) -> bool {
+    config.syscall_arg0_offset() != u64::MAX && config.current_task_btf() != 0
+}
+
+/// The first three arguments of the syscall the running task is returning
+/// from, read back from its saved user registers (`None` where the kernel
+/// cannot tell: no `bpf_task_pt_regs` or BTF, see
+/// `KernelConfig::syscall_arg0_offset`). Exact: between the syscall
+/// tracepoints nothing rewrites these registers (ptrace and seccomp act
+/// before the entry tracepoint and after the exit one, and the register of
+/// the first argument, which takes the return value, is read from its saved
+/// copy on the architectures where it is shared).
+#[inline(always)]
+pub fn syscall_args_at_exit(config: Config) -> Option<[u64; 3]> {
+    if !syscall_args_readable_at_exit(config) {
+        return None;
+    }
+    // SAFETY: no preconditions; only reached where the kernel has both
+    // helpers (the verifier drops this code elsewhere: the offsets are
+    // load-time constants).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // SAFETY: `regs` is the running task's `struct pt_regs`, typed by BTF,
+    // and the offsets are of u64 members of it (from the kernel's BTF).
+    unsafe {
+        Some([
+            btf_load(regs, config.syscall_arg0_offset()),
+            btf_load(regs, config.syscall_arg1_offset()),
+            btf_load(regs, config.syscall_arg2_offset()),
+        ])
     }
 }
 

@@ -17,6 +17,7 @@ use crate::cargo::Built;
 
 mod agent;
 mod bystanders;
+mod floor;
 mod footprint;
 mod guest;
 mod report;

@@ -16,6 +16,9 @@ use crate::kernel::{
 /// until a plan attaches them.
 pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: bool) -> Result<KernelConfig, BtfError> {
     let io_madvise = IoMadvise::resolve(btf)?;
+    let current_task_btf = btf.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf");
+    let [syscall_arg0_offset, syscall_arg1_offset, syscall_arg2_offset] =
+        syscall_arg_offsets(btf, current_task_btf)?.unwrap_or([u64::MAX; 3]);
     let io_field = |event: &str, field: &str| {
         tracefs_root.and_then(|root| tracefs::field_offset(root, "io_uring", event, field)).unwrap_or(u64::MAX)
     };
@@ -38,7 +41,10 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: b
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
         task_group_leader_offset: btf.member_offset("task_struct", "group_leader")?,
         task_start_boottime_offset: btf.member_offset("task_struct", "start_boottime")?,
-        current_task_btf: u64::from(btf.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
+        current_task_btf: u64::from(current_task_btf),
+        syscall_arg0_offset,
+        syscall_arg1_offset,
+        syscall_arg2_offset,
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
         vma_vm_ops_offset: btf.member_offset("vm_area_struct", "vm_ops")?,
         io_madvise_addr_offset: io_madvise.addr,
@@ -54,6 +60,35 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: b
         emit_events: 0,
         trace_tgid: 0,
         trace_cgroup_id: 0,
+    })
+}
+
+/// Where `struct pt_regs` holds a syscall's first three arguments when the
+/// syscall returns (see `KernelConfig::syscall_arg0_offset`): `None` where
+/// the programs cannot read them (no `bpf_task_pt_regs`, 5.15+, or no
+/// `bpf_get_current_task_btf`), or the kernel's BTF lacks the members.
+fn syscall_arg_offsets(btf: &KernelBtf, current_task_btf: bool) -> Result<Option<[u64; 3]>, BtfError> {
+    if !current_task_btf || !btf.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs") {
+        return Ok(None);
+    }
+    let member = |name: &str| btf.optional_member_offset("pt_regs", name);
+    // The first argument's register takes the return value on arm64 and
+    // riscv64: its value at entry is kept in `orig_*`. x86_64 returns in
+    // `ax` and leaves the argument registers as they were.
+    #[cfg(target_arch = "x86_64")]
+    let offsets = [member("di")?, member("si")?, member("dx")?];
+    #[cfg(target_arch = "aarch64")]
+    let offsets = {
+        let regs = member("regs")?;
+        [member("orig_x0")?, regs.map(|regs| regs + 8), regs.map(|regs| regs + 16)]
+    };
+    #[cfg(target_arch = "riscv64")]
+    let offsets = [member("orig_a0")?, member("a1")?, member("a2")?];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
+    let offsets: [Option<u64>; 3] = [None; 3];
+    Ok(match offsets {
+        [Some(first), Some(second), Some(third)] => Some([first, second, third]),
+        _ => None,
     })
 }
 
@@ -130,5 +165,8 @@ mod tests {
         assert_eq!(config.io_madvise_len_mask, u64::MAX);
         assert!(io_uring_readable(&config));
         assert_eq!((config.io_submit_req_offset, config.io_complete_req_offset), (16, 16));
+        // x86_64 pt_regs: di, si, dx (arch/x86/include/asm/ptrace.h).
+        let args = [config.syscall_arg0_offset, config.syscall_arg1_offset, config.syscall_arg2_offset];
+        assert_eq!(args, [112, 104, 96]);
     }
 }

@@ -27,7 +27,7 @@ use aya_ebpf::{
 
 use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 
-use super::{finish, is_dontneed, measure};
+use super::{finish, finish_without_context, is_dontneed, madvise_bytes, measure, vector_bytes};
 use crate::{
     context,
     kernel::{config, CurrentTask},
@@ -71,18 +71,6 @@ fn end(range: Option<(u64, u64)>, bytes: Option<u64>) {
     finish(config, task, range, reclaimed, false, bytes);
 }
 
-/// madvise returns 0 on success; the bytes are the length asked for.
-#[inline(always)]
-fn madvise_bytes(ret: i64, len: u64) -> Option<u64> {
-    (ret == 0).then_some(len)
-}
-
-/// process_madvise returns the bytes advised, or an error.
-#[inline(always)]
-fn vector_bytes(ret: i64) -> Option<u64> {
-    u64::try_from(ret).ok()
-}
-
 #[fentry(function = "do_madvise")]
 pub fn do_madvise_fentry(ctx: FEntryContext) -> u32 {
     let (mm, start, len, behavior): (u64, u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
@@ -104,11 +92,7 @@ pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
     if measure::can_reclaim(config(), Some((start, len))) {
         end(Some((start, len)), madvise_bytes(ret, len));
     } else {
-        // Nothing stored at entry: count the request without a map lookup.
-        let config = config();
-        if let Some(task) = CurrentTask::observed(config) {
-            finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
-        }
+        finish_without_context(config(), (start, len), madvise_bytes(ret, len));
     }
     0
 }

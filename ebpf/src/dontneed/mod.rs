@@ -56,3 +56,25 @@ pub fn finish(
         events::dontneed_done(config, task, range, reclaimed, bytes);
     }
 }
+
+/// A request that cannot reclaim ended without a context stored at its
+/// entry (its range and result come from the exit hook's own arguments):
+/// count it, no map lookup.
+#[inline(always)]
+pub fn finish_without_context(config: Config, range: (u64, u64), bytes: Option<u64>) {
+    if let Some(task) = CurrentTask::observed(config) {
+        finish(config, task, range, 0, false, bytes);
+    }
+}
+
+/// madvise returns 0 on success; the bytes are the length asked for.
+#[inline(always)]
+pub fn madvise_bytes(ret: i64, len: u64) -> Option<u64> {
+    (ret == 0).then_some(len)
+}
+
+/// process_madvise returns the bytes advised, or an error.
+#[inline(always)]
+pub fn vector_bytes(ret: i64) -> Option<u64> {
+    u64::try_from(ret).ok()
+}

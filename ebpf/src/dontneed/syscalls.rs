@@ -4,21 +4,25 @@
 //! While any `syscalls:*` tracepoint is attached, every syscall of every
 //! process on the node takes the kernel's slow path (SYSCALL_WORK): that
 //! cost is the plan's, measured in docs/benchmarks.md and stated by
-//! `ptwatch check`. What the programs themselves do is kept small: a request
-//! that cannot reclaim (its range covers no whole 2 MiB span, or the kernel
-//! has no PT_RECLAIM) stores only its range; the others are measured around
-//! the call (`measure`). Either way the entry program makes one map insert.
+//! `ptwatch check`. What the programs themselves do is kept small: a madvise
+//! request that cannot reclaim (its range covers no whole 2 MiB span, or the
+//! kernel has no PT_RECLAIM), an allocator's, stores nothing: its exit reads
+//! the call's arguments back from the saved user registers (5.15+ with BTF)
+//! and counts it there. Where the kernel cannot, and for process_madvise
+//! (whose range is in user memory), such a request stores its range in one
+//! map insert. The others are measured around the call (`measure`).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 
 use super::{
-    finish, is_dontneed,
+    finish, finish_without_context, is_dontneed, madvise_bytes,
     measure::{self, AtEntry},
+    vector_bytes,
 };
 use crate::{
     context,
-    kernel::{config, current_mm, CurrentTask},
+    kernel::{config, current_mm, syscall_args_at_exit, syscall_args_readable_at_exit, CurrentTask},
 };
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
@@ -94,22 +98,37 @@ fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
     };
     let entry = AtEntry::stored(stored.measured, stored.tables_at_entry, stored.pgtables_bytes_at_entry);
     let reclaimed = measure::reclaimed::<WALK>(config, entry, stored.start, stored.len);
-    let bytes = match (ret >= 0, bytes_from_ret) {
-        (false, _) => None,
-        (true, true) => Some(ret as u64),
-        (true, false) => Some(stored.len),
-    };
+    let bytes = if bytes_from_ret { vector_bytes(ret) } else { madvise_bytes(ret, stored.len) };
     finish(config, task, (stored.start, stored.len), reclaimed, true, bytes);
 }
 
 fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
-    if is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
-        on_enter::<WALK>(Some((field(ctx, MADVISE_START), field(ctx, MADVISE_LEN))));
+    if !is_dontneed(field(ctx, MADVISE_BEHAVIOR)) {
+        return;
     }
+    let range = (field(ctx, MADVISE_START), field(ctx, MADVISE_LEN));
+    // The exit tells such a request by the same arguments, from the
+    // registers (`madvise_exit`).
+    if syscall_args_readable_at_exit(config()) && !measure::can_reclaim(config(), Some(range)) {
+        return;
+    }
+    on_enter::<WALK>(Some(range));
 }
 
 fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
-    on_exit::<WALK>(field(ctx, SYS_EXIT_RET) as i64, false);
+    let ret = field(ctx, SYS_EXIT_RET) as i64;
+    let config = config();
+    if let Some([start, len, behavior]) = syscall_args_at_exit(config) {
+        if !is_dontneed(behavior) {
+            return;
+        }
+        // A request that cannot reclaim stored no context (`madvise_enter`).
+        if !measure::can_reclaim(config, Some((start, len))) {
+            finish_without_context(config, (start, len), madvise_bytes(ret, len));
+            return;
+        }
+    }
+    on_exit::<WALK>(ret, false);
 }
 
 fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {

@@ -307,6 +307,35 @@ pub fn cuts(mib: usize, offset_kib: usize, cut_kib: usize, rounds: u32, advice: 
     Ok(report)
 }
 
+/// DONTNEED requests the kernel refuses, between ones it accepts: for each
+/// 2 MiB span of `mib` MiB, a one-page and a whole-span request starting one
+/// byte into the span (`EINVAL`: nothing is zapped), then one page at the
+/// span's start (accepted). Only the accepted ones are reported, and no
+/// table can be reclaimed.
+pub fn refused(mib: usize) -> Result<Report> {
+    let len = mib * MIB;
+    let region = Region::new(len, 0)?;
+    region.touch_tables();
+    let mut report = Report { pid: std::process::id(), ..Report::default() };
+    for span in (0..len).step_by(PTE_TABLE_SPAN) {
+        // SAFETY: inside the region.
+        let start = unsafe { region.start.add(span) };
+        for refused_len in [4096, PTE_TABLE_SPAN] {
+            // SAFETY: an unaligned start: the kernel refuses before it
+            // touches anything.
+            let ret = unsafe { libc::madvise(start.wrapping_add(1).cast(), refused_len, libc::MADV_DONTNEED) };
+            let err = std::io::Error::last_os_error();
+            if ret != -1 || err.raw_os_error() != Some(libc::EINVAL) {
+                bail!("an unaligned DONTNEED of {refused_len} bytes was not refused with EINVAL ({ret}, {err})");
+            }
+        }
+        report.bytes += advise(start, 4096, Advice::Dontneed)?;
+        report.calls += 1;
+    }
+    report.vmpte_end_kib = vmpte_kib()?;
+    Ok(report)
+}
+
 /// Multi-threaded: `threads` threads, each with its own `mib` MiB region,
 /// each looping `rounds` times over {touch; DONTNEED whole region}, all at
 /// once and without any synchronisation between rounds, so faults of some

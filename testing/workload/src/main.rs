@@ -3,6 +3,7 @@
 //! ```text
 //! ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE
 //! ptwatch-workload threads THREADS MIB ROUNDS
+//! ptwatch-workload refused MIB   # per 2 MiB span: two DONTNEEDs refused (EINVAL), one page accepted
 //! ptwatch-workload unmap MIB     # touch, then munmap
 //! ptwatch-workload unmap-paced MIB  # touch, print, wait for a line; munmap, print, wait until stdin closes
 //! ptwatch-workload exit MIB      # touch, then exit with the mapping
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use ptwatch_workload::{
-    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, sparse, threads, unmap, uring, Advice,
+    churn, cuts, exit_with_tables, fleet, hold_dontneeded, huge, phases, refused, sparse, threads, unmap, uring, Advice,
 };
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
@@ -40,6 +41,7 @@ fn run() -> Result<()> {
             arg(&args, 4, "ROUNDS")?,
             Advice::parse(args.get(5).context("missing ADVICE")?)?,
         )?,
+        Some("refused") => refused(arg(&args, 1, "MIB")?)?,
         Some("unmap") => unmap(arg(&args, 1, "MIB")?, |_| Ok(()))?,
         Some("unmap-paced") => {
             let report = unmap(arg(&args, 1, "MIB")?, sparse::print_and_wait_line)?;

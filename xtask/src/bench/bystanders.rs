@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     agent::{Agent, ProbePlan},
+    floor::{self, Floor},
     stats::{self, AgentPrograms, ProgStats, StatsEnabled},
     stats_ci::{self, RatioSummary},
     work::{self, LoopReport, PerCall, Workload},
@@ -238,6 +239,10 @@ pub struct SessionResults {
     #[serde(default)]
     pub vm: Option<VmInfo>,
     pub pt_reclaim: Option<bool>,
+    /// What two empty programs cost where the tracepoint plan attaches its
+    /// madvise programs (when a tracepoint arm was measured).
+    #[serde(default)]
+    pub floor: Option<Floor>,
     pub calibration: Vec<Calibration>,
     pub pairs: Vec<PairRecord>,
     /// Derived from `pairs`: recomputed when results are read back, so
@@ -625,8 +630,25 @@ pub fn run(session: &Session) -> Result<SessionResults> {
         round += 1;
     }
 
+    // The floor under the tracepoint plan's eBPF figure, on the same loop.
+    let floor = if session.arms.iter().any(|arm| arm.plan == ProbePlan::Tracepoint)
+        && session.workloads.contains(&Workload::SmallDontneed)
+    {
+        let (workload, calls) = (Workload::SmallDontneed, driver.calls(Workload::SmallDontneed));
+        let measured = floor::measure(&mut || {
+            loop_child(workload, calls, session.stats_batches, session.cpu, &mut || Ok(())).map(drop)
+        })?;
+        eprintln!(
+            "[bench] {}: floor: two empty programs on the madvise syscall tracepoints: {:.1} ns per call ({:.1} + {:.1})",
+            session.environment, measured.ns_per_call, measured.entry_ns_per_run, measured.exit_ns_per_run
+        );
+        Some(measured)
+    } else {
+        None
+    };
     let summaries = summarise(session, &pairs, &calibration);
     Ok(SessionResults {
+        floor,
         session: session.clone(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         cpus: thread::available_parallelism().map_or(1, |n| n.get()),

@@ -2,6 +2,7 @@
 use super::{
     agent::ProbePlan,
     bystanders::{ArmWorkload, SessionResults},
+    floor::Floor,
     stats_ci,
     work::Workload,
 };
@@ -43,7 +44,7 @@ const GOALS: [Goal; 4] = [
     },
 ];
 
-fn verdict(goal: &Goal, row: &ArmWorkload) -> (String, &'static str) {
+fn verdict(goal: &Goal, row: &ArmWorkload, floor: Option<&Floor>) -> (String, &'static str) {
     match goal.measure {
         Measure::WallRatio => {
             let r = &row.ratio;
@@ -62,7 +63,16 @@ fn verdict(goal: &Goal, row: &ArmWorkload) -> (String, &'static str) {
                 Measure::EbpfNs => (ebpf.ns_per_call, " ns"),
                 _ => (ebpf.percent_of_call, " %"),
             };
-            let text = format!("eBPF {value:.1}{unit} per call ≤ {}{unit}", goal.limit);
+            let mut text = format!("eBPF {value:.1}{unit} per call ≤ {}{unit}", goal.limit);
+            // The tracepoint plan's ns cannot go below what two programs
+            // that do nothing cost there.
+            if let (Measure::EbpfNs, Some(floor), Some(ProbePlan::Tracepoint)) = (goal.measure, floor, row.plan) {
+                text.push_str(&format!(
+                    " (floor here: {:.1} ns for two empty programs on the same tracepoints; {:.1} ns above it)",
+                    floor.ns_per_call,
+                    value - floor.ns_per_call
+                ));
+            }
             (text, if value <= goal.limit { "met" } else { "NOT MET" })
         }
     }
@@ -80,7 +90,7 @@ pub fn print_goals(results: &[&SessionResults]) {
             for row in results.summaries.iter().filter(|r| {
                 !r.baseline && r.workload == goal.workload && r.plan.is_some_and(|p| goal.plans.contains(&p))
             }) {
-                let (text, status) = verdict(goal, row);
+                let (text, status) = verdict(goal, row, results.floor.as_ref());
                 println!(
                     "  {:<5} {:<11} {:<16} {text}: {status}",
                     results.session.environment,

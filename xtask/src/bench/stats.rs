@@ -97,6 +97,17 @@ fn fdinfo_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
 }
 
+/// The counters of the program behind file descriptor `fd` of `pid`.
+pub fn fd_stats(pid: u32, fd: &str) -> Result<ProgStats> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let info = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(ProgStats {
+        run_time_ns: fdinfo_field(&info, "run_time_ns").unwrap_or(0),
+        run_cnt: fdinfo_field(&info, "run_cnt").unwrap_or(0),
+        recursion_misses: fdinfo_field(&info, "recursion_misses").unwrap_or(0),
+    })
+}
+
 /// `(fd, prog_id)` of every eBPF program file descriptor `pid` holds.
 fn program_fds(pid: u32) -> Result<Vec<(String, u32)>> {
     let dir = format!("/proc/{pid}/fd");
@@ -174,13 +185,7 @@ impl AgentPrograms {
     pub fn counters(&self) -> Result<BTreeMap<String, ProgStats>> {
         let mut out = BTreeMap::new();
         for (fd, id) in &self.fds {
-            let path = format!("/proc/{}/fdinfo/{fd}", self.pid);
-            let info = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            let stats = ProgStats {
-                run_time_ns: fdinfo_field(&info, "run_time_ns").unwrap_or(0),
-                run_cnt: fdinfo_field(&info, "run_cnt").unwrap_or(0),
-                recursion_misses: fdinfo_field(&info, "recursion_misses").unwrap_or(0),
-            };
+            let stats = fd_stats(self.pid, fd)?;
             let name = self.names.get(id).cloned().unwrap_or_else(|| format!("prog#{id}"));
             out.entry(name).or_insert_with(ProgStats::default).add(stats);
         }
