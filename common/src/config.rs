@@ -39,8 +39,10 @@ pub struct KernelConfig {
     /// Bit offset of the `task_struct::in_execve` bitfield (`u64::MAX` if
     /// absent): a task replacing its mm in execve owns the old one.
     pub task_in_execve_bit: u64,
-    /// Byte offsets of `task_struct::tgid` and `task_struct::comm`.
+    /// Byte offsets of `task_struct::tgid`, `task_struct::pid` and
+    /// `task_struct::comm`.
     pub task_tgid_offset: u64,
+    pub task_pid_offset: u64,
     pub task_comm_offset: u64,
     /// Byte offsets of `task_struct::group_leader` and
     /// `task_struct::start_boottime`: a process' identity is its tgid and its

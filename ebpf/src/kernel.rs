@@ -53,6 +53,7 @@ kernel_config! {
     task_active_mm_offset: 0,
     task_in_execve_bit: u64::MAX,
     task_tgid_offset: 0,
+    task_pid_offset: 0,
     task_comm_offset: 0,
     task_group_leader_offset: 0,
     task_start_boottime_offset: 0,
@@ -87,13 +88,31 @@ pub fn config() -> Config {
 pub struct CurrentTask {
     pub tgid: u32,
     pub tid: u32,
+    /// The running `task_struct` as a BTF-typed pointer, where the kernel
+    /// has `bpf_get_current_task_btf` (else 0): fetched once per program
+    /// run, its fields are then plain loads, where each helper call costs
+    /// ~15 ns (a call and a return, with the CPU's return-thunk mitigations).
+    btf: u64,
 }
 
 impl CurrentTask {
     #[inline(always)]
     pub fn get() -> Self {
+        let config = config();
+        if config.current_task_btf() != 0 {
+            // SAFETY: no preconditions; only reached where the kernel has
+            // the helper (the verifier drops this branch elsewhere).
+            let task = unsafe { bpf_get_current_task_btf() } as u64;
+            // SAFETY: `task` is the running task_struct, typed by BTF;
+            // `pid` and `tgid` are its `pid_t` members (offsets from the
+            // kernel's BTF): the ids bpf_get_current_pid_tgid returns.
+            let (tid, tgid) = unsafe {
+                (btf_load::<u32>(task, config.task_pid_offset()), btf_load::<u32>(task, config.task_tgid_offset()))
+            };
+            return Self { tgid, tid, btf: task };
+        }
         let pid_tgid = bpf_get_current_pid_tgid();
-        Self { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32 }
+        Self { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, btf: 0 }
     }
 
     /// The running task, or `None` for the agent's own threads.
@@ -107,17 +126,48 @@ impl CurrentTask {
     #[inline(always)]
     pub fn process_key(self, config: Config) -> ProcessKey {
         let start_time_ns = if config.current_task_btf() != 0 {
-            // SAFETY: no preconditions; only reached where the kernel has
-            // the helper (the verifier drops this branch elsewhere).
-            let task = unsafe { bpf_get_current_task_btf() } as u64;
-            // SAFETY: `task` is the running task_struct, typed by BTF;
-            // `group_leader` is a task_struct pointer member of it and
-            // `start_boottime` a u64 member (offsets from the kernel's BTF).
-            unsafe { btf_load(btf_load(task, config.task_group_leader_offset()), config.task_start_boottime_offset()) }
+            // SAFETY: `self.btf` is the running task_struct, typed by BTF
+            // (`get`, in this program run); `group_leader` is a task_struct
+            // pointer member of it and `start_boottime` a u64 member
+            // (offsets from the kernel's BTF).
+            unsafe {
+                btf_load::<u64>(
+                    btf_load::<u64>(self.btf, config.task_group_leader_offset()),
+                    config.task_start_boottime_offset(),
+                )
+            }
         } else {
             leader_start_time(config, current_task())
         };
         ProcessKey { tgid: self.tgid, _pad: 0, start_time_ns }
+    }
+
+    /// The first three arguments of the syscall this task is returning
+    /// from, read back from its saved user registers (`None` where the
+    /// kernel cannot tell: no `bpf_task_pt_regs` or BTF, see
+    /// `KernelConfig::syscall_arg0_offset`). Exact: between the syscall
+    /// tracepoints nothing rewrites these registers (ptrace and seccomp act
+    /// before the entry tracepoint and after the exit one, and the register
+    /// of the first argument, which takes the return value, is read from
+    /// its saved copy on the architectures where it is shared).
+    #[inline(always)]
+    pub fn syscall_args_at_exit(self, config: Config) -> Option<[u64; 3]> {
+        if !syscall_args_readable_at_exit(config) {
+            return None;
+        }
+        // SAFETY: `self.btf` is the running task, typed by BTF; the helper
+        // is only reached where the kernel has it (the verifier drops this
+        // code elsewhere: the offsets are load-time constants).
+        let regs = unsafe { bpf_task_pt_regs(self.btf as *mut _) } as u64;
+        // SAFETY: `regs` is the task's `struct pt_regs`, typed by BTF, and
+        // the offsets are of u64 members of it (from the kernel's BTF).
+        unsafe {
+            Some([
+                btf_load::<u64>(regs, config.syscall_arg0_offset()),
+                btf_load::<u64>(regs, config.syscall_arg1_offset()),
+                btf_load::<u64>(regs, config.syscall_arg2_offset()),
+            ])
+        }
     }
 }
 
@@ -128,48 +178,20 @@ pub fn syscall_args_readable_at_exit(config: Config) -> bool {
     config.syscall_arg0_offset() != u64::MAX && config.current_task_btf() != 0
 }
 
-/// The first three arguments of the syscall the running task is returning
-/// from, read back from its saved user registers (`None` where the kernel
-/// cannot tell: no `bpf_task_pt_regs` or BTF, see
-/// `KernelConfig::syscall_arg0_offset`). Exact: between the syscall
-/// tracepoints nothing rewrites these registers (ptrace and seccomp act
-/// before the entry tracepoint and after the exit one, and the register of
-/// the first argument, which takes the return value, is read from its saved
-/// copy on the architectures where it is shared).
-#[inline(always)]
-pub fn syscall_args_at_exit(config: Config) -> Option<[u64; 3]> {
-    if !syscall_args_readable_at_exit(config) {
-        return None;
-    }
-    // SAFETY: no preconditions; only reached where the kernel has both
-    // helpers (the verifier drops this code elsewhere: the offsets are
-    // load-time constants).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    // SAFETY: `regs` is the running task's `struct pt_regs`, typed by BTF,
-    // and the offsets are of u64 members of it (from the kernel's BTF).
-    unsafe {
-        Some([
-            btf_load(regs, config.syscall_arg0_offset()),
-            btf_load(regs, config.syscall_arg1_offset()),
-            btf_load(regs, config.syscall_arg2_offset()),
-        ])
-    }
-}
-
-/// A load of the u64 at `base + offset`, where `base` is a kernel pointer
+/// A load of the `T` at `base + offset`, where `base` is a kernel pointer
 /// the verifier knows the BTF type of: a plain instruction, checked against
 /// the type at load time and guarded against faults at run time, where a
 /// `bpf_probe_read_kernel` is a helper call.
 ///
 /// # Safety
 /// `base` must be a BTF-typed pointer (`bpf_get_current_task_btf`, or a
-/// pointer member loaded through one) and `offset` the offset of a
-/// pointer or u64 member of its type, from the kernel's BTF; the verifier
-/// rejects the program otherwise.
+/// pointer member loaded through one) and `offset` the offset of a member
+/// of its type of `T`'s size, from the kernel's BTF; the verifier rejects
+/// the program otherwise.
 #[inline(always)]
-unsafe fn btf_load(base: u64, offset: u64) -> u64 {
+unsafe fn btf_load<T: Copy>(base: u64, offset: u64) -> T {
     // SAFETY: see the contract above.
-    unsafe { (base.wrapping_add(offset) as *const u64).read_volatile() }
+    unsafe { (base.wrapping_add(offset) as *const T).read_volatile() }
 }
 
 /// The running `task_struct`.

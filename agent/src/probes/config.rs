@@ -38,6 +38,7 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: b
         task_active_mm_offset: btf.member_offset("task_struct", "active_mm")?,
         task_in_execve_bit: btf.member_bit_offset("task_struct", "in_execve").unwrap_or(u64::MAX),
         task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
+        task_pid_offset: btf.member_offset("task_struct", "pid")?,
         task_comm_offset: btf.member_offset("task_struct", "comm")?,
         task_group_leader_offset: btf.member_offset("task_struct", "group_leader")?,
         task_start_boottime_offset: btf.member_offset("task_struct", "start_boottime")?,

@@ -16,13 +16,13 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 
 use super::{
-    finish, finish_without_context, is_dontneed, madvise_bytes,
+    finish, is_dontneed, madvise_bytes,
     measure::{self, AtEntry},
     vector_bytes,
 };
 use crate::{
     context,
-    kernel::{config, current_mm, syscall_args_at_exit, syscall_args_readable_at_exit, CurrentTask},
+    kernel::{config, current_mm, syscall_args_readable_at_exit, CurrentTask},
 };
 
 // Syscall tracepoint records are stable ABI: after the 8-byte common header
@@ -88,11 +88,8 @@ fn on_enter<const WALK: bool>(range: Option<(u64, u64)>) {
 /// End of the request. `bytes_from_ret`: process_madvise returns the bytes
 /// advised; madvise returns 0 and the length is the one asked for.
 #[inline(always)]
-fn on_exit<const WALK: bool>(ret: i64, bytes_from_ret: bool) {
+fn on_exit<const WALK: bool>(task: CurrentTask, ret: i64, bytes_from_ret: bool) {
     let config = config();
-    let Some(task) = CurrentTask::observed(config) else {
-        return;
-    };
     let Some(stored) = context::end_dontneed(task.tid) else {
         return;
     };
@@ -118,17 +115,20 @@ fn madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
 fn madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
     let ret = field(ctx, SYS_EXIT_RET) as i64;
     let config = config();
-    if let Some([start, len, behavior]) = syscall_args_at_exit(config) {
+    let Some(task) = CurrentTask::observed(config) else {
+        return;
+    };
+    if let Some([start, len, behavior]) = task.syscall_args_at_exit(config) {
         if !is_dontneed(behavior) {
             return;
         }
         // A request that cannot reclaim stored no context (`madvise_enter`).
         if !measure::can_reclaim(config, Some((start, len))) {
-            finish_without_context(config, (start, len), madvise_bytes(ret, len));
+            finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
             return;
         }
     }
-    on_exit::<WALK>(ret, false);
+    on_exit::<WALK>(task, ret, false);
 }
 
 fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
@@ -148,7 +148,9 @@ fn process_madvise_enter<const WALK: bool>(ctx: &TracePointContext) {
 }
 
 fn process_madvise_exit<const WALK: bool>(ctx: &TracePointContext) {
-    on_exit::<WALK>(field(ctx, SYS_EXIT_RET) as i64, true);
+    if let Some(task) = CurrentTask::observed(config()) {
+        on_exit::<WALK>(task, field(ctx, SYS_EXIT_RET) as i64, true);
+    }
 }
 
 /// Each handler becomes two programs: with the page-table walk, and without
