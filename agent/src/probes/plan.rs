@@ -98,7 +98,7 @@ impl BystanderCost {
     pub fn describe(self) -> &'static str {
         match self {
             Self::HookedFunctionsOnly => "none outside the hooked functions: processes that make no DONTNEED request and free no page table run no ptwatch code",
-            Self::EverySyscall => "every syscall of every process on the node takes the kernel's slow path while syscall tracepoints are attached (measured on the CI host: a getppid loop +12–16 % in CPU time; docs/benchmarks.md)",
+            Self::EverySyscall => "every syscall of every process on the node takes the kernel's slow path while syscall tracepoints are attached (measured on CI hosts: a getppid loop +11–20 % in CPU time on Intel, +28–35 % on AMD EPYC; docs/benchmarks.md)",
         }
     }
 
