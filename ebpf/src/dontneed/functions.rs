@@ -27,7 +27,7 @@ use aya_ebpf::{
 
 use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 
-use super::{finish, finish_without_context, is_dontneed, madvise_bytes, measure, vector_bytes};
+use super::{finish, is_dontneed, madvise_bytes, measure, vector_bytes};
 use crate::{
     context,
     kernel::{config, CurrentTask},
@@ -92,7 +92,11 @@ pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
     if measure::can_reclaim(config(), Some((start, len))) {
         end(Some((start, len)), madvise_bytes(ret, len));
     } else {
-        finish_without_context(config(), (start, len), madvise_bytes(ret, len));
+        // Nothing stored at entry: count the request without a map lookup.
+        let config = config();
+        if let Some(task) = CurrentTask::observed(config) {
+            finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
+        }
     }
     0
 }

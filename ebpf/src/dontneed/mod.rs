@@ -57,16 +57,6 @@ pub fn finish(
     }
 }
 
-/// A request that cannot reclaim ended without a context stored at its
-/// entry (its range and result come from the exit hook's own arguments):
-/// count it, no map lookup.
-#[inline(always)]
-pub fn finish_without_context(config: Config, range: (u64, u64), bytes: Option<u64>) {
-    if let Some(task) = CurrentTask::observed(config) {
-        finish(config, task, range, 0, false, bytes);
-    }
-}
-
 /// madvise returns 0 on success; the bytes are the length asked for.
 #[inline(always)]
 pub fn madvise_bytes(ret: i64, len: u64) -> Option<u64> {
