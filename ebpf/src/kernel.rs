@@ -91,7 +91,7 @@ pub struct CurrentTask {
     /// The running `task_struct` as a BTF-typed pointer, where the kernel
     /// has `bpf_get_current_task_btf` (else 0): fetched once per program
     /// run, its fields are then plain loads, where each helper call costs
-    /// ~15 ns (a call and a return, with the CPU's return-thunk mitigations).
+    /// ~15 ns (measured on an AMD EPYC CI machine: docs/benchmarks.md).
     btf: u64,
 }
 
@@ -171,8 +171,8 @@ impl CurrentTask {
     }
 }
 
-/// Whether [`syscall_args_at_exit`] can read them on this kernel (a
-/// load-time constant).
+/// Whether [`CurrentTask::syscall_args_at_exit`] can read them on this
+/// kernel (a load-time constant).
 #[inline(always)]
 pub fn syscall_args_readable_at_exit(config: Config) -> bool {
     config.syscall_arg0_offset() != u64::MAX && config.current_task_btf() != 0
