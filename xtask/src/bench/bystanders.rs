@@ -630,32 +630,7 @@ pub fn run(session: &Session) -> Result<SessionResults> {
         round += 1;
     }
 
-    // The floor under the tracepoint plan's eBPF figure, on the same loop.
-    let floor = if session.arms.iter().any(|arm| arm.plan == ProbePlan::Tracepoint)
-        && session.workloads.contains(&Workload::SmallDontneed)
-    {
-        let (workload, calls) = (Workload::SmallDontneed, driver.calls(Workload::SmallDontneed));
-        let measured = floor::measure(&mut || {
-            loop_child(workload, calls, session.stats_batches, session.cpu, &mut || Ok(())).map(drop)
-        });
-        // The session's pairs are measured already: a floor that cannot be
-        // measured is said, and the results are kept without it.
-        match measured {
-            Ok(floor) => {
-                eprintln!(
-                    "[bench] {}: floor: two empty programs on the madvise syscall tracepoints: {:.1} ns per call ({:.1} + {:.1})",
-                    session.environment, floor.ns_per_call, floor.entry_ns_per_run, floor.exit_ns_per_run
-                );
-                Some(floor)
-            }
-            Err(err) => {
-                eprintln!("[bench] {}: warning: the floor was not measured: {err:#}", session.environment);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let floor = measure_floor(session, &driver);
     let summaries = summarise(session, &pairs, &calibration);
     Ok(SessionResults {
         floor,
@@ -672,6 +647,32 @@ pub fn run(session: &Session) -> Result<SessionResults> {
         summaries,
         elapsed_secs: begun.elapsed().as_secs_f64(),
     })
+}
+
+/// The floor under the tracepoint plan's eBPF figure, on the same loop (b),
+/// when the session measured that plan and loop. The session's pairs are
+/// measured already: a floor that cannot be measured is said, and the
+/// results are kept without it.
+fn measure_floor(session: &Session, driver: &Driver) -> Option<Floor> {
+    let workload = Workload::SmallDontneed;
+    if !session.arms.iter().any(|arm| arm.plan == ProbePlan::Tracepoint) || !session.workloads.contains(&workload) {
+        return None;
+    }
+    let calls = driver.calls(workload);
+    let run_loop = &mut || loop_child(workload, calls, session.stats_batches, session.cpu, &mut || Ok(())).map(drop);
+    match floor::measure(run_loop) {
+        Ok(floor) => {
+            eprintln!(
+                "[bench] {}: floor: two empty programs on the madvise syscall tracepoints: {:.1} ns per call ({:.1} + {:.1})",
+                session.environment, floor.ns_per_call, floor.entry_ns_per_run, floor.exit_ns_per_run
+            );
+            Some(floor)
+        }
+        Err(err) => {
+            eprintln!("[bench] {}: warning: the floor was not measured: {err:#}", session.environment);
+            None
+        }
+    }
 }
 
 /// Per-pair runs are summarised by the median of their estimates (robust

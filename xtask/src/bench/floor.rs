@@ -30,7 +30,6 @@ const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_ATTR_SIZE_VER0: u32 = 64;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 /// `r0 = 0; exit`, as `struct bpf_insn`s (code, registers, offset, immediate).
 const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
@@ -114,12 +113,11 @@ impl EmptyProgram {
         let fd =
             unsafe { libc::syscall(libc::SYS_perf_event_open, &raw const attr, pid, cpu, group, PERF_FLAG_FD_CLOEXEC) };
         let event = owned_fd(fd).with_context(|| format!("perf_event_open of syscalls:{tracepoint}"))?;
-        for (request, argument) in [(PERF_EVENT_IOC_SET_BPF, program.as_raw_fd()), (PERF_EVENT_IOC_ENABLE, 0)] {
-            // SAFETY: ioctls of a perf event we own, with an int argument.
-            if unsafe { libc::ioctl(event.as_raw_fd(), request, argument) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("attaching the empty program to syscalls:{tracepoint}"));
-            }
+        // The event is enabled from the start (`flags` 0: not `disabled`).
+        // SAFETY: an ioctl of a perf event we own, with an int argument.
+        if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, program.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("attaching the empty program to syscalls:{tracepoint}"));
         }
         Ok(Self { program, _event: event })
     }
