@@ -398,6 +398,39 @@ fn io_uring_dontneed_is_counted_like_madvise() {
     }
 }
 
+/// madvise(2) DONTNEED of a 32-bit program (x86_64's ia32 entry, where the
+/// kernel runs them): the fentry and kprobe plans see it in `do_madvise`
+/// and count it exactly; the syscall tracepoints skip compat syscalls, so
+/// the tracepoint plan states that it misses such requests, and counts
+/// none of the ones the kernel did reclaim for.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_32_bit_programs_dontneed_is_counted_or_stated_as_unseen() {
+    let kernel = Kernel::attach();
+    let btf = KernelBtf::load(std::path::Path::new(VMLINUX_BTF)).expect("kernel BTF");
+    let plan = kernel.probes.plan().chosen();
+    let stated = plan.check.limitations.iter().any(|l| l.contains("32-bit programs"));
+    if !btf.has_function("__ia32_sys_madvise") {
+        // No ia32 emulation: no such request can be made, none is missed.
+        assert!(!stated, "{:?}", plan.check.limitations);
+        return;
+    }
+    let args = ["cuts", "64", "0", "2048", "1", "compat"];
+    let (report, skipped) = run_counted(&kernel, &args);
+    assert_eq!(report.calls, 32);
+    if plan.check.attach == Attach::Tracepoint {
+        assert!(stated, "a tracepoint plan must state that it misses 32-bit requests: {:?}", plan.check.limitations);
+        if expect_pt_reclaim() {
+            assert_eq!(report.expected_tables * 4, report.vmpte_drop_kib, "the kernel reclaimed for {args:?}");
+        }
+        let counted = kernel.process_if_counted(report.pid).map(|c| (c.dontneed_calls, c.frees.reclaimed()));
+        assert!(matches!(counted, None | Some((0, 0))), "unseen requests counted: {counted:?}");
+    } else {
+        assert!(!stated, "{:?}", plan.check.limitations);
+        check_request_counts(&kernel, &args, &report, skipped);
+    }
+}
+
 /// Wherever the kernel has `bpf_task_pt_regs` (5.15+), the tracepoint plan
 /// reads a small madvise request back from the saved user registers at
 /// exit: the offsets resolved from this kernel's BTF are those of its

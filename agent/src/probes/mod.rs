@@ -264,7 +264,10 @@ impl Probes {
             };
             match &outcome {
                 Outcome::Chosen => {
-                    tracing::info!(plan = attach.as_str(), detail = %check.describe(), "probe plan attached")
+                    tracing::info!(plan = attach.as_str(), detail = %check.describe(), "probe plan attached");
+                    for limitation in &check.limitations {
+                        tracing::info!(plan = attach.as_str(), %limitation, "the probe plan misses");
+                    }
                 }
                 Outcome::Failed(reason) | Outcome::Unusable(reason) => {
                     tracing::info!(plan = attach.as_str(), %reason, "probe plan not usable");

@@ -30,13 +30,18 @@ pub const PTE_TABLE_SPAN: usize = 2 * MIB;
 /// A private anonymous read-write mapping of `len` bytes, `NORESERVE` so
 /// that address space costs nothing until touched. The caller unmaps it.
 pub fn map_anonymous(len: usize) -> Result<*mut u8> {
+    map_anonymous_with(len, 0)
+}
+
+/// [`map_anonymous`] with extra `mmap` flags.
+fn map_anonymous_with(len: usize, flags: libc::c_int) -> Result<*mut u8> {
     // SAFETY: a fresh anonymous mapping; the result is checked.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
             -1,
             0,
         )
@@ -56,6 +61,10 @@ pub enum Advice {
     ProcessMadvise,
     /// `MADV_FREE`: never reclaims page tables (a negative control).
     Free,
+    /// `MADV_DONTNEED` through x86_64's 32-bit syscall entry (`int 0x80`),
+    /// as a 32-bit program issues it: a compat syscall, which the kernel's
+    /// syscall tracepoints do not report. The range must lie below 4 GiB.
+    Compat,
 }
 
 impl Advice {
@@ -65,6 +74,8 @@ impl Advice {
             "dontneed-locked" => Self::DontneedLocked,
             "process-madvise" => Self::ProcessMadvise,
             "free" => Self::Free,
+            "compat" if cfg!(target_arch = "x86_64") => Self::Compat,
+            "compat" => bail!("compat: a 32-bit madvise is only issued on x86_64 (int 0x80)"),
             other => bail!("unknown advice {other:?}"),
         })
     }
@@ -175,8 +186,25 @@ unsafe impl Send for Region {}
 
 impl Region {
     pub fn new(len: usize, offset: usize) -> Result<Self> {
+        Self::mapped_with(len, offset, 0)
+    }
+
+    /// A region a 32-bit program could address: below 2 GiB
+    /// (`MAP_32BIT`, x86_64).
+    pub fn below_4gib(len: usize, offset: usize) -> Result<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Self::mapped_with(len, offset, libc::MAP_32BIT)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            bail!("a mapping below 4 GiB for a 32-bit syscall ({len} bytes at {offset}) is only made on x86_64")
+        }
+    }
+
+    fn mapped_with(len: usize, offset: usize, flags: libc::c_int) -> Result<Self> {
         let map_len = len + offset + 2 * PTE_TABLE_SPAN;
-        let base = map_anonymous(map_len)?;
+        let base = map_anonymous_with(map_len, flags)?;
         let aligned = (base as usize).next_multiple_of(PTE_TABLE_SPAN);
         let start = (aligned + offset) as *mut u8;
         // SAFETY: the whole mapping belongs to us.
@@ -263,12 +291,13 @@ pub fn advise(addr: *mut u8, len: usize, advice: Advice) -> Result<u64> {
                 Ok(ret as u64)
             }
         }
+        Advice::Compat => compat_dontneed(addr, len),
         _ => {
             let behaviour = match advice {
                 Advice::Dontneed => libc::MADV_DONTNEED,
                 Advice::DontneedLocked => 24, // MADV_DONTNEED_LOCKED (5.18+)
                 Advice::Free => libc::MADV_FREE,
-                Advice::ProcessMadvise => unreachable!("handled above"),
+                Advice::ProcessMadvise | Advice::Compat => unreachable!("handled above"),
             };
             // SAFETY: the range belongs to a mapping of ours.
             if unsafe { libc::madvise(addr.cast(), len, behaviour) } != 0 {
@@ -279,13 +308,56 @@ pub fn advise(addr: *mut u8, len: usize, advice: Advice) -> Result<u64> {
     }
 }
 
+/// `madvise(addr, len, MADV_DONTNEED)` through the 32-bit syscall entry
+/// (`int 0x80` from 64-bit code enters the kernel exactly as a 32-bit
+/// program's call does: ia32 syscall numbers, arguments in ebx, ecx, edx).
+#[cfg(target_arch = "x86_64")]
+fn compat_dontneed(addr: *mut u8, len: usize) -> Result<u64> {
+    /// `__NR_madvise` in the ia32 syscall table.
+    const IA32_MADVISE: i32 = 219;
+    let start = u32::try_from(addr as usize).context("a 32-bit madvise needs its range below 4 GiB")?;
+    let len32 = u32::try_from(len).context("a 32-bit madvise covers less than 4 GiB")?;
+    let ret: i32;
+    // SAFETY: the range is a mapping of ours. LLVM reserves rbx, so the
+    // first argument is swapped into it around the call (as a 64-bit
+    // register, so rbx comes back whole); the kernel zeroes r8–r11 on
+    // return from this entry.
+    unsafe {
+        core::arch::asm!(
+            "xchg {start}, rbx",
+            "int 0x80",
+            "xchg {start}, rbx",
+            start = inout(reg) u64::from(start) => _,
+            inlateout("eax") IA32_MADVISE => ret,
+            in("ecx") len32,
+            in("edx") libc::MADV_DONTNEED,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+        );
+    }
+    if ret < 0 {
+        bail!("32-bit madvise failed: {}", std::io::Error::from_raw_os_error(-ret));
+    }
+    Ok(len as u64)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn compat_dontneed(_addr: *mut u8, _len: usize) -> Result<u64> {
+    bail!("a 32-bit madvise is only issued on x86_64")
+}
+
 /// Single-threaded: map and touch `mib` MiB starting `offset_kib` after a
 /// 2 MiB boundary, then advise it away in consecutive cuts of `cut_kib`,
 /// measuring `VmPTE` around each call; repeat `rounds` times.
 pub fn cuts(mib: usize, offset_kib: usize, cut_kib: usize, rounds: u32, advice: Advice) -> Result<Report> {
     let len = mib * MIB;
     let cut = (cut_kib * 1024).max(4096);
-    let region = Region::new(len, offset_kib * 1024)?;
+    let region = match advice {
+        Advice::Compat => Region::below_4gib(len, offset_kib * 1024)?,
+        _ => Region::new(len, offset_kib * 1024)?,
+    };
     let mut report = Report { pid: std::process::id(), ..Report::default() };
     for _ in 0..rounds {
         region.touch_tables();

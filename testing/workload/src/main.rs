@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ptwatch-workload cuts MIB OFFSET_KIB CUT_KIB ROUNDS ADVICE
+//!   # ADVICE: dontneed, dontneed-locked, process-madvise, free, compat (x86_64: a 32-bit program's madvise)
 //! ptwatch-workload threads THREADS MIB ROUNDS
 //! ptwatch-workload refused MIB   # per 2 MiB span: two DONTNEEDs refused (EINVAL), one page accepted
 //! ptwatch-workload unmap MIB     # touch, then munmap
