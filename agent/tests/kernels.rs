@@ -27,6 +27,7 @@ use ptwatch::{
     },
     kernel::btf::{KernelBtf, VMLINUX_BTF},
     probes::{
+        limitation::Limitation,
         plan::{Attach, Event, Outcome, ProbeMode},
         LoadOptions, ProbeMaps, Probes, ReclaimAccounting,
     },
@@ -392,7 +393,7 @@ fn io_uring_dontneed_is_counted_like_madvise() {
     } else {
         let plan = kernel.probes.plan().chosen();
         assert!(
-            plan.check.limitations.iter().any(|l| l.contains("io_uring")),
+            plan.check.limitations.contains(&Limitation::IoUringUnseen),
             "io_uring unseen must be stated: {plan:?}"
         );
     }
@@ -409,7 +410,7 @@ fn a_32_bit_programs_dontneed_is_counted_or_stated_as_unseen() {
     let kernel = Kernel::attach();
     let btf = KernelBtf::load(std::path::Path::new(VMLINUX_BTF)).expect("kernel BTF");
     let plan = kernel.probes.plan().chosen();
-    let stated = plan.check.limitations.iter().any(|l| l.contains("32-bit programs"));
+    let stated = plan.check.limitations.contains(&Limitation::CompatSyscallsUnseen);
     if !btf.has_function("__ia32_sys_madvise") {
         // No ia32 emulation: no such request can be made, none is missed.
         assert!(!stated, "{:?}", plan.check.limitations);
@@ -631,7 +632,7 @@ fn munmap_frees_are_counted_as_unmap() {
 /// Where the architecture names levels, PTE tables are `pte`; else `unknown`.
 fn pte_level(kernel: &Kernel) -> Level {
     let limitations = &kernel.probes.plan().chosen().check.limitations;
-    if limitations.iter().any(|l| l.contains("level of unmap")) {
+    if limitations.contains(&Limitation::FreeLevelUnknown) {
         Level::Unknown
     } else {
         Level::Pte

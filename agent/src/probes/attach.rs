@@ -10,7 +10,9 @@ use ptwatch_common::{names, overflow_capacity, KernelConfig, ProcessCounters, UN
 use crate::kernel::btf::Skeleton;
 
 use super::{
-    calibrate, object,
+    calibrate,
+    limitation::Limitation,
+    object,
     plan::{describe_error, Attach, Need, PlanCheck, Role},
     AttachedPrograms, Attempt, LoadOptions, ProbeError, ReclaimAccounting,
 };
@@ -70,7 +72,7 @@ fn functions(
                     }
                     let reason = describe_error(&err);
                     tracing::info!(?role, %reason, "optional hook refused by the kernel; the plan goes on without it");
-                    check.limitations.push(format!("{function}: the kernel refused the program ({reason})"));
+                    check.limitations.push(Limitation::ProgramRefused { function: function.clone(), reason });
                     for point in check.points.iter_mut().filter(|p| p.role == role) {
                         point.need = Need::Unused;
                     }

@@ -11,6 +11,7 @@
 mod attach;
 mod calibrate;
 mod config;
+pub mod limitation;
 mod object;
 pub mod plan;
 mod reap;

@@ -20,6 +20,7 @@ use std::path::Path;
 use ptwatch_common::{hooks, hooks::Hook, names, Cause, FreeSource};
 use serde::Serialize;
 
+use super::limitation::Limitation;
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms};
 
 /// A probe plan (what `--probe-mode` forces).
@@ -222,7 +223,7 @@ pub struct PlanCheck {
     #[serde(serialize_with = "serialize_usable")]
     pub usable: Result<(), String>,
     /// What the plan cannot see on this kernel although it works.
-    pub limitations: Vec<String>,
+    pub limitations: Vec<Limitation>,
 }
 
 fn serialize_usable<S: serde::Serializer>(usable: &Result<(), String>, s: S) -> Result<S::Ok, S::Error> {
@@ -473,25 +474,16 @@ fn check_functions(attach: Attach, kernel: &KernelSymbols<'_>) -> PlanCheck {
     if !vector && kernel.btf.has_function("madvise_do_behavior") {
         // 6.15+ splits madvise into these helpers; without vector_madvise
         // to hook, process_madvise(2) requests pass no hooked function.
-        limitations.push(format!(
-            "process_madvise(2) DONTNEED requests are not seen: vector_madvise is not in {}",
-            registry.as_str()
-        ));
+        limitations.push(Limitation::ProcessMadviseUnseen { registry });
     }
     if !kernel.has(registry, hooks::PTE_FREE_DEFER.function) {
-        limitations.push(format!("collapse frees are not seen: pte_free_defer is not in {} (6.5+)", registry.as_str()));
+        limitations.push(Limitation::CollapseUnseen { registry });
     }
     if free_source == FreeSource::LevelFunctions && !kernel.has(registry, hooks::P4D_FREE_TLB.function) {
-        limitations.push(format!(
-            "P4D table frees (5-level paging only) are not counted: {} is not in {}",
-            hooks::P4D_FREE_TLB.function,
-            registry.as_str()
-        ));
+        limitations.push(Limitation::P4dFreesUncounted { function: hooks::P4D_FREE_TLB.function, registry });
     }
     if free_source == FreeSource::TlbRemoveTableNoLevel {
-        limitations.push(
-            "the level of unmap, exit and other frees is unknown: this architecture frees every level through tlb_remove_table".into(),
-        );
+        limitations.push(Limitation::FreeLevelUnknown);
     }
     let usable = if attach == Attach::Kprobe && !Path::new(KPROBE_PMU).exists() {
         Err(format!("kprobes are not available on this kernel (no {KPROBE_PMU}: CONFIG_KPROBES is not set)"))
@@ -535,19 +527,14 @@ fn check_tracepoints(kernel: &KernelSymbols<'_>) -> PlanCheck {
             .iter()
             .map(|(category, event, _, _)| point(format!("{category}:{event}"), Role::IoUring, io_need)),
     );
-    let mut limitations = vec!["page-table frees are not seen: no tracepoint reports them".to_owned()];
+    let mut limitations = vec![Limitation::FreesUnseen];
     if !points.iter().any(|p| p.role == Role::IoUring && p.found && p.need != Need::Unused) {
-        limitations.push(
-            "io_uring DONTNEED requests are not seen: needs the io_uring_submit_req and io_uring_complete tracepoints with their `req` field and struct io_madvise in BTF".into(),
-        );
+        limitations.push(Limitation::IoUringUnseen);
     }
-    // x86_64, arm64 and riscv64 all define ARCH_TRACE_IGNORE_COMPAT_SYSCALLS:
-    // the syscalls:* events never fire for a compat syscall (raw_syscalls
-    // do, for every syscall of the node, which this plan will not attach).
+    // Only raw_syscalls:* report compat syscalls, and they run a program on
+    // every syscall of the node, which this plan will not attach.
     if kernel.runs_compat_syscalls() {
-        limitations.push(
-            "DONTNEED requests of 32-bit programs (compat madvise and process_madvise syscalls) are not seen: the kernel's syscall tracepoints skip compat syscalls; their io_uring requests are seen".into(),
-        );
+        limitations.push(Limitation::CompatSyscallsUnseen);
     }
     let usable =
         if kernel.tracefs.is_none() { Err("tracefs is not mounted".to_owned()) } else { missing_required(&points) };
@@ -803,10 +790,10 @@ mod tests {
         // 32-bit programs' madvise calls (where the kernel runs them: ia32
         // emulation here) no syscall tracepoint reports; the function plans
         // see them.
-        let stated = check.limitations.iter().any(|l| l.contains("32-bit programs"));
+        let stated = check.limitations.contains(&Limitation::CompatSyscallsUnseen);
         assert_eq!(stated, kernel.runs_compat_syscalls(), "{:?}", check.limitations);
         let fentry = super::check(Attach::Fentry, &kernel);
-        assert!(fentry.limitations.iter().all(|l| !l.contains("32-bit")), "{:?}", fentry.limitations);
+        assert!(!fentry.limitations.contains(&Limitation::CompatSyscallsUnseen), "{:?}", fentry.limitations);
         assert_eq!(Attach::Tracepoint.bystander_cost(), BystanderCost::EverySyscall);
     }
 

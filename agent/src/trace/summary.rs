@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::record::{human_bytes, Record};
+use crate::probes::limitation::Limitation;
 
 /// Events and pages of one `(event, cause, level)`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -44,7 +45,7 @@ pub struct Visibility {
     /// The causes frees are told apart by.
     pub causes: Vec<&'static str>,
     /// What the plan cannot see on this kernel although it works.
-    pub limitations: Vec<String>,
+    pub limitations: Vec<Limitation>,
 }
 
 impl Visibility {
@@ -217,11 +218,8 @@ mod tests {
         assert!(text.contains("ring buffer was full"), "{text}");
         assert!(!text.contains("plan misses"), "no limitation, no line: {text}");
 
-        let visibility = Visibility {
-            plan: "tracepoint",
-            limitations: vec!["page-table frees are not seen: no tracepoint reports them".into()],
-            ..Visibility::default()
-        };
+        let visibility =
+            Visibility { plan: "tracepoint", limitations: vec![Limitation::FreesUnseen], ..Visibility::default() };
         let text = tally.summary(visibility, 1.0, 0).text();
         assert!(
             text.contains("(the tracepoint plan misses: page-table frees are not seen: no tracepoint reports them)"),
