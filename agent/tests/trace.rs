@@ -329,6 +329,22 @@ fn cgroup_filter_excludes_other_cgroups() {
     assert_summary_matches(&run);
 }
 
+/// PTE tables a workload process may free by munmap besides its region's.
+/// One was seen once, in a 6.18 guest, most likely this: the Rust runtime
+/// unmaps the main thread's signal stack when `main` returns, and where
+/// ASLR placed that small mapping alone in its 2 MiB span, its PTE table
+/// goes with it. The unmap workload's check uses a time window instead.
+const RUNTIME_UNMAP_SLACK: u64 = 1;
+
+/// PTE tables a DONTNEED workload left in place: those its cuts emptied
+/// minus those the kernel reclaimed (its `VmPTE` drop, 4 kB a table).
+fn left_by_dontneed(report: &ptwatch_workload::Report) -> u64 {
+    if !expect_pt_reclaim() {
+        assert_eq!(report.vmpte_drop_kib, 0, "no PT_RECLAIM: VmPTE does not drop");
+    }
+    report.expected_tables - report.vmpte_drop_kib / 4
+}
+
 #[test]
 fn min_pages_and_cause_filters() {
     // 2 MiB cuts reclaim 1 table per call, 8 MiB cuts 4: --min-pages 2
@@ -373,11 +389,16 @@ fn min_pages_and_cause_filters() {
         let pte_in_munmap =
             sum_pages(of_pid(&run.events, unmap.pid).into_iter().filter(in_munmap).filter(|e| e["level"] == "pte"));
         assert_eq!(pte_in_munmap, unmap.expected_tables, "munmap frees its PTE tables");
-        // The DONTNEED workload unmaps its region before exiting: with
-        // PT_RECLAIM its PTE tables are gone by then; without (6.1) the
-        // empty tables DONTNEED left behind are freed by that munmap.
-        let left_behind = if expect_pt_reclaim() { 0 } else { dontneed.expected_tables };
-        assert_eq!(pte_unmapped(dontneed.pid), left_behind, "tables left by DONTNEED, freed by munmap");
+        // The DONTNEED workload unmaps its region before exiting: the empty
+        // tables DONTNEED left behind are freed by that munmap (without
+        // PT_RECLAIM, 6.1, every one). The process may free one more PTE
+        // table by munmap outside its region (`RUNTIME_UNMAP_SLACK`).
+        let left_behind = left_by_dontneed(&dontneed);
+        let unmapped = pte_unmapped(dontneed.pid);
+        assert!(
+            (left_behind..=left_behind + RUNTIME_UNMAP_SLACK).contains(&unmapped),
+            "tables left by DONTNEED, freed by munmap: {unmapped}, expected {left_behind} (+{RUNTIME_UNMAP_SLACK}): {dontneed:?}"
+        );
     } else if frees_observed {
         let unmapped = |pid| sum_pages(of_pid(&run.events, pid));
         assert!(run.events.iter().all(|e| e["level"] == "unknown"), "levels not named here");
@@ -385,7 +406,7 @@ fn min_pages_and_cause_filters() {
         assert_eq!(in_munmap * 4, unmap.vmpte_drop_kib, "munmap frees its tables, every level");
         // Upper-level tables of the region go too; PTE tables only where
         // DONTNEED left them.
-        let left_behind = if expect_pt_reclaim() { 0 } else { dontneed.expected_tables };
+        let left_behind = left_by_dontneed(&dontneed);
         assert!(
             (left_behind..=left_behind + 3).contains(&unmapped(dontneed.pid)),
             "tables left by DONTNEED, freed by munmap: {}",
