@@ -434,27 +434,36 @@ fn a_32_bit_programs_dontneed_is_counted_or_stated_as_unseen() {
 
 /// Wherever the kernel has `bpf_task_pt_regs` (5.15+), the tracepoint plan
 /// reads a small madvise request back from the saved user registers at
-/// exit: the offsets resolved from this kernel's BTF are those of its
-/// architecture's syscall ABI, the first argument from its saved copy where
-/// the return value overwrites the register (arm64, riscv64). Elsewhere
-/// none are resolved, and such requests keep their range in a context.
+/// exit, and the kprobe plan tells the madvise syscall's own `do_madvise`
+/// call by the syscall number there: the offsets resolved from this
+/// kernel's BTF are those of its architecture's syscall ABI, the first
+/// argument from its saved copy where the return value overwrites the
+/// register (arm64, riscv64). Elsewhere none are resolved, and such
+/// requests keep their range in a context.
 #[test]
 fn syscall_arguments_are_read_back_from_the_registers_where_the_kernel_allows() {
     let btf = KernelBtf::load(std::path::Path::new(VMLINUX_BTF)).expect("kernel BTF");
     let config = ptwatch::probes::kernel_config(&btf, None, true).expect("the programs' configuration");
-    let offsets = [config.syscall_arg0_offset, config.syscall_arg1_offset, config.syscall_arg2_offset];
+    let offsets = [
+        config.syscall_arg0_offset,
+        config.syscall_arg1_offset,
+        config.syscall_arg2_offset,
+        config.syscall_nr_offset,
+        config.madvise_syscall_nr,
+    ];
     let expected = if btf.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs") {
-        // struct pt_regs: x86_64 di, si, dx; arm64 orig_x0, regs[1],
-        // regs[2]; riscv64 orig_a0, a1, a2.
+        // struct pt_regs: x86_64 di, si, dx, orig_ax; arm64 orig_x0,
+        // regs[1], regs[2], syscallno; riscv64 orig_a0, a1, a2, a7. Then
+        // __NR_madvise: x86_64's table, asm-generic's.
         if cfg!(target_arch = "x86_64") {
-            [112, 104, 96]
+            [112, 104, 96, 120, 28]
         } else if cfg!(target_arch = "aarch64") {
-            [272, 8, 16]
+            [272, 8, 16, 280, 233]
         } else {
-            [280, 88, 96]
+            [280, 88, 96, 136, 233]
         }
     } else {
-        [u64::MAX; 3]
+        [u64::MAX; 5]
     };
     assert_eq!(offsets, expected);
 }

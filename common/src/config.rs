@@ -69,6 +69,16 @@ pub struct KernelConfig {
     pub syscall_arg0_offset: u64,
     pub syscall_arg1_offset: u64,
     pub syscall_arg2_offset: u64,
+    /// Byte offset in `struct pt_regs` of the number of the syscall the
+    /// task is in (x86_64 `orig_ax`, arm64 `syscallno`, riscv64 `a7`; read
+    /// as 32 bits), and that number for a native `madvise(2)`. With them
+    /// the kprobe plan tells a `do_madvise` call made by the madvise
+    /// syscall itself, whose arguments are the saved registers, from
+    /// io_uring's and process_madvise's: the kretprobe then counts such a
+    /// request from the registers, without a context stored at entry.
+    /// `u64::MAX` where the argument offsets are (no `bpf_task_pt_regs`).
+    pub syscall_nr_offset: u64,
+    pub madvise_syscall_nr: u64,
     /// Bit offset of `mmu_gather::fullmm` (a bitfield): set when the whole
     /// address space is torn down (exit, execve).
     pub tlb_fullmm_bit: u64,

@@ -61,6 +61,8 @@ kernel_config! {
     syscall_arg0_offset: u64::MAX,
     syscall_arg1_offset: u64::MAX,
     syscall_arg2_offset: u64::MAX,
+    syscall_nr_offset: u64::MAX,
+    madvise_syscall_nr: u64::MAX,
     tlb_fullmm_bit: 0,
     vma_vm_ops_offset: 0,
     io_madvise_addr_offset: u64::MAX,
@@ -155,20 +157,58 @@ impl CurrentTask {
         if !syscall_args_readable_at_exit(config) {
             return None;
         }
-        // SAFETY: `self.btf` is the running task, typed by BTF; the helper
-        // is only reached where the kernel has it (the verifier drops this
-        // code elsewhere: the offsets are load-time constants).
-        let regs = unsafe { bpf_task_pt_regs(self.btf as *mut _) } as u64;
-        // SAFETY: `regs` is the task's `struct pt_regs`, typed by BTF, and
-        // the offsets are of u64 members of it (from the kernel's BTF).
-        unsafe {
-            Some([
-                btf_load::<u64>(regs, config.syscall_arg0_offset()),
-                btf_load::<u64>(regs, config.syscall_arg1_offset()),
-                btf_load::<u64>(regs, config.syscall_arg2_offset()),
-            ])
-        }
+        Some(syscall_args_in(config, self.user_regs()))
     }
+
+    /// The arguments of the native `madvise(2)` this task is in, from its
+    /// saved user registers: `None` in any other syscall (io_uring_enter,
+    /// process_madvise, a 32-bit program's madvise), in an io_uring worker
+    /// (its registers are zeroed), or where the kernel cannot tell (see
+    /// `KernelConfig::syscall_nr_offset`). They are the `do_madvise` call's
+    /// own, and do not change while the syscall runs: an entry and a
+    /// return program that both decide from them decide alike.
+    #[inline(always)]
+    pub fn madvise_syscall_args(self, config: Config) -> Option<[u64; 3]> {
+        if !madvise_syscall_readable(config) {
+            return None;
+        }
+        let regs = self.user_regs();
+        // SAFETY: `regs` is the task's `struct pt_regs`, typed by BTF; the
+        // number is read as its low 32 bits (arm64's `syscallno` is an s32;
+        // x86_64's and riscv64's members are longs, little-endian).
+        let nr = unsafe { btf_load::<u32>(regs, config.syscall_nr_offset()) };
+        (u64::from(nr) == config.madvise_syscall_nr()).then(|| syscall_args_in(config, regs))
+    }
+
+    /// The task's saved user registers (`struct pt_regs`, BTF-typed).
+    #[inline(always)]
+    fn user_regs(self) -> u64 {
+        // SAFETY: `self.btf` is the running task, typed by BTF; callers
+        // reach this only where the kernel has the helper (the verifier
+        // drops the code elsewhere: the offsets are load-time constants).
+        unsafe { bpf_task_pt_regs(self.btf as *mut _) as u64 }
+    }
+}
+
+/// The first three syscall arguments in the saved user registers `regs`.
+#[inline(always)]
+fn syscall_args_in(config: Config, regs: u64) -> [u64; 3] {
+    // SAFETY: `regs` is a task's `struct pt_regs`, typed by BTF, and the
+    // offsets are of u64 members of it (from the kernel's BTF).
+    unsafe {
+        [
+            btf_load::<u64>(regs, config.syscall_arg0_offset()),
+            btf_load::<u64>(regs, config.syscall_arg1_offset()),
+            btf_load::<u64>(regs, config.syscall_arg2_offset()),
+        ]
+    }
+}
+
+/// Whether [`CurrentTask::madvise_syscall_args`] can tell on this kernel (a
+/// load-time constant).
+#[inline(always)]
+pub fn madvise_syscall_readable(config: Config) -> bool {
+    syscall_args_readable_at_exit(config) && config.syscall_nr_offset() != u64::MAX
 }
 
 /// Whether [`CurrentTask::syscall_args_at_exit`] can read them on this

@@ -19,6 +19,11 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: b
     let current_task_btf = btf.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf");
     let [syscall_arg0_offset, syscall_arg1_offset, syscall_arg2_offset] =
         syscall_arg_offsets(btf, current_task_btf)?.unwrap_or([u64::MAX; 3]);
+    let (syscall_nr_offset, madvise_syscall_nr) = match syscall_arg0_offset {
+        u64::MAX => None,
+        _ => syscall_nr_offset(btf)?,
+    }
+    .unwrap_or((u64::MAX, u64::MAX));
     let io_field = |event: &str, field: &str| {
         tracefs_root.and_then(|root| tracefs::field_offset(root, "io_uring", event, field)).unwrap_or(u64::MAX)
     };
@@ -46,6 +51,8 @@ pub fn kernel_config(btf: &KernelBtf, tracefs_root: Option<&Path>, pt_reclaim: b
         syscall_arg0_offset,
         syscall_arg1_offset,
         syscall_arg2_offset,
+        syscall_nr_offset,
+        madvise_syscall_nr,
         tlb_fullmm_bit: btf.member_bit_offset("mmu_gather", "fullmm")?,
         vma_vm_ops_offset: btf.member_offset("vm_area_struct", "vm_ops")?,
         io_madvise_addr_offset: io_madvise.addr,
@@ -91,6 +98,29 @@ fn syscall_arg_offsets(btf: &KernelBtf, current_task_btf: bool) -> Result<Option
         [Some(first), Some(second), Some(third)] => Some([first, second, third]),
         _ => None,
     })
+}
+
+/// Where `struct pt_regs` keeps the number of the syscall in progress, and
+/// the native `madvise(2)`'s number (see
+/// `KernelConfig::syscall_nr_offset`). A 32-bit program's madvise has
+/// another number on x86_64 (ia32 219, x32 28 with bit 30) and arm64
+/// (AArch32 220), so it is not taken for the native one; riscv64's RV32
+/// shares number and registers.
+fn syscall_nr_offset(btf: &KernelBtf) -> Result<Option<(u64, u64)>, BtfError> {
+    let member = |name: &str| btf.optional_member_offset("pt_regs", name);
+    #[cfg(target_arch = "x86_64")]
+    let found = member("orig_ax")?.map(|offset| (offset, 28));
+    // asm-generic/unistd.h
+    #[cfg(target_arch = "aarch64")]
+    let found = member("syscallno")?.map(|offset| (offset, 233));
+    #[cfg(target_arch = "riscv64")]
+    let found = member("a7")?.map(|offset| (offset, 233));
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
+    let found = {
+        let _ = member;
+        None
+    };
+    Ok(found)
 }
 
 /// Where an io_uring madvise request keeps its range and advice: `struct
@@ -169,5 +199,7 @@ mod tests {
         // x86_64 pt_regs: di, si, dx (arch/x86/include/asm/ptrace.h).
         let args = [config.syscall_arg0_offset, config.syscall_arg1_offset, config.syscall_arg2_offset];
         assert_eq!(args, [112, 104, 96]);
+        // orig_ax; __NR_madvise (arch/x86/entry/syscalls/syscall_64.tbl).
+        assert_eq!((config.syscall_nr_offset, config.madvise_syscall_nr), (120, 28));
     }
 }

@@ -16,9 +16,12 @@
 //! fexit program sees the arguments again, so the fentry plan stores
 //! nothing at all for smaller requests, and usually attaches no entry
 //! program at all: an allocator's 4 KiB purges then cost one trampoline
-//! and a counter. A kretprobe does not see them, so the kprobe plan keeps
-//! every DONTNEED request's range in the context (for one that cannot
-//! reclaim, in a single map insert).
+//! and a counter. A kretprobe does not see them; but where the request is
+//! the madvise(2) syscall's own (5.15+ with BTF: the syscall number in the
+//! saved user registers), both kprobe programs read the arguments from
+//! those registers, and one that cannot reclaim stores nothing either.
+//! Other requests in the kprobe plan (io_uring's, process_madvise's, older
+//! kernels') keep their range in the context, in a single map insert.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
@@ -30,7 +33,7 @@ use ptwatch_common::{context::CANNOT_RECLAIM, ThreadContext};
 use super::{finish, is_dontneed, madvise_bytes, measure, vector_bytes};
 use crate::{
     context,
-    kernel::{config, CurrentTask},
+    kernel::{config, madvise_syscall_readable, Config, CurrentTask},
 };
 
 /// Start of a request on `mm`; `range` is `None` when the kernel does not
@@ -42,13 +45,18 @@ fn begin(mm: u64, range: Option<(u64, u64)>, keep_every_range: bool) {
     let config = config();
     // Decided before anything is read: most requests (an allocator's)
     // cannot reclaim, and cost nothing more here.
-    let can_reclaim = measure::can_reclaim(config, range);
-    if !(keep_every_range || can_reclaim) {
+    if !(keep_every_range || measure::can_reclaim(config, range)) {
         return;
     }
-    let Some(task) = CurrentTask::observed(config) else {
-        return;
-    };
+    if let Some(task) = CurrentTask::observed(config) {
+        store(config, task, mm, range);
+    }
+}
+
+/// The context of a request of `task` on `mm` (see [`begin`]).
+#[inline(always)]
+fn store(config: Config, task: CurrentTask, mm: u64, range: Option<(u64, u64)>) {
+    let can_reclaim = measure::can_reclaim(config, range);
     let (start, len) = range.unwrap_or((0, 0));
     // Only a request that can reclaim names its address space: frees in
     // its zap are `reclaim`.
@@ -101,6 +109,16 @@ pub fn do_madvise_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
+/// The range of a DONTNEED that cannot reclaim, made by the madvise(2)
+/// syscall `task` is in, from its saved user registers: the kprobe stores
+/// nothing for it and the kretprobe counts it. Both decide from the same
+/// registers, which do not change while the syscall runs.
+#[inline(always)]
+fn small_madvise_syscall(config: Config, task: CurrentTask) -> Option<(u64, u64)> {
+    let [start, len, behavior] = task.madvise_syscall_args(config)?;
+    (is_dontneed(behavior) && !measure::can_reclaim(config, Some((start, len)))).then_some((start, len))
+}
+
 #[kprobe]
 pub fn do_madvise_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(mm), Some(start), Some(len), Some(behavior)) =
@@ -108,7 +126,17 @@ pub fn do_madvise_kprobe(ctx: ProbeContext) -> u32 {
     else {
         return 0;
     };
-    if is_dontneed(behavior) {
+    if !is_dontneed(behavior) {
+        return 0;
+    }
+    let config = config();
+    if madvise_syscall_readable(config) {
+        if let Some(task) = CurrentTask::observed(config) {
+            if small_madvise_syscall(config, task).is_none() {
+                store(config, task, mm, Some((start, len)));
+            }
+        }
+    } else {
         begin(mm, Some((start, len)), true);
     }
     0
@@ -121,6 +149,10 @@ pub fn do_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some(task) = CurrentTask::observed(config) else {
         return 0;
     };
+    if let Some((start, len)) = small_madvise_syscall(config, task) {
+        finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
+        return 0;
+    }
     // Only DONTNEED requests stored a context; the length comes from it.
     let Some(stored) = context::end_dontneed(task.tid) else {
         return 0;
