@@ -7,7 +7,11 @@
 //! missed an exit hook: the stale mark is counted and dropped, never
 //! trusted. An entry is deleted when nothing is pending in it.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{Array, HashMap},
+};
 use ptwatch_common::{context::NONE, ThreadContext, MAX_THREAD_CONTEXTS};
 
 use crate::{
@@ -21,6 +25,53 @@ const EEXIST: i32 = 17;
 
 #[map(name = "THREAD_CONTEXT")]
 static THREAD_CONTEXT: HashMap<u32, ThreadContext> = HashMap::with_max_entries(MAX_THREAD_CONTEXTS, 0);
+
+/// Slots of [`SMALL_MADVISE_MARKS`]: a power of two, as many as
+/// `THREAD_CONTEXT` holds threads.
+const SMALL_MADVISE_MARK_SLOTS: u32 = MAX_THREAD_CONTEXTS;
+const _: () = assert!(SMALL_MADVISE_MARK_SLOTS.is_power_of_two(), "slots are found by masking the tid");
+
+/// Which thread is inside a small madvise(2) request that the kprobe plan
+/// counts from the registers (`dontneed::functions`), by tid modulo the
+/// slots: no context is stored for such a request, but a kretprobe the
+/// kernel skips (more threads asleep in `do_madvise` than it has instances)
+/// must still be seen. A slot still holding a thread's own tid when that
+/// thread starts another such request means its last return was missed.
+/// Two threads sharing a slot can only hide a miss, never invent one: only
+/// a thread writes its own tid, and its return clears only its own tid.
+#[map(name = "SMALL_MADVISE_MARKS")]
+static SMALL_MADVISE_MARKS: Array<u32> = Array::with_max_entries(SMALL_MADVISE_MARK_SLOTS, 0);
+
+/// Thread `tid` enters a small madvise(2) request (kprobe plan).
+#[inline(always)]
+pub fn mark_small_madvise(tid: u32) {
+    let Some(slot) = SMALL_MADVISE_MARKS.get_ptr_mut(tid & (SMALL_MADVISE_MARK_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: a pointer into a live array value; a racing write by a thread
+    // sharing the slot shows either tid, and neither is this thread's stale
+    // mark unless this thread wrote it.
+    unsafe {
+        if core::ptr::read_volatile(slot) == tid {
+            count(Diagnostic::ContextExitMiss);
+        }
+        core::ptr::write_volatile(slot, tid);
+    }
+}
+
+/// Thread `tid`'s small madvise(2) request returns (kprobe plan).
+#[inline(always)]
+pub fn unmark_small_madvise(tid: u32) {
+    let Some(slot) = SMALL_MADVISE_MARKS.get_ptr_mut(tid & (SMALL_MADVISE_MARK_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: as in mark_small_madvise.
+    unsafe {
+        if core::ptr::read_volatile(slot) == tid {
+            core::ptr::write_volatile(slot, 0);
+        }
+    }
+}
 
 /// The context of thread `tid`, if it has one.
 #[inline(always)]

@@ -19,7 +19,8 @@
 //! and a counter. A kretprobe does not see them; but where the request is
 //! the madvise(2) syscall's own (5.15+ with BTF: the syscall number in the
 //! saved user registers), both kprobe programs read the arguments from
-//! those registers, and one that cannot reclaim stores nothing either.
+//! those registers, and one that cannot reclaim stores no context either
+//! (only a mark in an array slot, which tells a missed kretprobe).
 //! Other requests in the kprobe plan (io_uring's, process_madvise's, older
 //! kernels') keep their range in the context, in a single map insert.
 
@@ -132,8 +133,10 @@ pub fn do_madvise_kprobe(ctx: ProbeContext) -> u32 {
     let config = config();
     if madvise_syscall_readable(config) {
         if let Some(task) = CurrentTask::observed(config) {
-            if small_madvise_syscall(config, task).is_none() {
-                store(config, task, mm, Some((start, len)));
+            match small_madvise_syscall(config, task) {
+                // No context, but a mark that tells a missed return.
+                Some(_) => context::mark_small_madvise(task.tid),
+                None => store(config, task, mm, Some((start, len))),
             }
         }
     } else {
@@ -150,6 +153,7 @@ pub fn do_madvise_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     if let Some((start, len)) = small_madvise_syscall(config, task) {
+        context::unmark_small_madvise(task.tid);
         finish(config, task, (start, len), 0, false, madvise_bytes(ret, len));
         return 0;
     }
