@@ -45,32 +45,34 @@ static SMALL_MADVISE_MARKS: Array<u32> = Array::with_max_entries(SMALL_MADVISE_M
 /// Thread `tid` enters a small madvise(2) request (kprobe plan).
 #[inline(always)]
 pub fn mark_small_madvise(tid: u32) {
-    let Some(slot) = SMALL_MADVISE_MARKS.get_ptr_mut(tid & (SMALL_MADVISE_MARK_SLOTS - 1)) else {
-        return;
-    };
-    // SAFETY: a pointer into a live array value; a racing write by a thread
-    // sharing the slot shows either tid, and neither is this thread's stale
-    // mark unless this thread wrote it.
-    unsafe {
-        if core::ptr::read_volatile(slot) == tid {
-            count(Diagnostic::ContextExitMiss);
+    if let Some(slot) = mark_slot(tid) {
+        // SAFETY: a pointer into a live array value. A racing write by a
+        // thread sharing the slot shows either tid; only this thread ever
+        // writes this thread's.
+        unsafe {
+            if core::ptr::read_volatile(slot) == tid {
+                count(Diagnostic::ContextExitMiss);
+            }
+            core::ptr::write_volatile(slot, tid);
         }
-        core::ptr::write_volatile(slot, tid);
     }
 }
 
-/// Thread `tid`'s small madvise(2) request returns (kprobe plan).
+/// Thread `tid`'s small madvise(2) request returns (kprobe plan): its own
+/// mark is cleared, another thread's left.
 #[inline(always)]
 pub fn unmark_small_madvise(tid: u32) {
-    let Some(slot) = SMALL_MADVISE_MARKS.get_ptr_mut(tid & (SMALL_MADVISE_MARK_SLOTS - 1)) else {
-        return;
-    };
     // SAFETY: as in mark_small_madvise.
-    unsafe {
-        if core::ptr::read_volatile(slot) == tid {
-            core::ptr::write_volatile(slot, 0);
-        }
+    if let Some(slot) = mark_slot(tid).filter(|&slot| unsafe { core::ptr::read_volatile(slot) } == tid) {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, 0) };
     }
+}
+
+/// Thread `tid`'s slot in [`SMALL_MADVISE_MARKS`].
+#[inline(always)]
+fn mark_slot(tid: u32) -> Option<*mut u32> {
+    SMALL_MADVISE_MARKS.get_ptr_mut(tid & (SMALL_MADVISE_MARK_SLOTS - 1))
 }
 
 /// The context of thread `tid`, if it has one.
