@@ -35,6 +35,7 @@ pub fn exec_step(mib: usize, next: &[String]) -> Result<()> {
         calls: 1,
         bytes,
         expected_tables: region.covered_spans(0, region.len),
+        region_unmap: None,
     };
     crate::print_report(&report)?;
     let Some(program) = next.first() else {

@@ -8,7 +8,6 @@
 use std::{
     fs,
     sync::{Arc, Barrier},
-    thread,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -19,6 +18,7 @@ pub mod crowd;
 pub mod exec_step;
 pub mod fleet;
 pub mod huge;
+pub mod parked;
 pub mod phases;
 pub mod sparse;
 pub mod uring;
@@ -97,6 +97,23 @@ pub struct Report {
     /// PTE tables the workload expects to be reclaimed if PT_RECLAIM works:
     /// fully covered, fully populated 2 MiB spans, summed over rounds.
     pub expected_tables: u64,
+    /// How the workload's final munmap of its region went, where it times
+    /// it.
+    #[serde(default)]
+    pub region_unmap: Option<UnmapWindow>,
+}
+
+/// A munmap inside a quiet window of its own.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct UnmapWindow {
+    /// Wall-clock time (ns since the epoch, the clock `ptwatch trace`
+    /// stamps its events with) 10 ms before and 10 ms after the munmap.
+    /// The process does nothing else in between, so whatever it freed in
+    /// this window the munmap freed.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// `VmPTE` drop (kB) across the munmap: its page tables of every level.
+    pub vmpte_drop_kib: u64,
 }
 
 /// `VmPTE` of this process, in kB.
@@ -376,7 +393,29 @@ pub fn cuts(mib: usize, offset_kib: usize, cut_kib: usize, rounds: u32, advice: 
         }
     }
     report.vmpte_end_kib = vmpte_kib()?;
+    report.region_unmap = Some(unmap_in_window(region)?);
     Ok(report)
+}
+
+/// Unmap `region` inside a quiet window of its own: 10 ms of doing nothing
+/// on each side, which the clock conversion of a trace's timestamps cannot
+/// blur. The process's other unmaps (the runtime's, at exit) fall outside.
+fn unmap_in_window(region: Region) -> Result<UnmapWindow> {
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(10);
+    let start_ns = wall_clock_ns();
+    std::thread::sleep(QUIET);
+    let before = vmpte_kib()?;
+    drop(region);
+    let after = vmpte_kib()?;
+    std::thread::sleep(QUIET);
+    Ok(UnmapWindow { start_ns, end_ns: wall_clock_ns(), vmpte_drop_kib: before.saturating_sub(after) })
+}
+
+/// Nanoseconds since the epoch (CLOCK_REALTIME).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// DONTNEED requests the kernel refuses, between ones it accepts: for each
@@ -415,30 +454,28 @@ pub fn refused(mib: usize) -> Result<Report> {
 pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
     let len = mib * MIB;
     let start = Arc::new(Barrier::new(threads));
-    let mut handles = Vec::new();
-    for _ in 0..threads {
+    // The workers park when done (`parked`): a thread's end would add the
+    // C library's own calls (glibc DONTNEEDs the stack) to the process's.
+    let results = parked::run_parked(threads, move || -> Result<(u64, u64, u64, Region)> {
         let region = Region::new(len, 0)?;
-        let start = Arc::clone(&start);
-        handles.push(thread::spawn(move || -> Result<(u64, u64, u64, Region)> {
-            start.wait();
-            let (mut calls, mut bytes, mut tables) = (0, 0, 0);
-            for _ in 0..rounds {
-                region.touch();
-                bytes += advise(region.start, region.len, Advice::Dontneed)?;
-                calls += 1;
-                tables += region.covered_spans(0, region.len);
-            }
-            // Handed back, not unmapped here: a thread done early would
-            // otherwise free its tables while the others still DONTNEED,
-            // which the approximate measure (pgtables_bytes) would take
-            // for their reclaim.
-            Ok((calls, bytes, tables, region))
-        }));
-    }
+        start.wait();
+        let (mut calls, mut bytes, mut tables) = (0, 0, 0);
+        for _ in 0..rounds {
+            region.touch();
+            bytes += advise(region.start, region.len, Advice::Dontneed)?;
+            calls += 1;
+            tables += region.covered_spans(0, region.len);
+        }
+        // Handed back, not unmapped here: a thread done early would
+        // otherwise free its tables while the others still DONTNEED, which
+        // the approximate measure (pgtables_bytes) would take for their
+        // reclaim.
+        Ok((calls, bytes, tables, region))
+    });
     let mut report = Report { pid: std::process::id(), ..Report::default() };
     let mut regions = Vec::new();
-    for handle in handles {
-        let (calls, bytes, tables, region) = handle.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    for result in results {
+        let (calls, bytes, tables, region) = result?;
         report.calls += calls;
         report.bytes += bytes;
         report.expected_tables += tables;

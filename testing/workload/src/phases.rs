@@ -25,6 +25,7 @@ pub fn phases(mib: usize) -> Result<()> {
             calls: 1,
             bytes,
             expected_tables: region.covered_spans(0, region.len),
+            region_unmap: None,
         };
         crate::print_report(&report)?;
     }

@@ -43,20 +43,37 @@ pub struct EmptyReport {
 
 /// Print `report`, then wait for one line on stdin (the caller's go).
 pub fn print_and_wait_line(report: &impl Serialize) -> Result<()> {
-    use std::io::BufRead as _;
     crate::print_report(report)?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("waiting for a line on stdin")?;
-    Ok(())
+    wait_on_stdin(|read| read.contains(&b'\n')).context("waiting for a line on stdin")
 }
 
 /// Print `report`, then wait until stdin is closed.
 pub fn print_and_wait(report: &impl Serialize) -> Result<()> {
-    use std::io::Read as _;
     crate::print_report(report)?;
-    let mut sink = Vec::new();
-    std::io::stdin().read_to_end(&mut sink).context("waiting for stdin to close")?;
-    Ok(())
+    wait_on_stdin(|_| false).context("waiting for stdin to close")
+}
+
+/// Read stdin into a stack buffer until it closes or `done` says so of what
+/// one read returned. Nothing is allocated: a heap growing across a 2 MiB
+/// boundary would add a PTE table after the report, and the tests compare
+/// the report's `VmPTE` with the kernel's while the workload waits here.
+fn wait_on_stdin(done: impl Fn(&[u8]) -> bool) -> std::io::Result<()> {
+    let mut buffer = [0u8; 256];
+    loop {
+        // SAFETY: reading into a buffer of the length given.
+        let read = unsafe { libc::read(libc::STDIN_FILENO, buffer.as_mut_ptr().cast(), buffer.len()) };
+        match usize::try_from(read) {
+            Ok(0) => return Ok(()),
+            Ok(read) if done(&buffer[..read]) => return Ok(()),
+            Ok(_) => {}
+            Err(_) => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
 }
 
 /// `halves MIB` (`pieces` 2) and `whole MIB` (`pieces` 1): map `mib` MiB
