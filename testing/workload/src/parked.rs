@@ -19,10 +19,11 @@ use anyhow::{anyhow, Result};
 /// Run `work` on `threads` threads at once and return each one's result
 /// (in the order they finished) once all are done; the threads stay parked.
 ///
-/// Nothing is allocated on the heap between the start of the first worker
-/// and the return: the slots for the results are allocated before (see
-/// `churn`, which unmaps while the others run and must not see the
-/// allocator free a table).
+/// The slots for the results are allocated before the first worker is
+/// spawned, and filling them allocates nothing: a caller whose workers must
+/// not see the heap change while they run (`churn`, whose munmaps would
+/// then count an allocator's table) holds them at a barrier of its own
+/// until every thread is spawned.
 pub fn run_parked<T, F>(threads: usize, work: F) -> Vec<Result<T>>
 where
     T: Send + 'static,
