@@ -16,14 +16,9 @@ use std::{
     time::Duration,
 };
 
+use ptwatch_workload::wall_clock_ns;
 use serde_json::Value;
 use support::{assert_one_line_error, expect_pt_reclaim, ptwatch_bin, run_workload, workload_bin, AgentProcess};
-
-/// Nanoseconds since the epoch, the clock of the events' `timestamp_ns`.
-fn wall_clock_ns() -> u64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
-    u64::try_from(since_epoch.as_nanos()).expect("ns fit in u64")
-}
 
 /// The comm the kernel keeps for `ptwatch-workload` (15 characters).
 const WORKLOAD_COMM: &str = "ptwatch-workloa";

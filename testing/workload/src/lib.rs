@@ -411,8 +411,10 @@ fn unmap_in_window(region: Region) -> Result<UnmapWindow> {
     Ok(UnmapWindow { start_ns, end_ns: wall_clock_ns(), vmpte_drop_kib: before.saturating_sub(after) })
 }
 
-/// Nanoseconds since the epoch (CLOCK_REALTIME).
-fn wall_clock_ns() -> u64 {
+/// Nanoseconds since the epoch (CLOCK_REALTIME), the clock `ptwatch trace`
+/// stamps its events with: tests that compare a window with those stamps
+/// take both ends from here.
+pub fn wall_clock_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
@@ -457,8 +459,11 @@ pub fn threads(threads: usize, mib: usize, rounds: u32) -> Result<Report> {
     // The workers park when done (`parked`): a thread's end would add the
     // C library's own calls (glibc DONTNEEDs the stack) to the process's.
     let results = parked::run_parked(threads, move || -> Result<(u64, u64, u64, Region)> {
-        let region = Region::new(len, 0)?;
+        // Every worker reaches the barrier, even one whose mapping failed:
+        // the others would wait for it for ever.
+        let region = Region::new(len, 0);
         start.wait();
+        let region = region?;
         let (mut calls, mut bytes, mut tables) = (0, 0, 0);
         for _ in 0..rounds {
             region.touch();
